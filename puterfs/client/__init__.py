@@ -1,0 +1,1 @@
+"""Puter HTTP client (knows HTTP, nothing of FUSE)."""

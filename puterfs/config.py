@@ -1,0 +1,143 @@
+"""Where puterfs keeps its files, and the saved account (API URL, username, token).
+
+The token lives in its own file, mode 0600, under the XDG config dir; it is never
+passed on a command line and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_API_URL = "https://api.puter.com"
+DEFAULT_WEB_URL = "https://puter.com"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
+
+
+def config_dir() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "puterfs"
+
+
+def cache_dir() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "puterfs"
+
+
+def data_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "puterfs"
+
+
+def runtime_dir() -> Path:
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(value) if value and os.path.isabs(value) else cache_dir() / "run"
+    return base / "puterfs"
+
+
+def token_file() -> Path:
+    return config_dir() / "token"
+
+
+def config_file() -> Path:
+    return config_dir() / "config.json"
+
+
+def mount_key(mountpoint: str | os.PathLike[str]) -> str:
+    """A short stable name for a mountpoint (for state and cache folders)."""
+    real = os.path.realpath(os.fspath(mountpoint))
+    digest = hashlib.sha256(real.encode()).hexdigest()[:12]
+    tail = "".join(c if c.isalnum() else "_" for c in os.path.basename(real))[:40] or "root"
+    return f"{tail}-{digest}"
+
+
+def mount_state_file(mountpoint: str | os.PathLike[str]) -> Path:
+    """JSON written by a running mount daemon: pid, mountpoint, api_url, cache dir, pending uploads."""
+    return runtime_dir() / f"{mount_key(mountpoint)}.json"
+
+
+@dataclass
+class Account:
+    api_url: str = DEFAULT_API_URL
+    web_url: str = DEFAULT_WEB_URL
+    username: str | None = None
+    verify_tls: bool = True
+
+
+def load_account() -> Account:
+    acc = Account()
+    try:
+        data = json.loads(config_file().read_text())
+    except (OSError, ValueError):
+        data = {}
+    acc.api_url = data.get("api_url", acc.api_url)
+    acc.web_url = data.get("web_url", acc.web_url)
+    acc.username = data.get("username")
+    acc.verify_tls = bool(data.get("verify_tls", True))
+    acc.api_url = os.environ.get("PUTER_API_URL", acc.api_url)
+    acc.web_url = os.environ.get("PUTER_WEB_URL", acc.web_url)
+    return acc
+
+
+def save_account(acc: Account) -> None:
+    config_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = {
+        "api_url": acc.api_url,
+        "web_url": acc.web_url,
+        "username": acc.username,
+        "verify_tls": acc.verify_tls,
+    }
+    _write_private(config_file(), json.dumps(data, indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def save_token(token: str, path: Path | None = None) -> Path:
+    path = path or token_file()
+    _write_private(path, token.strip() + "\n")
+    return path
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str | None:
+    try:
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def load_token(token_file_path: str | os.PathLike[str] | None = None) -> str | None:
+    """The token to use: ``--token-file``, else ``PUTER_TOKEN``, else the saved token file."""
+    if token_file_path is not None:
+        tok = read_token_file(token_file_path)
+        if tok is None:
+            raise FileNotFoundError(f"token file {os.fspath(token_file_path)!s} is missing or empty")
+        return tok
+    env = os.environ.get("PUTER_TOKEN")
+    if env:
+        return env.strip()
+    return read_token_file(token_file())
+
+
+def forget_token() -> None:
+    try:
+        token_file().unlink()
+    except FileNotFoundError:
+        pass
