@@ -1,0 +1,1135 @@
+"""pyfuse3 handlers: POSIX semantics on top of Puter's path-keyed, non-POSIX server.
+
+Handlers only: caching lives in `cache`, uploads in `writeback`, the server in `remote`.
+Every handler is wrapped by `fuse_errors` (puterfs/fs/errors.py), the one place where
+exceptions become errno values, so no failed request can take the mount down.
+
+Design notes are in docs/write-back.md and docs/inodes.md. In short:
+
+* Listings are fetched once per directory and reused until the server's change timestamp
+  moves (polled) or `listing_max_age` passes; lookups and getattr are answered from them,
+  so `ls -l` costs one request per directory.
+* File data goes to the local cache; a file is uploaded after its last close and a quiet
+  period, at once on fsync. Namespace operations (mkdir, rmdir, unlink, rename) go to the
+  server synchronously, with POSIX checks done here first (server section 11).
+* Reads of uncached files fetch 1 MiB blocks with ranged requests, with read-ahead for
+  sequential readers; a file is fetched whole only before it is modified.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterError
+from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
+from puterfs.fs.errors import FsError, fuse_errors
+from puterfs.fs.inodes import InodeTable, Node
+from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, split
+from puterfs.fs.writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+SMALL_FILE = 256 * 1024  # files up to this size are uploaded together in one /batch request
+READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
+
+
+class _Handle:
+    __slots__ = ("node", "writable", "flags", "next_off")
+
+    def __init__(self, node: Node, writable: bool, flags: int) -> None:
+        self.node = node
+        self.writable = writable
+        self.flags = flags
+        self.next_off = 0  # where a sequential reader reads next (read-ahead)
+
+
+class _DirHandle:
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: Node, entries: list[tuple[str, Node]]) -> None:
+        self.node = node
+        self.entries = entries
+
+
+class PuterOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        remote: Remote,
+        cache: CacheStore,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        attr_timeout: float = 1.0,
+        listing_max_age: float = 60.0,
+        write_back: float = 2.0,
+        cache_size: int = 10 << 30,
+        read_only: bool = False,
+        upload_workers: int = 4,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.remote = remote
+        self.cache = cache
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.attr_timeout = attr_timeout
+        self.listing_max_age = listing_max_age
+        self.cache_size = cache_size
+        self.read_only = read_only
+        self.table = InodeTable(uid=self.uid, gid=self.gid)
+        self.queue = WriteBackQueue(
+            self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change
+        )
+        self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
+        self.epoch = 0  # bumped whenever the server's change timestamp moves
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        self._locks: dict[int, trio.Lock] = {}
+        self._df: tuple[float, int, int] | None = None
+        self._last_change: int | None = None
+
+    # ------------------------------------------------------------------ start-up / shutdown
+
+    async def prepare(self) -> None:
+        """Check the remote root and restore pending uploads from the journal."""
+        root = await self.remote.stat("")
+        if not root.is_dir:
+            raise FsError(errno.ENOTDIR, f"{self.remote.root} is not a directory")
+        r = self.table.root
+        r.mtime_ns = (root.modified or int(time.time())) * 1_000_000_000
+        r.ctime_ns = (root.created or root.modified or int(time.time())) * 1_000_000_000
+        r.remote_fp = root.fingerprint
+        pending = self.cache.dirty_entries()
+        for e in pending:
+            self.queue.schedule(e.id, 0)
+        if pending:
+            log.info("resuming %d pending upload(s) from the cache journal", len(pending))
+
+    async def poll_changes(self, interval: float) -> None:
+        """Watch the server's change timestamp; a move makes every listing stale."""
+        while True:
+            try:
+                ts = await self.remote.last_change()
+            except PuterError as exc:
+                log.debug("change poll failed: %s", exc)
+            else:
+                if self._last_change is not None and ts != self._last_change:
+                    self.epoch += 1
+                self._last_change = ts
+            await trio.sleep(interval)
+
+    async def shutdown(self) -> None:
+        """Upload everything pending (used on unmount and SIGTERM)."""
+        self.queue.flush_all_now()
+        await self.queue.wait_idle()
+
+    def statistics(self) -> dict[str, Any]:
+        st = dict(self.queue.statistics())
+        st["cache_bytes"] = self.cache.used_bytes()
+        return st
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock(self, node: Node) -> trio.Lock:
+        lock = self._locks.get(node.inode)
+        if lock is None:
+            lock = self._locks[node.inode] = trio.Lock()
+        return lock
+
+    def _node(self, inode: int) -> Node:
+        node = self.table.get(inode)
+        if node is None:
+            raise FsError(errno.ENOENT, f"unknown inode {inode}")
+        return node
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.inode
+        a.generation = 0
+        a.entry_timeout = self.attr_timeout
+        a.attr_timeout = self.attr_timeout
+        a.st_mode = node.mode
+        a.st_nlink = 2 if node.is_dir else 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_rdev = 0
+        size = node.entry.size if (node.entry is not None and not node.is_dir) else node.size
+        a.st_size = size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = node.atime_ns or node.mtime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns or node.mtime_ns
+        return a
+
+    @staticmethod
+    def _name(name: bytes, *, creating: bool) -> str:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FsError(errno.EINVAL if creating else errno.ENOENT, "name is not UTF-8") from None
+        if creating and (text != text.rstrip() or "\x00" in text or text in (".", "..") or not text):
+            # the server trims trailing whitespace on lookup: such a name could never be found again
+            raise FsError(errno.EINVAL, f"the server cannot hold the name {text!r}")
+        return text
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS, "mounted read-only")
+
+    def _fresh(self, node: Node) -> bool:
+        return (
+            node.children is not None
+            and node.listed_epoch == self.epoch
+            and (trio.current_time() - node.listed_at) < self.listing_max_age
+        )
+
+    def _touch_dir(self, node: Node) -> None:
+        node.local_seq = self.table.next_seq()
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+
+    def _set_remote(self, node: Node, e: RemoteEntry) -> None:
+        """Update `node` from what the server says about it."""
+        fp = e.fingerprint
+        changed = node.remote_fp is not None and node.remote_fp != fp
+        node.remote_fp = fp
+        if node.is_dir:
+            if e.modified and not node.mtime_local:
+                node.mtime_ns = e.modified * 1_000_000_000
+            return
+        ent = node.entry
+        if ent is not None and not ent.dirty and ent.base_uid is not None and (ent.base_uid, ent.base_size, ent.base_modified) != fp:
+            # the server's copy changed: the clean cached copy is stale
+            if node.opens == 0:
+                self.cache.delete(ent)
+                node.entry = None
+            changed = True
+        if ent is None or not ent.dirty:
+            node.size = e.size
+            if e.modified and (not node.mtime_local or changed):
+                node.mtime_ns = e.modified * 1_000_000_000
+                node.mtime_local = False
+            if e.created:
+                node.ctime_ns = max(e.created, e.modified or 0) * 1_000_000_000
+
+    def _node_for_entry(self, parent: Node, e: RemoteEntry) -> Node:
+        path = join(parent.path, e.name)
+        node = self.table.by_path.get(path)
+        if node is not None and node.is_dir != e.is_dir:
+            if node.entry is not None and node.entry.dirty:
+                return node  # local data wins; the upload will meet the server's type
+            self.table.detach(node)
+            node = None
+        if node is None:
+            node = self.table.new(path, is_dir=e.is_dir)
+            if not e.is_dir:
+                ent = self.cache.paths.get(path)
+                if ent is not None:
+                    node.entry = ent
+                    node.mode = ent.mode
+        self._set_remote(node, e)
+        node.attr_epoch = self.epoch
+        return node
+
+    async def _children(self, dirnode: Node) -> dict[str, Node]:
+        if not dirnode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if self._fresh(dirnode):
+            assert dirnode.children is not None
+            return dirnode.children
+        async with self._lock(dirnode):
+            if self._fresh(dirnode):
+                assert dirnode.children is not None
+                return dirnode.children
+            seq = self.table.next_seq()
+            epoch = self.epoch
+            try:
+                entries = await self.remote.listdir(dirnode.path)
+            except PuterError as exc:
+                if dirnode.children is not None:
+                    log.warning("listing %r failed (%s); serving the cached listing", dirnode.path or "/", exc)
+                    return dirnode.children
+                raise
+            if not dirnode.in_tree:
+                raise FsError(errno.ENOENT)
+            self._apply_listing(dirnode, entries, seq)
+            dirnode.listed_epoch = epoch
+            dirnode.listed_at = trio.current_time()
+            assert dirnode.children is not None
+            return dirnode.children
+
+    def _apply_listing(self, dirnode: Node, entries: list[RemoteEntry], seq: int) -> None:
+        old = dirnode.children or {}
+        new: dict[str, Node] = {}
+        for e in entries:
+            if not e.name or "/" in e.name:
+                continue
+            if dirnode is self.table.root and e.name == ".ai" and self.ai is not None:
+                continue  # shadowed by the virtual .ai directory (docs/ai-files.md)
+            cur = old.get(e.name)
+            if cur is not None and cur.local_seq > seq:
+                new[e.name] = cur  # changed here after the listing was requested
+                continue
+            new[e.name] = self._node_for_entry(dirnode, e)
+        for name, node in old.items():
+            if name in new:
+                continue
+            if node.local_seq > seq or (node.entry is not None and node.entry.dirty):
+                new[name] = node  # created here, not on the server yet
+            else:
+                self.table.detach(node)
+        # files whose upload is pending from an earlier run
+        prefix = dirnode.path + "/" if dirnode.path else ""
+        for path, ent in self.cache.paths.items():
+            if ent.dirty and path.startswith(prefix) and "/" not in path[len(prefix):]:
+                name = path[len(prefix):]
+                if name not in new or new[name].entry is not ent:
+                    node = self.table.by_path.get(path)
+                    if node is None or node.is_dir:
+                        node = self.table.new(path, is_dir=False, mode=ent.mode)
+                    node.entry = ent
+                    node.mode = ent.mode
+                    node.mtime_ns = ent.mtime_ns
+                    node.mtime_local = True
+                    new[name] = node
+        dirnode.children = new
+
+    async def _child(self, parent: Node, name: str) -> Node | None:
+        return (await self._children(parent)).get(name)
+
+    async def _refresh_attr(self, node: Node) -> None:
+        if node.attr_epoch == self.epoch or node is self.table.root or not node.in_tree:
+            return
+        if node.entry is not None and (node.entry.dirty or node.opens):
+            return
+        parent = self.table.by_path.get(node.parent_path)
+        if parent is None:
+            return
+        children = await self._children(parent)
+        if children.get(node.name) is not node:
+            if node.opens == 0 and node.lookups >= 0:
+                raise FsError(errno.ENOENT, f"{node.path} is gone")
+        node.attr_epoch = self.epoch
+
+    # ------------------------------------------------------------------ cache data
+
+    def _fd(self, node: Node) -> int:
+        assert node.entry is not None
+        if node.fd is None:
+            node.fd = os.open(self.cache.data_path(node.entry.id), os.O_RDWR)
+        return node.fd
+
+    def _ensure_entry(self, node: Node) -> CacheEntry:
+        """The cache entry for a file, created sparse for a server file."""
+        ent = node.entry
+        if ent is not None and ent.id in self.cache.entries:
+            return ent
+        if node.remote_fp is None:
+            ent = self.cache.create(node.path, mode=node.mode)
+        else:
+            uid, size, modified = node.remote_fp
+            ent = self.cache.create_for_remote(node.path, size=size, uid=uid, modified=modified, mode=node.mode)
+        node.entry = ent
+        return ent
+
+    async def _fetch(self, node: Node, off: int, size: int, *, sequential: bool) -> None:
+        """Make bytes [off, off+size) of a server file present in its cache file."""
+        ent = self._ensure_entry(node)
+        if not ent.missing_blocks(off, size):
+            return
+        async with self._lock(node):
+            missing = ent.missing_blocks(off, size)
+            if not missing:
+                return
+            last_block = (ent.size - 1) // BLOCK_SIZE
+            first = missing[0]
+            end = missing[-1]
+            if sequential:
+                end = min(max(end, first + READAHEAD_BLOCKS - 1), last_block)
+            # one ranged request for the run of missing blocks from `first`
+            run_end = first
+            while run_end + 1 <= end and (run_end + 1) not in ent.blocks:
+                run_end += 1
+            for start_block in range(first, run_end + 1, READAHEAD_BLOCKS):
+                stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
+                begin = start_block * BLOCK_SIZE
+                length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
+                data = await self.remote.read(node.path, begin, length)
+                if len(data) != length:
+                    raise PuterError(
+                        f"short read of {node.path}: wanted {length} bytes at {begin}, got {len(data)} "
+                        "(the file changed on the server?)"
+                    )
+                if node.entry is not ent:
+                    return  # replaced while we fetched
+                os.pwrite(self._fd(node), data, begin)
+                ent.blocks.update(range(start_block, stop_block + 1))
+            if len(ent.blocks) * BLOCK_SIZE >= ent.size and ent.missing_blocks(0, ent.size) == []:
+                ent.complete = True
+                ent.blocks.clear()
+                self.cache.save(ent)
+        # blocks after the run (not contiguous) are fetched by the next call
+        if ent.missing_blocks(off, size):
+            await self._fetch(node, off, size, sequential=False)
+
+    async def _ensure_complete(self, node: Node) -> CacheEntry:
+        ent = self._ensure_entry(node)
+        if not ent.complete:
+            await self._fetch(node, 0, ent.size, sequential=True)
+            ent.complete = True
+            ent.blocks.clear()
+            self.cache.save(ent)
+        return ent
+
+    def _dirty(self, node: Node) -> CacheEntry:
+        ent = node.entry
+        assert ent is not None
+        ent.version += 1
+        self.queue.hold(ent.id)
+        if not ent.dirty:
+            self.cache.mark_dirty(ent)  # committed before the write returns
+        node.local_seq = self.table.next_seq()
+        return ent
+
+    def _maybe_evict(self) -> None:
+        keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and (n.opens or n.entry.dirty)}
+        freed = self.cache.evict(self.cache_size, keep)
+        if freed:
+            for n in self.table.by_inode.values():
+                if n.entry is not None and n.entry.id not in self.cache.entries:
+                    n.entry = None
+            log.debug("cache: evicted %d bytes", freed)
+
+    # ------------------------------------------------------------------ uploads
+
+    def _is_small(self, key: int) -> bool:
+        ent = self.cache.entries.get(key)
+        return ent is not None and ent.size <= SMALL_FILE and ent.base_uid is None
+
+    def _node_of_entry(self, ent: CacheEntry) -> Node | None:
+        node = self.table.by_path.get(ent.path)
+        return node if node is not None and node.entry is ent else None
+
+    def _uploaded(self, ent: CacheEntry, version: int, result: RemoteEntry) -> None:
+        if ent.id not in self.cache.entries:
+            return
+        if ent.version == version:
+            self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified)
+        else:
+            # the server has an older version; remember it as the base of the next upload
+            ent.base_uid, ent.base_size, ent.base_modified = result.uid, result.size, result.modified
+            self.cache.save(ent)
+        node = self._node_of_entry(ent)
+        if node is not None:
+            node.remote_fp = result.fingerprint
+            node.attr_epoch = self.epoch
+            node.page_fp = ("remote", result.fingerprint) if node.page_fp is not None else None
+
+    async def _upload(self, keys: Any) -> dict[int, BaseException | None]:
+        results: dict[int, BaseException | None] = {}
+        batch: list[CacheEntry] = []
+        for key in keys:
+            ent = self.cache.entries.get(key)
+            if ent is None or not ent.dirty:
+                results[key] = None
+                continue
+            if len(keys) > 1 and self._is_small(key):
+                batch.append(ent)
+                continue
+            try:
+                await self._upload_one(ent)
+                results[key] = None
+            except PuterError as exc:
+                results[key] = exc
+        if batch:
+            results.update(await self._upload_batch(batch))
+        return results
+
+    async def _upload_batch(self, batch: list[CacheEntry]) -> dict[int, BaseException | None]:
+        items = []
+        versions = []
+        for ent in batch:
+            with open(self.cache.data_path(ent.id), "rb") as f:
+                items.append((ent.path, f.read()))
+            versions.append(ent.version)
+        log.debug("uploading %d small files in one request", len(items))
+        outcome = await self.remote.upload_many(items, overwrite=False)
+        results: dict[int, BaseException | None] = {}
+        for ent, version, res in zip(batch, versions, outcome, strict=True):
+            if isinstance(res, AlreadyExists):
+                # someone created the name meanwhile, or an earlier attempt of ours got through
+                try:
+                    await self._upload_one(ent)
+                    results[ent.id] = None
+                except PuterError as exc:
+                    results[ent.id] = exc
+            elif isinstance(res, BaseException):
+                results[ent.id] = res
+            else:
+                self._uploaded(ent, version, res)
+                results[ent.id] = None
+        return results
+
+    async def _same_content(self, ent: CacheEntry, remote: RemoteEntry) -> bool:
+        """Whether the server's file holds exactly our bytes (an earlier attempt got through)."""
+        if remote.size != ent.size:
+            return False
+        step = 8 * BLOCK_SIZE
+        with open(self.cache.data_path(ent.id), "rb") as f:
+            for off in range(0, ent.size, step):
+                theirs = await self.remote.read(ent.path, off, min(step, ent.size - off))
+                if theirs != f.read(min(step, ent.size - off)):
+                    return False
+        return True
+
+    async def _upload_one(self, ent: CacheEntry) -> None:
+        version = ent.version
+        path = ent.path
+        try:
+            current: RemoteEntry | None = await self.remote.stat(path)
+        except NotFound:
+            current = None
+        if current is not None and current.is_dir:
+            raise AlreadyExists(f"{path} is a directory on the server", code="conflict")
+        base = (ent.base_uid, ent.base_size, ent.base_modified) if ent.base_uid is not None else None
+        if current is not None and current.fingerprint != base:
+            if await self._same_content(ent, current):
+                self._uploaded(ent, version, current)
+                return
+            if ent.path != path:
+                return  # renamed while we looked; the rename rescheduled it
+            # the server's copy changed while we had local edits: keep both
+            parent, name = split(path)
+            keep_as = join(parent, conflict_name(name, time.time()))
+            log.warning("conflict on %s: the server's version is kept as %s", path, keep_as)
+            await self.remote.move(path, keep_as, overwrite=False)
+            self.epoch += 1  # the conflict copy must show up in listings
+        with open(self.cache.data_path(ent.id), "rb") as f:
+            result = await self.remote.upload(path, f, ent.size, overwrite=True)
+        self._uploaded(ent, version, result)
+
+    # ------------------------------------------------------------------ lookup & attributes
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.ai is not None:
+            if self.ai.owns(parent_inode):
+                return await self.ai.lookup(parent_inode, name, ctx)
+            if parent_inode == pyfuse3.ROOT_INODE and name == self.ai.NAME:
+                return self.ai.root_entry()
+        parent = self._node(parent_inode)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = self.table.by_path.get(parent.parent_path, self.table.root) if parent.path else parent
+        else:
+            text = self._name(name, creating=False)
+            found = await self._child(parent, text)
+            if found is None:
+                raise FsError(errno.ENOENT)
+            node = found
+        node.lookups += 1
+        return self._attr(node)
+
+    @fuse_errors
+    async def forget(self, inode_list: Any) -> None:
+        for inode, n in inode_list:
+            node = self.table.get(inode)
+            self.table.forget(inode, n)
+            if node is not None and self.table.get(inode) is None:
+                self._locks.pop(inode, None)
+                self._release_unlinked(node)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        if self.ai is not None and self.ai.owns(inode):
+            return await self.ai.getattr(inode, ctx)
+        node = self._node(inode)
+        await self._refresh_attr(node)
+        return self._attr(node)
+
+    @fuse_errors
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if self.ai is not None and self.ai.owns(inode):
+            return await self.ai.setattr(inode, attr, fields, fh, ctx)
+        node = self._node(inode)
+        if fields.update_uid and attr.st_uid not in (self.uid, 0xFFFFFFFF, -1):
+            raise FsError(errno.EPERM, "files on Puter belong to the mounting user")
+        if fields.update_gid and attr.st_gid not in (self.gid, 0xFFFFFFFF, -1):
+            raise FsError(errno.EPERM, "files on Puter belong to the mounting user's group")
+        if fields.update_size:
+            self._check_writable()
+            if node.is_dir:
+                raise FsError(errno.EISDIR)
+            await self._truncate(node, attr.st_size)
+            if node.writers == 0 and node.entry is not None:
+                self.queue.schedule(node.entry.id)
+        now = time.time_ns()
+        if fields.update_mode:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+            if node.entry is not None:
+                node.entry.mode = node.mode
+                self.cache.save(node.entry)
+        if fields.update_mtime:
+            node.mtime_ns = attr.st_mtime_ns
+            node.mtime_local = True
+            if node.entry is not None:
+                node.entry.mtime_ns = attr.st_mtime_ns
+                self.cache.save(node.entry)
+        if fields.update_atime:
+            node.atime_ns = attr.st_atime_ns
+        node.ctime_ns = now
+        return self._attr(node)
+
+    async def _truncate(self, node: Node, size: int) -> None:
+        if size < 0:
+            raise FsError(errno.EINVAL)
+        if size == 0:
+            ent = node.entry
+            if ent is None or ent.id not in self.cache.entries:
+                ent = self._ensure_entry(node)
+            ent.complete = True
+            ent.blocks.clear()
+        else:
+            ent = await self._ensure_complete(node)
+        self._dirty(node)
+        os.truncate(self.cache.data_path(ent.id), size)
+        ent.size = size
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.mtime_local = True
+        ent.mtime_ns = node.mtime_ns
+        self.cache.save(ent)
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        now = trio.current_time()
+        if self._df is None or now - self._df[0] > 10:
+            try:
+                used, capacity = await self.remote.df()
+                self._df = (now, used, capacity)
+            except PuterError as exc:
+                if self._df is None:
+                    raise
+                log.debug("df failed (%s); using the last answer", exc)
+        assert self._df is not None
+        _, used, capacity = self._df
+        s = pyfuse3.StatvfsData()
+        bsize = 4096
+        s.f_bsize = bsize
+        s.f_frsize = bsize
+        s.f_blocks = max(capacity, used) // bsize
+        s.f_bfree = max(capacity - used, 0) // bsize
+        s.f_bavail = s.f_bfree
+        s.f_files = 1 << 32
+        s.f_ffree = (1 << 32) - len(self.table.by_inode)
+        s.f_favail = s.f_ffree
+        s.f_namemax = NAME_MAX
+        return s
+
+    # ------------------------------------------------------------------ directories
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if self.ai is not None and self.ai.owns(inode):
+            return await self.ai.opendir(inode, ctx)
+        node = self._node(inode)
+        children = await self._children(node)
+        entries = sorted(children.items())
+        fh = self._alloc_fh()
+        self._dirs[fh] = _DirHandle(node, entries)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.readdir(fh, start_id, token)
+        dh = self._dirs.get(fh)
+        if dh is None:
+            raise FsError(errno.EBADF)
+        # offsets are positions in the snapshot taken at opendir: stable, O(n) overall
+        entries = dh.entries
+        if dh.node is self.table.root and self.ai is not None:
+            entries = [(self.ai.NAME.decode(), None), *entries]  # type: ignore[list-item]
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if node is None:
+                attr = self.ai.root_entry()
+            else:
+                attr = self._attr(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+                break
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.releasedir(fh)
+        self._dirs.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # directory operations are synchronous with the server
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=True)
+        if await self._child(parent, text) is not None:
+            raise FsError(errno.EEXIST)
+        path = join(parent.path, text)
+        e = await self.remote.mkdir(path)
+        node = self.table.new(path, is_dir=True, mode=stat.S_IFDIR | (mode & ~ctx.umask & 0o7777))
+        self._set_remote(node, e)
+        node.children = {}
+        node.listed_epoch = self.epoch
+        node.listed_at = trio.current_time()
+        node.local_seq = self.table.next_seq()
+        assert parent.children is not None
+        parent.children[text] = node
+        self._touch_dir(parent)
+        node.lookups += 1
+        return self._attr(node)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=False)
+        node = await self._child(parent, text)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if await self._children(node):
+            raise FsError(errno.ENOTEMPTY)
+        try:
+            await self.remote.delete(node.path, recursive=False)
+        except NotFound:
+            pass
+        except NotEmpty:
+            node.listed_epoch = -1  # something appeared on the server meanwhile
+            raise
+        self._remove_child(parent, text, node)
+
+    def _remove_child(self, parent: Node, name: str, node: Node) -> None:
+        if parent.children is not None and parent.children.get(name) is node:
+            del parent.children[name]
+        self._touch_dir(parent)
+        self.table.detach(node)
+        self._release_unlinked(node)
+
+    def _release_unlinked(self, node: Node) -> None:
+        """Drop the data of a node that left the tree once nothing uses it any more."""
+        if node.in_tree or node.opens > 0 or node.entry is None:
+            return
+        ent = node.entry
+        node.entry = None
+        if node.fd is not None:
+            os.close(node.fd)
+            node.fd = None
+        if self.cache.entries.get(ent.id) is ent and self.cache.paths.get(ent.path) is not ent:
+            self.queue.cancel(ent.id)
+            self.cache.delete(ent)
+
+    def _refuse_ai(self, parent_inode: int, name: bytes | None = None) -> None:
+        if self.ai is None:
+            return
+        if self.ai.owns(parent_inode) or (parent_inode == pyfuse3.ROOT_INODE and name == self.ai.NAME):
+            raise FsError(errno.EPERM, ".ai/ holds fixed control files")
+
+    # ------------------------------------------------------------------ unlink / rename
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=False)
+        node = await self._child(parent, text)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        await self._delete_file(parent, text, node)
+
+    async def _delete_file(self, parent: Node, name: str, node: Node) -> None:
+        if node.opens > 0 and node.remote_fp is not None:
+            await self._ensure_complete(node)  # an open file stays readable after unlink
+        ent = node.entry
+        if ent is not None:
+            self.queue.cancel(ent.id)
+        if node.remote_fp is not None:
+            try:
+                await self.remote.delete(node.path, recursive=False)
+            except NotFound:
+                pass
+        if ent is not None and ent.id in self.cache.entries:
+            if node.opens > 0:
+                # keep the data for open descriptors, out of the path namespace
+                ent.dirty = False
+                self.cache.paths.pop(ent.path, None)
+                ent.path = f"\x00unlinked/{ent.id}"
+                self.cache.save(ent)
+            else:
+                self.cache.delete(ent)
+                node.entry = None
+                if node.fd is not None:
+                    os.close(node.fd)
+                    node.fd = None
+        node.remote_fp = None
+        self._remove_child(parent, name, node)
+
+    @fuse_errors
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._refuse_ai(parent_inode_old, name_old)
+        self._refuse_ai(parent_inode_new, name_new)
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        old_parent = self._node(parent_inode_old)
+        new_parent = self._node(parent_inode_new)
+        old_name = self._name(name_old, creating=False)
+        new_name = self._name(name_new, creating=True)
+        node = await self._child(old_parent, old_name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if not new_parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        new_path = join(new_parent.path, new_name)
+        if new_path == node.path:
+            return
+        if node.is_dir and (new_path + "/").startswith(node.path + "/"):
+            raise FsError(errno.EINVAL, "cannot move a directory into itself")
+        target = await self._child(new_parent, new_name)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            if node.is_dir and not target.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if not node.is_dir and target.is_dir:
+                raise FsError(errno.EISDIR)
+            if target.is_dir and await self._children(target):
+                raise FsError(errno.ENOTEMPTY)
+
+        # uploads of anything under the source must not run while paths change
+        moving = [e for p, e in self.cache.paths.items() if e.dirty and (p == node.path or p.startswith(node.path + "/"))]
+        for e in moving:
+            self.queue.hold(e.id)
+        try:
+            await self._rename_remote(node, target, new_path)
+        finally:
+            for e in moving:
+                n = self._node_of_entry(e)
+                if e.id in self.cache.entries and e.dirty and (n is None or n.writers == 0):
+                    self.queue.schedule(e.id)
+
+        old_path = node.path
+        if target is not None:
+            self._drop_target(new_parent, new_name, target)
+        self.cache.rename(old_path, new_path)
+        self.table.rename(node, new_path)
+        if old_parent.children is not None and old_parent.children.get(old_name) is node:
+            del old_parent.children[old_name]
+        if new_parent.children is not None:
+            new_parent.children[new_name] = node
+        node.local_seq = self.table.next_seq()
+        node.ctime_ns = time.time_ns()
+        self._touch_dir(old_parent)
+        self._touch_dir(new_parent)
+
+    async def _rename_remote(self, node: Node, target: Node | None, new_path: str) -> None:
+        target_remote = target is not None and target.remote_fp is not None
+        if node.remote_fp is not None:
+            try:
+                result = await self.remote.move(node.path, new_path, overwrite=target_remote)
+            except NotFound:
+                if node.is_dir or node.entry is None or not node.entry.dirty:
+                    raise
+                # gone on the server; our dirty copy will be uploaded under the new name
+                node.remote_fp = None
+                if node.entry is not None:
+                    node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
+                return
+            if target is not None and target.opens > 0 and target.remote_fp is not None and not target.is_dir:
+                pass  # its data is local already (see _drop_target)
+            node.remote_fp = result.fingerprint
+        elif target_remote and node.entry is not None:
+            # a local-only file replaces a server file: upload it as an update of that file
+            assert target is not None and target.remote_fp is not None
+            uid, size, modified = target.remote_fp
+            node.entry.base_uid, node.entry.base_size, node.entry.base_modified = uid, size, modified
+            self.cache.save(node.entry)
+
+    def _drop_target(self, parent: Node, name: str, target: Node) -> None:
+        ent = target.entry
+        if ent is not None:
+            self.queue.cancel(ent.id)
+            if target.opens > 0:
+                self.cache.paths.pop(ent.path, None)
+                ent.path = f"\x00unlinked/{ent.id}"
+                ent.dirty = False
+                self.cache.save(ent)
+            else:
+                self.cache.delete(ent)
+                target.entry = None
+                if target.fd is not None:
+                    os.close(target.fd)
+                    target.fd = None
+        if parent.children is not None and parent.children.get(name) is target:
+            del parent.children[name]
+        target.remote_fp = None
+        self.table.detach(target)
+
+    # ------------------------------------------------------------------ things Puter cannot hold
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise FsError(errno.EPERM, "Puter has no hard links")
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise FsError(errno.EPERM, "puterfs cannot create symbolic links")
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if stat.S_ISREG(mode):
+            fi, attr = await self._create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            await self._release(fi.fh)
+            return attr
+        raise FsError(errno.EPERM, "Puter cannot hold device nodes, FIFOs or sockets")
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        raise FsError(errno.EINVAL)
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise FsError(errno.ENOTSUP, "Puter has no extended attributes")
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise FsError(pyfuse3.ENOATTR)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise FsError(pyfuse3.ENOATTR)
+
+    # ------------------------------------------------------------------ files
+
+    def _alloc_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _open_handle(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        acc = flags & os.O_ACCMODE
+        writable = acc in (os.O_WRONLY, os.O_RDWR)
+        fh = self._alloc_fh()
+        self._handles[fh] = _Handle(node, writable, flags)
+        node.opens += 1
+        if writable:
+            node.writers += 1
+        # keep the kernel's page cache only while the content is what it cached last time
+        current = ("local", node.entry.id) if (node.entry is not None and node.entry.dirty) else ("remote", node.remote_fp)
+        keep = node.page_fp == current
+        node.page_fp = current
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self.ai is not None and self.ai.owns(inode):
+            return await self.ai.open(inode, flags, ctx)
+        node = self._node(inode)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        if writable or flags & os.O_TRUNC:
+            self._check_writable()
+        await self._refresh_attr(node)
+        if writable and flags & os.O_TRUNC:
+            await self._truncate(node, 0)
+        return self._open_handle(node, flags)
+
+    @fuse_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.ai is not None and (self.ai.owns(parent_inode)):
+            return await self.ai.create(parent_inode, name, mode, flags, ctx)
+        self._refuse_ai(parent_inode, name)
+        return await self._create(parent_inode, name, mode, flags, ctx)
+
+    async def _create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=True)
+        existing = await self._child(parent, text)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise FsError(errno.EEXIST)
+            if existing.is_dir:
+                raise FsError(errno.EISDIR)
+            if flags & os.O_TRUNC:
+                await self._truncate(existing, 0)
+            existing.lookups += 1
+            return self._open_handle(existing, flags), self._attr(existing)
+        path = join(parent.path, text)
+        perm = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
+        node = self.table.new(path, is_dir=False, mode=perm)
+        node.entry = self.cache.create(path, mode=perm, mtime_ns=node.mtime_ns)
+        self._dirty(node)
+        assert parent.children is not None
+        parent.children[text] = node
+        self._touch_dir(parent)
+        node.lookups += 1
+        fi = self._open_handle(node, flags)
+        if (flags & os.O_ACCMODE) not in (os.O_WRONLY, os.O_RDWR):
+            self.queue.schedule(node.entry.id)
+        return fi, self._attr(node)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.read(fh, off, size)
+        h = self._handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        node = h.node
+        ent = self._ensure_entry(node)
+        if off >= ent.size:
+            return b""
+        size = min(size, ent.size - off)
+        if ent.missing_blocks(off, size):
+            await self._fetch(node, off, size, sequential=off == h.next_off)
+        self.cache.touch(ent)
+        data = os.pread(self._fd(node), size, off)
+        h.next_off = off + len(data)
+        return data
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.write(fh, off, buf)
+        h = self._handles.get(fh)
+        if h is None or not h.writable:
+            raise FsError(errno.EBADF)
+        node = h.node
+        ent = await self._ensure_complete(node)
+        self._dirty(node)
+        try:
+            n = os.pwrite(self._fd(node), buf, off)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("the cache disk is full: %s", exc)
+            raise
+        if off + n > ent.size:
+            ent.size = off + n
+        node.size = ent.size
+        node.mtime_ns = node.ctime_ns = ent.mtime_ns = time.time_ns()
+        node.mtime_local = True
+        return n
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.flush(fh)
+        h = self._handles.get(fh)
+        if h is not None and h.node.entry is not None and h.node.entry.dirty:
+            self.cache.save(h.node.entry)  # size and mtime reach the journal at every close()
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.fsync(fh, datasync)
+        h = self._handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        node = h.node
+        ent = node.entry
+        if ent is None or not ent.dirty or not node.in_tree:
+            return
+        fd = self._fd(node)
+        await trio.to_thread.run_sync(os.fsync, fd)
+        self.cache.save(ent)
+        await self.queue.upload_now(ent.id)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return await self.ai.release(fh)
+        await self._release(fh)
+
+    async def _release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        node = h.node
+        node.opens -= 1
+        if h.writable:
+            node.writers -= 1
+        ent = node.entry
+        if ent is not None and ent.dirty and node.writers == 0 and node.in_tree:
+            self.cache.save(ent)
+            self.queue.schedule(ent.id)
+        if node.opens == 0:
+            if node.fd is not None:
+                os.close(node.fd)
+                node.fd = None
+            if not node.in_tree:
+                self._release_unlinked(node)
+                self.table.maybe_drop(node)
+            else:
+                self._maybe_evict()
+
+    @fuse_errors
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return True
+
+
+    # ------------------------------------------------------------------ for the AI files
+
+    async def read_path(self, rel: str) -> bytes:
+        """The content of the file at mount-relative `rel`, through the cache (dirty data included)."""
+        node = self.table.root
+        for part in [p for p in rel.split("/") if p and p != "."]:
+            child = await self._child(node, part)
+            if child is None:
+                raise FsError(errno.ENOENT, f"{rel}: no such file in the mount")
+            node = child
+        if node.is_dir:
+            raise FsError(errno.EISDIR, f"{rel} is a directory")
+        ent = await self._ensure_complete(node)
+        with open(self.cache.data_path(ent.id), "rb") as f:
+            return f.read()

@@ -1,0 +1,261 @@
+"""The upload queue: uploads dirty files after a quiet period, retries forever, never drops.
+
+Keys are cache-entry ids. Each pending key has a due time; a scheduler task hands due
+keys, grouped into batches of small files, to a fixed set of worker tasks over a
+zero-capacity channel (backpressure: nothing is taken off the queue until a worker is
+free). Invariants (see docs/write-back.md):
+
+* ``schedule`` (a write finished, a file closed) bumps the key's generation and cancels an
+  upload of that key in flight: the data is changing, so that upload would be stale.
+* An upload outcome only counts for the generation it started with. A key is done
+  (removed) only when an upload of its *current* generation succeeded.
+* A failed upload is retried after a doubling delay, capped (default 5 min); the key stays
+  pending until it succeeds or ``cancel`` drops it (the file was deleted).
+* ``upload_now`` (fsync) makes a key due at once and waits for the next outcome.
+
+Code between two awaits is atomic under trio, so the state needs no locks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+log = logging.getLogger(__name__)
+
+UploadFn = Callable[[Sequence[int]], Awaitable[dict[int, BaseException | None]]]
+
+
+@dataclass(eq=False)
+class _Item:
+    key: int
+    gen: int = 0
+    due: float = math.inf
+    attempts: int = 0
+    dispatched_gen: int | None = None  # generation handed to a worker, if any
+    scope: trio.CancelScope | None = None  # the batch upload carrying this key
+    waiters: list[_Waiter] = field(default_factory=list)
+    last_error: str | None = None
+
+
+@dataclass(eq=False)
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+class WriteBackQueue:
+    def __init__(
+        self,
+        upload: UploadFn,
+        *,
+        delay: float = 2.0,
+        workers: int = 4,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        is_small: Callable[[int], bool] | None = None,
+        max_batch: int = 32,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._upload = upload
+        self.delay = delay
+        self._workers = workers
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._is_small = is_small or (lambda key: False)
+        self._max_batch = max_batch
+        self._on_change = on_change or (lambda: None)
+        self._items: dict[int, _Item] = {}
+        self._heap: list[tuple[float, int, int]] = []  # (due, gen, key)
+        self._wakeup = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.last_error: str | None = None
+        self.uploaded = 0
+
+    # -- producer side --------------------------------------------------------------------
+
+    def schedule(self, key: int, delay: float | None = None) -> None:
+        """(Re)queue `key` to upload after `delay` seconds (default: the quiet period)."""
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = _Item(key)
+            self._idle = trio.Event() if self._idle.is_set() else self._idle
+        item.gen += 1
+        item.due = trio.current_time() + (self.delay if delay is None else delay)
+        self._cancel_flight(item)
+        if math.isfinite(item.due):
+            heapq.heappush(self._heap, (item.due, item.gen, key))
+        self._wakeup.set()
+        self._on_change()
+
+    def hold(self, key: int) -> None:
+        """The data of `key` is changing (a write, a truncate): stop any upload of it and
+        wait for the next `schedule` (on close) before uploading. No-op if not pending."""
+        if key in self._items:
+            self.schedule(key, math.inf)
+
+    def cancel(self, key: int) -> None:
+        """Drop `key` (its file was deleted or replaced): no upload, waiters are released."""
+        item = self._items.pop(key, None)
+        if item is None:
+            return
+        self._cancel_flight(item)
+        for w in item.waiters:
+            w.event.set()
+        self._check_idle()
+        self._on_change()
+
+    def pending(self, key: int) -> bool:
+        return key in self._items
+
+    async def upload_now(self, key: int) -> None:
+        """Upload `key` at once and wait for the outcome (fsync). Raises the upload error."""
+        item = self._items.get(key)
+        if item is None:
+            return
+        if item.dispatched_gen != item.gen:
+            item.due = trio.current_time()
+            heapq.heappush(self._heap, (item.due, item.gen, key))
+            self._wakeup.set()
+        while True:
+            w = _Waiter()
+            item.waiters.append(w)
+            await w.event.wait()
+            if w.error is not None:
+                raise w.error
+            if self._items.get(key) is not item:
+                return  # uploaded (or cancelled: nothing left to upload)
+            # the outcome was for a stale generation; wait for the next one
+
+    async def wait_idle(self) -> None:
+        """Wait until nothing is pending (every key uploaded or cancelled)."""
+        while self._items:
+            await self._idle.wait()
+
+    def flush_all_now(self) -> None:
+        """Make every pending key due now (unmount, SIGTERM)."""
+        now = trio.current_time()
+        for item in self._items.values():
+            item.attempts = 0
+            if item.dispatched_gen != item.gen:
+                item.due = now
+                heapq.heappush(self._heap, (now, item.gen, item.key))
+        self._wakeup.set()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "pending": len(self._items),
+            "uploading": sum(1 for i in self._items.values() if i.scope is not None),
+            "failed_attempts": sum(1 for i in self._items.values() if i.attempts),
+            "last_error": self.last_error,
+            "uploaded": self.uploaded,
+        }
+
+    # -- consumer side --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, recv = trio.open_memory_channel[list[tuple[int, int]]](0)
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._workers):
+                nursery.start_soon(self._worker, recv.clone())
+            task_status.started()
+            await self._scheduler(send)
+
+    async def _scheduler(self, send: trio.MemorySendChannel[list[tuple[int, int]]]) -> None:
+        while True:
+            now = trio.current_time()
+            due: list[tuple[int, int]] = []
+            while self._heap and self._heap[0][0] <= now:
+                _, gen, key = heapq.heappop(self._heap)
+                item = self._items.get(key)
+                if item is None or item.gen != gen or item.dispatched_gen == gen:
+                    continue
+                item.dispatched_gen = gen
+                due.append((key, gen))
+            if due:
+                for batch in self._batches(due):
+                    await send.send(batch)
+                continue
+            self._wakeup = trio.Event()
+            deadline = self._heap[0][0] if self._heap else math.inf
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
+
+    def _batches(self, due: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        small = [kg for kg in due if self._is_small(kg[0])]
+        large = [[kg] for kg in due if not self._is_small(kg[0])]
+        batches = [small[i : i + self._max_batch] for i in range(0, len(small), self._max_batch)]
+        return batches + large
+
+    async def _worker(self, recv: trio.MemoryReceiveChannel[list[tuple[int, int]]]) -> None:
+        async for batch in recv:
+            live = [(k, g) for k, g in batch if (it := self._items.get(k)) is not None and it.gen == g]
+            for k, g in batch:
+                it = self._items.get(k)
+                if it is not None and it.dispatched_gen == g and it.gen != g:
+                    it.dispatched_gen = None
+            if not live:
+                continue
+            scope = trio.CancelScope()
+            for k, _ in live:
+                self._items[k].scope = scope
+            self._on_change()
+            results: dict[int, BaseException | None] = {}
+            with scope:
+                try:
+                    results = await self._upload([k for k, _ in live])
+                except Exception as exc:  # the upload function failed as a whole
+                    log.warning("upload of %d file(s) failed: %s", len(live), exc)
+                    results = {k: exc for k, _ in live}
+            for k, g in live:
+                item = self._items.get(k)
+                if item is None or item.scope is not scope:
+                    continue
+                item.scope = None
+                item.dispatched_gen = None
+                if item.gen != g:
+                    continue  # rescheduled meanwhile: its new due time stands
+                if scope.cancelled_caught or k not in results:
+                    # cancelled as part of a batch whose other member changed: retry at once
+                    item.due = trio.current_time()
+                    heapq.heappush(self._heap, (item.due, item.gen, k))
+                    self._wakeup.set()
+                    continue
+                err = results[k]
+                if err is None:
+                    del self._items[k]
+                    self.uploaded += 1
+                    for w in item.waiters:
+                        w.event.set()
+                    self._check_idle()
+                else:
+                    item.attempts += 1
+                    delay = min(self._backoff_base * 2 ** (item.attempts - 1), self._backoff_max)
+                    item.due = trio.current_time() + delay
+                    item.last_error = self.last_error = f"{type(err).__name__}: {err}"
+                    heapq.heappush(self._heap, (item.due, item.gen, k))
+                    waiters, item.waiters = item.waiters, []
+                    for w in waiters:
+                        w.error = err
+                        w.event.set()
+                    self._wakeup.set()
+                    log.warning("upload failed (attempt %d, retry in %.1fs): %s", item.attempts, delay, err)
+            self._on_change()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _cancel_flight(self, item: _Item) -> None:
+        if item.scope is not None:
+            item.scope.cancel()
+            item.scope = None
+            item.dispatched_gen = None
+
+    def _check_idle(self) -> None:
+        if not self._items:
+            self._idle.set()

@@ -1,0 +1,378 @@
+"""`puterfs mount`: the composition root.
+
+Builds client -> Remote -> CacheStore -> PuterOperations (+ the .ai/ files), starts the
+background tasks (upload workers, change poller, state file, signal handler) in one trio
+nursery, serves FUSE with `pyfuse3.main()`, and on the way out uploads everything pending
+before it exits. Without --foreground it forks once the mount is ready, so that a script
+can use the directory as soon as the command returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("puterfs.mount")
+
+AI_INODE_BASE = 1 << 48
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num = t.rstrip("KMGT")
+    unit = t[len(num):]
+    try:
+        return int(float(num) * units[unit])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500M, 10G)") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", help="an existing empty directory")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (for systemd and debugging)")
+    p.add_argument("--api-url", help="Puter API URL (default: the saved account, $PUTER_API_URL, or https://api.puter.com)")
+    p.add_argument("--web-url", help="Puter web URL (login host)")
+    p.add_argument("--token-file", help="read the token from this file (default: $PUTER_TOKEN, then the saved token)")
+    p.add_argument("--remote-root", help="Puter folder to mount (default: your home, /<username>)")
+    p.add_argument("--cache-dir", help="write-back cache folder (default: under $XDG_CACHE_HOME/puterfs)")
+    p.add_argument("--cache-size", type=_size, default=_size("10G"), help="clean cached data kept at most (default 10G; dirty data is never evicted)")
+    p.add_argument("--write-back", type=float, default=2.0, metavar="SECONDS", help="quiet period after the last close before a file is uploaded (default 2)")
+    p.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="how often to check the server for changes made elsewhere (default 2)")
+    p.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS", help="how long the kernel may cache attributes (default 1)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of one filesystem request to the server (default 60)")
+    p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--debug", action="store_true", help="verbose logging")
+
+
+@dataclass
+class _Settings:
+    mountpoint: str
+    api_url: str
+    web_url: str
+    token: str
+    remote_root: str | None
+    cache_dir: Path
+    verify_tls: bool
+    args: argparse.Namespace
+
+
+def _fail(msg: str) -> int:
+    print(f"puterfs mount: {msg}", file=sys.stderr)
+    return 1
+
+
+def _settings(args: argparse.Namespace) -> _Settings | str:
+    from puterfs import config
+
+    mp = os.path.abspath(os.path.expanduser(args.mountpoint))
+    if not os.path.isdir(mp):
+        return f"{mp} is not a directory"
+    if os.path.ismount(mp):
+        return f"{mp} is already a mount point"
+    try:
+        token = config.load_token(args.token_file)
+    except FileNotFoundError as exc:
+        return str(exc)
+    if not token:
+        return (
+            "no Puter account configured: run `puterfs login`, set PUTER_TOKEN, pass --token-file, "
+            "or use `puterfs mount --auto` to try it against the local emulator"
+        )
+    acc = config.load_account()
+    api_url = args.api_url or acc.api_url
+    web_url = args.web_url or (api_url if args.api_url else acc.web_url)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else config.cache_dir() / config.mount_key(mp)
+    return _Settings(
+        mountpoint=mp, api_url=api_url, web_url=web_url, token=token, remote_root=args.remote_root,
+        cache_dir=cache_dir, verify_tls=acc.verify_tls and not args.insecure, args=args,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if isinstance(s, str):
+        return _fail(s)
+    s.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if args.foreground:
+        _setup_logging(args.debug, None)
+        return _serve(s, ready=_notify_systemd)
+    return _daemonize(s)
+
+
+def _setup_logging(debug: bool, logfile: Path | None) -> None:
+    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for noisy in ("httpx", "httpcore", "hpack", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _daemonize(s: _Settings) -> int:
+    """Fork; the parent returns once the child reports the mount ready (or failed)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        chunks = []
+        while True:
+            b = os.read(rfd, 4096)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(rfd)
+        msg = b"".join(chunks).decode(errors="replace")
+        if msg.startswith("ok"):
+            return 0
+        if not msg:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = 0
+            msg = f"the mount daemon exited (status {status}) before the mount was ready; see {s.cache_dir / 'puterfs.log'}"
+        print(f"puterfs mount: {msg.strip()}", file=sys.stderr)
+        return 1
+    # child
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)  # the grandchild is the daemon: no controlling terminal, reparented to init
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    _setup_logging(s.args.debug, s.cache_dir / "puterfs.log")
+
+    def ready(ok: bool = True, message: str = "") -> None:
+        try:
+            os.write(wfd, b"ok\n" if ok else message.encode() + b"\n")
+            os.close(wfd)
+        except OSError:
+            pass
+
+    code = 1
+    try:
+        code = _serve(s, ready=ready)
+    finally:
+        ready(False, "the mount daemon stopped")
+        os._exit(code)
+
+
+def _notify_systemd(ok: bool = True, message: str = "") -> None:
+    """Type=notify: READY=1 once the mount serves (a dozen lines, no library)."""
+    if not ok:
+        print(f"puterfs mount: {message}", file=sys.stderr)
+        return
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(b"READY=1\nSTATUS=serving\n")
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+def _serve(s: _Settings, ready: Callable[..., None]) -> int:
+    import trio
+
+    try:
+        return trio.run(_run, s, ready)
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(s: _Settings, ready: Callable[..., None]) -> int:
+    import pyfuse3
+    import trio
+
+    from puterfs import config
+    from puterfs.client import PuterClient
+    from puterfs.client._errors import AuthenticationError, PuterError
+    from puterfs.fs.cache import CacheStore
+    from puterfs.fs.operations import PuterOperations
+    from puterfs.fs.remote import Remote
+
+    args = s.args
+    state_path = config.mount_state_file(s.mountpoint)
+    async with PuterClient(token=s.token, ignore_ssl=not s.verify_tls, api_url=s.api_url, web_url=s.web_url) as client:
+        try:
+            root = s.remote_root or await client.home()
+        except AuthenticationError as exc:
+            ready(False, f"the server refused the token ({exc.message}); run `puterfs login` again")
+            return 1
+        except PuterError as exc:
+            ready(False, f"cannot reach Puter at {s.api_url}: {exc}")
+            return 1
+        cache = CacheStore(s.cache_dir)
+        remote = Remote(client, root, timeout=args.timeout)
+        changed = _Changed(trio.Event)
+        on_change = changed.set
+
+        ops = PuterOperations(
+            remote, cache, attr_timeout=args.attr_timeout, write_back=args.write_back,
+            cache_size=args.cache_size, read_only=args.read_only, on_change=on_change,
+        )
+        try:
+            await ops.prepare()
+        except PuterError as exc:
+            cache.close()
+            ready(False, f"cannot use {root} on {s.api_url}: {exc}")
+            return 1
+        try:
+            from puterfs.fs.aifiles import AiFiles
+
+            ops.ai = AiFiles(
+                client, inode_base=AI_INODE_BASE, read_mount_file=ops.read_path, uid=ops.uid, gid=ops.gid,
+            )
+        except ImportError:  # pragma: no cover - the AI files are part of the package
+            log.warning("AI control files unavailable")
+
+        options = set(pyfuse3.default_options)
+        options |= {f"fsname=puterfs:{root}", "subtype=puterfs"}
+        if args.allow_other:
+            options.add("allow_other")
+        if args.read_only:
+            options.add("ro")
+        try:
+            pyfuse3.init(ops, s.mountpoint, options)
+        except RuntimeError as exc:
+            cache.close()
+            ready(False, f"cannot mount on {s.mountpoint}: {exc}")
+            return 1
+        log.info("mounted %s%s on %s", s.api_url, root, s.mountpoint)
+        stopping = {"flag": False}
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ops.queue.run)
+                nursery.start_soon(ops.poll_changes, args.poll_interval)
+                nursery.start_soon(_state_writer, ops, s, root, state_path, changed)
+                if ops.ai is not None:
+                    await ops.ai.start(nursery)
+                nursery.start_soon(_signals, ops, stopping)
+                ready(True)
+                await pyfuse3.main()
+                # unmounted (by us after a signal, or by fusermount -u): upload what is left
+                if not stopping["flag"]:
+                    log.info("unmounted; uploading pending files before exit")
+                    await ops.shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            if ops.ai is not None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await ops.ai.aclose()
+                    except Exception:  # noqa: BLE001
+                        log.exception("closing the AI files")
+            pyfuse3.close(unmount=True)
+            cache.close()
+            try:
+                state_path.unlink()
+            except FileNotFoundError:
+                pass
+        st = ops.statistics()
+        if st["pending"]:
+            log.warning("%d file(s) not uploaded; they stay in %s and go up at the next mount", st["pending"], s.cache_dir)
+        log.info("unmounted %s", s.mountpoint)
+        return 0
+
+
+async def _signals(ops: Any, stopping: dict[str, bool]) -> None:
+    import pyfuse3
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                ops.epoch += 1  # re-read listings
+                continue
+            if stopping["flag"]:
+                log.warning("second stop signal: unmounting without waiting for uploads (they stay in the cache)")
+                pyfuse3.terminate()
+                return
+            stopping["flag"] = True
+            st = ops.statistics()
+            log.info("stopping: uploading %d pending file(s) first", st["pending"])
+            async with trio.open_nursery() as n:
+                async def wait_then_terminate() -> None:
+                    await ops.shutdown()
+                    pyfuse3.terminate()
+                    n.cancel_scope.cancel()
+
+                n.start_soon(wait_then_terminate)
+                async for signum2 in signals:
+                    if signum2 in (signal.SIGTERM, signal.SIGINT):
+                        log.warning("second stop signal: not waiting for uploads (they stay in the cache)")
+                        pyfuse3.terminate()
+                        n.cancel_scope.cancel()
+                        break
+            return
+
+
+async def _state_writer(ops: Any, s: _Settings, root: str, path: Path, changed: Any) -> None:
+    import trio
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    last = None
+    while True:
+        st = ops.statistics()
+        state = {
+            "pid": os.getpid(),
+            "mountpoint": s.mountpoint,
+            "api_url": s.api_url,
+            "remote_root": root,
+            "cache_dir": str(s.cache_dir),
+            "pending": st["pending"],
+            "uploading": st["uploading"],
+            "failed_attempts": st["failed_attempts"],
+            "last_error": st["last_error"],
+            "uploaded": st["uploaded"],
+            "cache_bytes": st["cache_bytes"],
+        }
+        if state != last:
+            state["updated"] = time.time()
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                tmp.write_text(json.dumps(state))
+                os.replace(tmp, path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.debug("cannot write %s: %s", path, exc)
+            state.pop("updated")
+            last = state
+        with trio.move_on_after(1.0):
+            await changed.wait()
+        await trio.sleep(0.1)  # at most a few rewrites per second
+
+
+class _Changed:
+    """A resettable wake-up for the state writer (trio events cannot be cleared)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._event = factory()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = self._factory()

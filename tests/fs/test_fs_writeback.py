@@ -1,0 +1,203 @@
+"""The upload queue under trio's mock clock: quiet period, requeue on write, batching,
+backoff that never gives up, fsync semantics, and waiting for idle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from puterfs.client._errors import ServerError
+from puterfs.fs.writeback import WriteBackQueue
+
+
+class Uploader:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, list[int]]] = []
+        self.fail: dict[int, int] = {}  # key -> failures left
+        self.block: trio.Event | None = None
+        self.started = trio.Event()
+
+    async def __call__(self, keys):
+        self.calls.append((trio.current_time(), list(keys)))
+        self.started.set()
+        if self.block is not None:
+            await self.block.wait()
+        out = {}
+        for k in keys:
+            if self.fail.get(k, 0) > 0:
+                self.fail[k] -= 1
+                out[k] = ServerError("boom", status=503)
+            else:
+                out[k] = None
+        return out
+
+
+@pytest.fixture
+def clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def _with_queue(q: WriteBackQueue, body):
+    async with trio.open_nursery() as n:
+        await n.start(q.run)
+        await body()
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_uploads_after_quiet_period(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=2.0)
+
+    async def body():
+        t0 = trio.current_time()
+        q.schedule(1)
+        await q.wait_idle()
+        assert len(up.calls) == 1
+        assert up.calls[0][0] - t0 == pytest.approx(2.0)
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_rescheduling_postpones(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=2.0)
+
+    async def body():
+        t0 = trio.current_time()
+        q.schedule(7)
+        await trio.sleep(1.5)
+        q.schedule(7)  # written again before the quiet period ended
+        await q.wait_idle()
+        assert [c[1] for c in up.calls] == [[7]]
+        assert up.calls[0][0] - t0 == pytest.approx(3.5)
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_hold_keeps_an_open_file_from_uploading(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=1.0)
+
+    async def body():
+        q.schedule(3)
+        q.hold(3)  # written again while open: no upload until the next schedule
+        await trio.sleep(100)
+        assert up.calls == []
+        assert q.statistics()["pending"] == 1
+        q.schedule(3)
+        await q.wait_idle()
+        assert len(up.calls) == 1
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_write_during_upload_cancels_and_requeues(autojump_clock):
+    up = Uploader()
+    up.block = trio.Event()
+    q = WriteBackQueue(up, delay=1.0)
+
+    async def body():
+        q.schedule(5)
+        await up.started.wait()
+        assert q.statistics()["uploading"] == 1
+        q.schedule(5)  # new data while in flight
+        up.block = None
+        await q.wait_idle()
+        assert [c[1] for c in up.calls] == [[5], [5]]
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_failures_back_off_and_never_drop(autojump_clock):
+    up = Uploader()
+    up.fail[9] = 6
+    q = WriteBackQueue(up, delay=0.0, backoff_base=1.0, backoff_max=8.0)
+
+    async def body():
+        q.schedule(9)
+        await q.wait_idle()
+        times = [c[0] for c in up.calls]
+        gaps = [round(b - a, 3) for a, b in zip(times, times[1:])]
+        assert gaps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # doubling, capped
+        st = q.statistics()
+        assert st["pending"] == 0 and "boom" in st["last_error"]
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_small_files_go_in_batches(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=1.0, is_small=lambda k: k < 100, max_batch=10, workers=2)
+
+    async def body():
+        for k in range(25):
+            q.schedule(k)
+        q.schedule(500)
+        await q.wait_idle()
+        sizes = sorted(len(c[1]) for c in up.calls)
+        assert sizes == [1, 5, 10, 10]
+        assert sorted(k for c in up.calls for k in c[1]) == [*range(25), 500]
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_upload_now_waits_and_reports_errors(autojump_clock):
+    up = Uploader()
+    up.fail[4] = 1
+    q = WriteBackQueue(up, delay=60.0, backoff_base=5.0)
+
+    async def body():
+        q.schedule(4)
+        t0 = trio.current_time()
+        with pytest.raises(ServerError):
+            await q.upload_now(4)  # fsync: at once, and the failure is reported
+        assert trio.current_time() - t0 < 1
+        await q.upload_now(4)  # the retry succeeds
+        assert not q.pending(4)
+        await q.upload_now(4)  # nothing pending: returns at once
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_cancel_drops_and_releases_waiters(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=math.inf)
+
+    async def body():
+        q.schedule(11, math.inf)
+        async with trio.open_nursery() as n:
+            n.start_soon(q.upload_now, 11)
+            await up.started.wait()
+            up.block = trio.Event()
+            q.cancel(11)
+        await q.wait_idle()
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_flush_all_now(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=3600.0)
+
+    async def body():
+        for k in (1, 2, 3):
+            q.schedule(k)
+        t0 = trio.current_time()
+        q.flush_all_now()
+        await q.wait_idle()
+        assert trio.current_time() - t0 < 1
+        assert sorted(k for c in up.calls for k in c[1]) == [1, 2, 3]
+
+    await _with_queue(q, body)
