@@ -26,4 +26,4 @@ class ApiError(Exception):
 def api_error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     body: dict[str, Any] = {"error": message, "message": message, "code": code}
     body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers, media_type="application/json; charset=utf-8")

@@ -1,0 +1,60 @@
+"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, request log."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from puterfs.emulator.app import JSONResponse, parse_json_bytes
+from puterfs.emulator.errors import ApiError, api_error
+
+if TYPE_CHECKING:
+    from puterfs.emulator.app import Emulator
+
+
+async def handle_admin(emu: Emulator, request: Request) -> Response:
+    try:
+        return await _handle(emu, request)
+    except ApiError as exc:
+        return exc.response()
+
+
+async def _handle(emu: Emulator, request: Request) -> Response:
+    method, path = request.method, request.url.path
+    if path == "/_emulator/faults":
+        if method == "GET":
+            return JSONResponse({"rules": emu.faults.rules()})
+        if method == "DELETE":
+            emu.faults.clear()
+            return JSONResponse({"ok": True})
+        if method == "POST":
+            body = parse_json_bytes(await request.body())
+            rules = body.get("rules", [])
+            if not isinstance(rules, list):
+                raise ApiError(400, "bad_request", "'rules' must be a list")
+            try:
+                emu.faults.set_rules(rules)
+            except (TypeError, ValueError) as exc:
+                raise ApiError(400, "bad_request", f"bad fault rule: {exc}") from exc
+            return JSONResponse({"ok": True, "rules": emu.faults.rules()})
+    elif path == "/_emulator/release" and method == "POST":
+        emu.faults.release()
+        return JSONResponse({"ok": True})
+    elif path == "/_emulator/disk":
+        if method == "POST":
+            body = parse_json_bytes(await request.body())
+            cap = body.get("capacity")
+            if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+                raise ApiError(400, "bad_request", "'capacity' must be a byte count or null")
+            emu.capacity = cap
+        return JSONResponse({"capacity": emu.capacity})
+    elif path == "/_emulator/log":
+        if method == "GET":
+            bodies = request.query_params.get("bodies", "") not in ("", "0", "false")
+            return JSONResponse(emu.log.entries(bodies=bodies))
+        if method == "DELETE":
+            emu.log.clear()
+            return JSONResponse({"ok": True})
+    return api_error(404, "not_found", "Not Found")

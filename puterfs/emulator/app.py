@@ -1,0 +1,481 @@
+"""The emulator's ASGI application: host routing, authentication, faults, request log.
+
+One ``Emulator`` owns a ``Store`` (SQLite + blob files), a ``Faults`` switchboard and a
+``RequestLog``; ``Emulator.app`` is a plain ASGI callable.  Request handling uses
+Starlette's request/response objects and anyio only, so the app runs under uvicorn
+(asyncio) and in process through ``httpx.ASGITransport`` under asyncio or trio.
+
+Hosts (README §1): ``api.*`` gets API routes only, the configured root domain gets
+root routes only (login, signup, ...); an IP address, ``localhost`` or any other name
+gets both, so ``http://127.0.0.1:PORT`` is both the API and the web URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response
+
+from puterfs.emulator.auth import TokenFormatError, TokenSignatureError, sign_token, verify_token
+from puterfs.emulator.errors import ApiError, api_error
+from puterfs.emulator.faults import Faults, RequestLog, Rule, StreamShaper
+from puterfs.emulator.store import Store
+
+log = logging.getLogger(__name__)
+
+VERSION = {"version": "26.07", "major": 26, "minor": 7, "patch": None, "environment": "dev", "location": None}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class JSONResponse(_StarletteJSON):
+    """JSON with the real server's ``Content-Type`` (it names the charset)."""
+
+    media_type = "application/json; charset=utf-8"
+
+
+class DroppedConnection(httpx.RemoteProtocolError):
+    """In-process stand-in for a connection closed without a response.
+
+    An ``httpx.RemoteProtocolError`` so that a client on ``httpx.ASGITransport`` sees
+    the same exception class as one whose TCP connection was closed."""
+
+
+# Returned (instead of None) by the ASGI callable to make uvicorn close the connection
+# without writing a response: its h11 protocol closes the transport on a non-None result.
+_DROP = "emulator-drop"
+
+
+@dataclass
+class Actor:
+    """Who is calling: the user and the kind of token (gui, s, au, t)."""
+
+    user: sqlite3.Row
+    kind: str
+    claims: dict[str, Any]
+    token: str
+
+    @property
+    def username(self) -> str:
+        return self.user["username"]
+
+    @property
+    def permissions(self) -> list[str]:
+        perms = self.claims.get("perm")
+        return perms if isinstance(perms, list) else []
+
+    @property
+    def app_uid(self) -> str | None:
+        return self.claims.get("app")
+
+    @property
+    def full_access(self) -> bool:
+        return self.kind in ("gui", "s") or (self.kind == "t" and "full-api-access" in self.permissions)
+
+
+@dataclass
+class Call:
+    """Everything a route handler gets."""
+
+    emu: Emulator
+    request: Request
+    body: dict[str, Any]
+    actor: Actor | None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def me(self) -> Actor:
+        assert self.actor is not None
+        return self.actor
+
+    @property
+    def store(self) -> Store:
+        return self.emu.store
+
+    def base_url(self) -> str:
+        host = self.request.headers.get("host") or "127.0.0.1"
+        return f"{self.request.url.scheme}://{host}"
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass
+class Route:
+    handler: Handler
+    host: str  # "api", "root", "any"
+    auth: str  # "none", "user", "fs", "drivers", "optional"
+    body: str = "json"  # "json" or "raw" (the handler reads the body itself)
+
+
+ROUTES: dict[tuple[str, str], Route] = {}
+PREFIX_ROUTES: list[tuple[str, str, Route]] = []
+
+
+def route(methods: str, path: str, host: str = "api", auth: str = "fs", body: str = "json", prefix: bool = False):
+    def deco(fn: Handler) -> Handler:
+        for m in methods.split(","):
+            r = Route(fn, host, auth, body)
+            if prefix:
+                PREFIX_ROUTES.append((m.strip().upper(), path, r))
+            else:
+                ROUTES[(m.strip().upper(), path)] = r
+        return fn
+
+    return deco
+
+
+def find_route(method: str, path: str) -> Route | None:
+    entry = ROUTES.get((method, path))
+    if entry is None:
+        for m, p, r in PREFIX_ROUTES:
+            if m == method and path.startswith(p):
+                return r
+    return entry
+
+
+def parse_json_bytes(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", "Invalid JSON body") from exc
+    if not isinstance(data, dict):
+        return {"$": data}
+    return data
+
+
+def host_kind(host_header: str, domain: str) -> str:
+    host = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header.split("]")[0][1:]
+    host = host.lower()
+    if host.startswith("api."):
+        return "api"
+    if host == domain:
+        return "root"
+    return "both"
+
+
+def _is_loopback(client: Any) -> bool:
+    if client is None:
+        return True
+    addr = client[0]
+    if addr in LOOPBACK or addr == "testclient":
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+class Emulator:
+    """A Puter 26.07 look-alike. ``.app`` is the ASGI app; ``.token`` the start-up user's token."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        username: str = "puter",
+        password: str = "puterpass",
+        otp_secret: str | None = None,
+        domain: str = "puter.localhost",
+    ):
+        self.data_dir = Path(data_dir)
+        self.store = Store(self.data_dir)
+        self.domain = domain
+        self.faults = Faults()
+        self.log = RequestLog()
+        self.capacity: int | None = None
+        self.behind_server = False  # set by the CLI runner: drops then close the socket for real
+        self.started = time.time()
+        user = self.store.user_by_name(username)
+        if user is None:
+            user = self.store.create_user(username, password)
+            self.store.update_user(user["id"], email_confirmed=1)
+        if otp_secret:
+            self.store.update_user(user["id"], otp_secret=otp_secret.replace(" ", "").upper(), otp_enabled=1)
+        self.username = username
+        self.password = password
+        key = f"cli_token:{username}"
+        token = self.store.get_meta(key)
+        if token is None or self._claims_ok(token) is None:
+            token = self.issue_token(self.store.user_by_name(username), "gui")  # type: ignore[arg-type]
+            self.store.set_meta(key, token)
+        self.token = token
+        self._write_token_file()
+        # Imported here: the route modules register themselves on import.
+        from puterfs.emulator import routes_ai, routes_auth, routes_fs  # noqa: F401
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def issue_token(self, user: sqlite3.Row, kind: str, **extra: Any) -> str:
+        claims = {"t": kind, "uu": user["uuid"], "jti": secrets.token_hex(8), "iat": int(time.time()), **extra}
+        return sign_token(self.store.secret, claims)
+
+    def _claims_ok(self, token: str) -> dict[str, Any] | None:
+        try:
+            return verify_token(self.store.secret, token)
+        except (TokenFormatError, TokenSignatureError):
+            return None
+
+    def actor_for(self, token: str) -> Actor:
+        try:
+            claims = verify_token(self.store.secret, token)
+        except TokenFormatError as exc:
+            raise ApiError(401, "reauth_required", "Re-authentication required", reason="token_v1") from exc
+        except TokenSignatureError as exc:
+            raise ApiError(401, "token_auth_failed", "Authentication failed") from exc
+        kind = claims.get("t")
+        if kind not in ("gui", "s", "au", "t"):
+            raise ApiError(401, "token_auth_failed", "Authentication failed")
+        user = self.store.user_by_uuid(str(claims.get("uu")))
+        if user is None or self.store.is_revoked(str(claims.get("jti"))):
+            raise ApiError(401, "token_auth_failed", "Authentication failed")
+        return Actor(user=user, kind=kind, claims=claims, token=token)
+
+    def _write_token_file(self) -> None:
+        path = self.data_dir / "token"
+        tmp = path.with_name("token.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (self.token + "\n").encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    # --- ASGI ------------------------------------------------------------------------------
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return None
+        if scope["type"] != "http":
+            return None
+        path = scope["path"]
+        if path.startswith("/_emulator/"):
+            request = Request(scope, receive)
+            if not _is_loopback(scope.get("client")):
+                await api_error(403, "forbidden", "emulator admin routes are loopback-only")(scope, receive, send)
+                return None
+            from puterfs.emulator.admin import handle_admin
+
+            response = await handle_admin(self, request)
+            await response(scope, receive, send)
+            return None
+        return await self._serve_logged(scope, receive, send)
+
+    async def _serve_logged(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        record: dict[str, Any] = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": None,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "t": time.time(),
+        }
+        state = scope.setdefault("state", {})
+        state["log"] = record
+
+        async def counting_receive() -> Any:
+            msg = await receive()
+            if msg["type"] == "http.request":
+                record["bytes_in"] += len(msg.get("body", b""))
+            return msg
+
+        async def counting_send(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                record["status"] = msg["status"]
+            elif msg["type"] == "http.response.body":
+                record["bytes_out"] += len(msg.get("body", b""))
+            await send(msg)
+
+        try:
+            return await self._serve(scope, counting_receive, counting_send)
+        finally:
+            self.log.add(record)
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        method, path = scope["method"], scope["path"]
+        rule = self.faults.take(method, path)
+        if rule is not None:
+            outcome = await self._apply_fault(rule, scope, receive, send)
+            if outcome is not None:
+                return None if outcome is True else outcome
+        request = Request(scope, receive)
+        try:
+            response = await self.dispatch(request, rule)
+        except ApiError as exc:
+            response = exc.response()
+        except DroppedConnection:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", method, path)
+            response = api_error(500, "internal_error", "Internal Server Error")
+        _weak_etag(response)
+        await response(scope, receive, send)
+        return None
+
+    async def _apply_fault(self, rule: Rule, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        """Returns None to go on serving, True when a response was sent, or the drop marker."""
+        scope["state"]["log"]["fault"] = True
+        if rule.latency:
+            await anyio.sleep(rule.latency)
+        if rule.drop:
+            scope["state"]["log"]["status"] = 0
+            if self.behind_server:
+                return _DROP
+            raise DroppedConnection("emulator: connection dropped by fault injection")
+        if rule.stall:
+            gen = self.faults.generation()
+            disconnected = False
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    nonlocal disconnected
+                    while True:
+                        msg = await receive()
+                        if msg["type"] == "http.disconnect":
+                            disconnected = True
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(watch)
+                await self.faults.wait_release(gen)
+                tg.cancel_scope.cancel()
+            if disconnected:
+                scope["state"]["log"]["status"] = 0
+                return True
+            # released: carry on with the request below (its body was consumed by watch,
+            # so answer with a retryable error unless the rule also gives a status)
+            if rule.status is None:
+                await api_error(503, "emulator_stall_released", "Stalled request released")(scope, receive, send)
+                return True
+        if rule.status is not None:
+            headers = {}
+            if rule.retry_after is not None:
+                ra = rule.retry_after
+                headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
+            code = rule.code or _default_code(rule.status)
+            message = rule.message or _default_message(rule.status)
+            await api_error(rule.status, code, message, headers=headers)(scope, receive, send)
+            return True
+        return None
+
+    async def dispatch(self, request: Request, rule: Rule | None) -> Response:
+        method, path = request.method, request.url.path
+        kind = host_kind(request.headers.get("host", ""), self.domain)
+        entry = find_route(method, path)
+        if entry is None and method == "HEAD":
+            entry = find_route("GET", path)
+        if entry is None or (entry.host != "any" and kind != "both" and kind != entry.host):
+            if kind == "root" and path == "/whoami":
+                return Response(status_code=302, headers={"Location": "/"})
+            return api_error(404, "not_found", "Not Found")
+        body: dict[str, Any] = {}
+        if entry.body == "json" and method not in ("GET", "HEAD"):
+            raw = await request.body()
+            body = parse_json_bytes(raw)
+        actor = None
+        if entry.auth != "none":
+            token = self._find_token(request, body)
+            if token is None:
+                if entry.auth != "optional":
+                    raise ApiError(401, "token_missing", "Missing authentication token")
+            else:
+                actor = self.actor_for(token)
+            if actor is not None:
+                self._gate(entry.auth, actor)
+        call = Call(self, request, body, actor)
+        call.state["shaper"] = StreamShaper(self.faults, rule)
+        return await entry.handler(call)
+
+    @staticmethod
+    def _find_token(request: Request, body: dict[str, Any]) -> str | None:
+        tok = body.get("auth_token")
+        if isinstance(tok, str) and tok:
+            return tok
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            val = auth[7:].strip()
+            if val:
+                return val
+        key = request.headers.get("x-api-key")
+        if key:
+            return key.strip()
+        cookie = request.cookies.get("puter_auth_token")
+        if cookie:
+            return cookie
+        q = request.query_params.get("auth_token")
+        return q or None
+
+    @staticmethod
+    def _gate(policy: str, actor: Actor) -> None:
+        if policy in ("fs", "drivers") and actor.kind == "t" and not actor.full_access:
+            raise ApiError(403, "forbidden", "Access tokens are not allowed to access this resource")
+        user = actor.user
+        if policy == "fs" and user["email"] is not None and not user["email_confirmed"]:
+            raise ApiError(403, "email_confirmation_required", "Please confirm your email to continue")
+
+
+def _weak_etag(response: Response) -> None:
+    """Express adds a weak ETag to every buffered body (JSON, the empty touch reply); so do we."""
+    body = getattr(response, "body", None)
+    if isinstance(body, bytes) and "etag" not in response.headers and response.status_code != 204:
+        digest = base64.b64encode(hashlib.sha1(body).digest()).decode()[:27]
+        response.headers["ETag"] = f'W/"{len(body):x}-{digest}"'
+
+
+def _default_code(status: int) -> str:
+    return {
+        400: "bad_request",
+        401: "token_auth_failed",
+        403: "forbidden",
+        404: "not_found",
+        409: "conflict",
+        429: "too_many_requests",
+        500: "internal_error",
+        502: "upstream_failed",
+        503: "db_unavailable",
+        504: "upstream_failed",
+    }.get(status, "internal_error" if status >= 500 else "bad_request")
+
+
+def _default_message(status: int) -> str:
+    return {
+        429: "Too many requests.",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+    }.get(status, f"Emulated error {status}")
+
+
+# --- system routes (any host) --------------------------------------------------------------
+
+
+@route("GET", "/healthcheck", host="any", auth="none")
+async def healthcheck(call: Call) -> Response:
+    return JSONResponse({"ok": True})
+
+
+@route("GET", "/version", host="any", auth="none")
+async def version(call: Call) -> Response:
+    return JSONResponse({**VERSION, "deploy_timestamp": int(call.emu.started * 1000)})

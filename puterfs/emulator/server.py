@@ -1,0 +1,88 @@
+"""``puterfs emulator``: serve an ``Emulator`` with uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from puterfs import config
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="puterfs emulator", description="Run a local Puter-compatible server.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=4100, help="port (0 picks a free one; default 4100)")
+    p.add_argument("--data", type=Path, default=None, help="data directory (default: XDG data dir/emulator)")
+    p.add_argument("--user", default="puter", help="the user created on first start (default puter)")
+    p.add_argument("--password", default="puterpass", help="that user's password (default puterpass)")
+    p.add_argument("--otp-secret", default=None, metavar="BASE32", help="make the user a 2FA (TOTP) user")
+    p.add_argument("--domain", default="puter.localhost", help="root domain for Host routing")
+    p.add_argument("--log-level", default="warning", help="log level (default warning)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data = args.data or (config.data_dir() / "emulator")
+    data = Path(data).expanduser().resolve()
+
+    from puterfs.emulator.app import Emulator
+
+    emu = Emulator(data, username=args.user, password=args.password, otp_secret=args.otp_secret,
+                   domain=args.domain)
+    emu.behind_server = True
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"puterfs emulator: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    sock.listen(128)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    url = f"http://{host}:{port}"
+
+    cfg = uvicorn.Config(emu.app, log_level=args.log_level.lower(), access_log=False, http="h11", interface="asgi3",
+                         proxy_headers=False, server_header=False,
+                         lifespan="off", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(cfg)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        if not cfg.loaded:
+            cfg.load()
+        server.lifespan = cfg.lifespan_class(cfg)
+        await server.startup(sockets=[sock])
+        if server.should_exit:
+            return
+        # The lines tests and scripts wait for (the token is what a client needs).
+        print(f"puterfs emulator: serving {url} (user {emu.username}, data {data})", flush=True)
+        print(f"token: {emu.token}", flush=True)
+        print(f"READY {url}", flush=True)
+        await server.main_loop()
+        await server.shutdown(sockets=[sock])
+
+    try:
+        asyncio.run(run())
+    finally:
+        emu.store.close()
+    return 0

@@ -1,0 +1,181 @@
+"""Test helpers: run the emulator as a real subprocess on a loopback port.
+
+``EmulatorProcess`` starts ``python -m puterfs.emulator --port 0 --data DIR``, waits for
+its READY line and offers the admin helpers (faults, release, capacity, request log)
+plus ``new_user()`` for per-test temp users.  ``stop()``/``start()`` restart on the
+same data directory (same port when it is still free).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+READY_TIMEOUT = 20.0
+
+
+class EmulatorError(RuntimeError):
+    pass
+
+
+class EmulatorProcess:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        username: str = "puter",
+        password: str = "puterpass",
+        otp_secret: str | None = None,
+        extra_args: list[str] | None = None,
+        port: int = 0,
+    ):
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="puterfs-emu-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir)
+        self.username = username
+        self.password = password
+        self.otp_secret = otp_secret
+        self.extra_args = list(extra_args or [])
+        self.port = port
+        self.url = ""
+        self.token = ""
+        self.proc: subprocess.Popen[str] | None = None
+        self._stderr: list[str] = []
+        self._client: httpx.Client | None = None
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> EmulatorProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        port = self.port
+        try:
+            return self._start(port)
+        except EmulatorError:
+            if port == 0:
+                raise
+            return self._start(0)  # the old port was taken meanwhile: take a new one
+
+    def _start(self, port: int) -> EmulatorProcess:
+        cmd = [sys.executable, "-m", "puterfs.emulator", "--port", str(port), "--data", str(self.data_dir),
+               "--user", self.username, "--password", self.password, *self.extra_args]
+        if self.otp_secret:
+            cmd += ["--otp-secret", self.otp_secret]
+        self._stderr = []
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = proc
+        threading.Thread(target=self._drain, args=(proc.stderr, self._stderr), daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        assert proc.stdout is not None
+        url = None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=5)
+                raise EmulatorError(f"emulator exited ({proc.returncode}) before READY:\n{''.join(self._stderr)}")
+            if line.startswith("READY "):
+                url = line.split()[1]
+                break
+        if url is None:
+            self._kill()
+            raise EmulatorError(f"emulator not READY in {READY_TIMEOUT}s:\n{''.join(self._stderr)}")
+        threading.Thread(target=self._drain, args=(proc.stdout, None), daemon=True).start()
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+        self.token = (self.data_dir / "token").read_text().strip()
+        self._client = httpx.Client(base_url=self.url, timeout=30)
+        return self
+
+    @staticmethod
+    def _drain(stream: Any, sink: list[str] | None) -> None:
+        for line in stream:
+            if sink is not None and len(sink) < 2000:
+                sink.append(line)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        self.proc = None
+        return proc.returncode
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    # --- admin helpers ---------------------------------------------------------------------
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._client is None:
+            raise EmulatorError("emulator is not running")
+        return self._client
+
+    def _admin(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self.http.request(method, "/_emulator/" + path, **kw)
+        resp.raise_for_status()
+        return resp.json()
+
+    def set_faults(self, *rules: dict[str, Any]) -> None:
+        self._admin("POST", "faults", json={"rules": list(rules)})
+
+    def clear_faults(self) -> None:
+        self._admin("DELETE", "faults")
+
+    def release(self) -> None:
+        self._admin("POST", "release")
+
+    def set_capacity(self, n: int | None) -> None:
+        self._admin("POST", "disk", json={"capacity": n})
+
+    def log(self, bodies: bool = False) -> list[dict[str, Any]]:
+        return self._admin("GET", "log" + ("?bodies=1" if bodies else ""))
+
+    def clear_log(self) -> None:
+        self._admin("DELETE", "log")
+
+    def new_user(self) -> tuple[str, str]:
+        """A fresh temp user (``/signup {"is_temp": true}``): (username, token)."""
+        resp = self.http.post("/signup", json={"is_temp": True})
+        resp.raise_for_status()
+        body = resp.json()
+        return body["user"]["username"], body["token"]
+
+    def __repr__(self) -> str:  # never show the token
+        return f"EmulatorProcess(url={self.url!r}, user={self.username!r}, data={str(self.data_dir)!r})"

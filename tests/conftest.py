@@ -1,0 +1,54 @@
+"""Shared fixtures: one emulator subprocess per session, a fresh temp user per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from puterfs.emulator.testing import EmulatorProcess
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    proc = EmulatorProcess(tmp_path_factory.mktemp("emulator"))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+@dataclass
+class PuterUser:
+    url: str
+    username: str
+    token: str
+
+    @property
+    def home(self) -> str:
+        return "/" + self.username
+
+    def __repr__(self) -> str:  # keep the token out of test output
+        return f"PuterUser(url={self.url!r}, username={self.username!r})"
+
+
+@pytest.fixture
+def puter_user(emulator: EmulatorProcess) -> Iterator[PuterUser]:
+    if emulator.proc is None or emulator.proc.poll() is not None:
+        emulator.start()  # a previous test stopped it
+    username, token = emulator.new_user()
+    yield PuterUser(url=emulator.url, username=username, token=token)
+    if emulator.proc is not None and emulator.proc.poll() is None:
+        emulator.clear_faults()
+        emulator.set_capacity(None)
+
+
+@pytest.fixture
+def emulator_app(tmp_path):  # noqa: ANN201 - puterfs.emulator.Emulator
+    from puterfs.emulator import Emulator
+
+    emu = Emulator(tmp_path / "emulator")
+    yield emu
+    emu.store.close()
