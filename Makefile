@@ -10,13 +10,20 @@ PYTEST_ARGS ?=
 .PHONY: test deps venv mount umount lint bench clean
 
 deps:
-	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config; \
-	  else echo "need root to install fuse3 libfuse3-dev pkg-config (sudo make deps)"; exit 1; fi; fi
-	@# programs the mount tests drive through the real mount
-	@missing=""; for p in fio stress-ng rsync git vim; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
-	  pk=$$(echo $$missing | sed 's/\bvim\b/vim-tiny/'); apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pk; fi
+	@# FUSE and what building pyfuse3 needs (it has no wheels): libfuse3 headers, pkg-config,
+	@# a C compiler and the Python headers; venv for the .venv. Installed only when missing.
+	@need=""; \
+	command -v fusermount3 >/dev/null || need="$$need fuse3"; \
+	pkg-config --exists fuse3 2>/dev/null || need="$$need libfuse3-dev pkg-config"; \
+	command -v gcc >/dev/null || need="$$need gcc"; \
+	[ -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need="$$need python3-dev"; \
+	$(PY) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \
+	for p in fio stress-ng rsync git; do command -v $$p >/dev/null || need="$$need $$p"; done; \
+	command -v vim >/dev/null || need="$$need vim"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$need (run: sudo apt-get install -y$$need)"; exit 1; fi; \
+	  echo "installing:$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
+	fi
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--otp-secret", default=None, metavar="BASE32", help="make the user a 2FA (TOTP) user")
     p.add_argument("--domain", default="puter.localhost", help="root domain for Host routing")
     p.add_argument("--log-level", default="warning", help="log level (default warning)")
+    p.add_argument(
+        "--no-print-token", action="store_true",
+        help="do not print the token (it is always in DATA/token, mode 0600); for runs whose stdout goes to a log",
+    )
     return p
 
 
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return
         # The lines tests and scripts wait for (the token is what a client needs).
         print(f"puterfs emulator: serving {url} (user {emu.username}, data {data})", flush=True)
-        print(f"token: {emu.token}", flush=True)
+        if not args.no_print_token:
+            print(f"token: {emu.token}", flush=True)
         print(f"READY {url}", flush=True)
         await server.main_loop()
         await server.shutdown(sockets=[sock])

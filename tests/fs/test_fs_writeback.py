@@ -125,7 +125,7 @@ async def test_failures_back_off_and_never_drop(autojump_clock):
         q.schedule(9)
         await q.wait_idle()
         times = [c[0] for c in up.calls]
-        gaps = [round(b - a, 3) for a, b in zip(times, times[1:])]
+        gaps = [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
         assert gaps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # doubling, capped
         st = q.statistics()
         assert st["pending"] == 0 and "boom" in st["last_error"]

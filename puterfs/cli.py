@@ -1,0 +1,921 @@
+"""The ``puterfs`` command line.
+
+    puterfs login | logout | mount | umount | status | chat | models | emulator
+
+Exit codes: 0 success, 1 runtime error (server, network, mount state), 2 usage error
+(argparse's own code), 130 interrupted.
+
+Only ``mount`` imports the FUSE side (pyfuse3, ``puterfs.mount``), and only when it is the
+command given: ``puterfs --help``, ``umount`` and the rest keep working on a machine where
+pyfuse3 is broken. Async client calls run under ``trio.run``; the rest is synchronous.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from puterfs import config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from puterfs.client import PuterClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AUTO_EMULATOR_HOST = "127.0.0.1"
+AUTO_EMULATOR_PORT = 4100
+AUTO_EMULATOR_START_TIMEOUT = 60.0
+DEFAULT_UMOUNT_TIMEOUT = 900.0  # matches TimeoutStopSec=15min in systemd/puterfs@.service
+CLI_MAX_RETRIES = 3
+
+
+class CliError(Exception):
+    """A failure to report as ``puterfs: error: MESSAGE`` with exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------
+# account, token and client
+
+
+def _derive_web_url(api_url: str) -> str:
+    """The GUI/login host that goes with an API host.
+
+    ``https://api.puter.com`` -> ``https://puter.com``; a self-hosted ``api.<domain>:<port>``
+    -> ``<domain>:<port>``. A bare address (the emulator on 127.0.0.1) serves both.
+    """
+    parts = urlsplit(api_url)
+    host = parts.netloc
+    if host.startswith("api."):
+        host = host[len("api.") :]
+    return urlunsplit((parts.scheme, host, "", "", ""))
+
+
+def _account(args: argparse.Namespace) -> config.Account:
+    """The saved account with ``--api-url``/``--web-url``/``--insecure`` and env applied."""
+    acc = config.load_account()  # already applies PUTER_API_URL / PUTER_WEB_URL
+    api_url = getattr(args, "api_url", None)
+    web_url = getattr(args, "web_url", None)
+    if api_url:
+        acc.api_url = api_url
+    # A new API host without a matching web host would send /login to puter.com.
+    if (api_url or os.environ.get("PUTER_API_URL")) and not (web_url or os.environ.get("PUTER_WEB_URL")):
+        acc.web_url = _derive_web_url(acc.api_url)
+    if web_url:
+        acc.web_url = web_url
+    acc.api_url = acc.api_url.rstrip("/")
+    acc.web_url = acc.web_url.rstrip("/")
+    if getattr(args, "insecure", False):
+        acc.verify_tls = False
+    return acc
+
+
+def _token(args: argparse.Namespace, *, required: bool = True) -> str | None:
+    try:
+        tok = config.load_token(getattr(args, "token_file", None))
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    if tok is None and required:
+        raise CliError("not logged in: run `puterfs login`, set PUTER_TOKEN, or pass --token-file")
+    return tok
+
+
+def _token_source(args: argparse.Namespace) -> str | None:
+    """Where the token would come from (never the token itself)."""
+    path = getattr(args, "token_file", None)
+    if path is not None:
+        return f"--token-file {path}" if config.read_token_file(path) else None
+    if os.environ.get("PUTER_TOKEN", "").strip():
+        return "PUTER_TOKEN"
+    if config.read_token_file(config.token_file()):
+        return str(config.token_file())
+    return None
+
+
+@asynccontextmanager
+async def _client(acc: config.Account, token: str | None) -> AsyncIterator[PuterClient]:
+    import warnings
+
+    from puterfs.client import PuterClient
+
+    if not acc.verify_tls:
+        # One plain line instead of the library's UserWarning with a source location.
+        warnings.filterwarnings("ignore", message=r"PuterClient\(ignore_ssl=True\)")
+        if acc.api_url.startswith("https:") or acc.web_url.startswith("https:"):
+            print("warning: TLS certificates are not verified (--insecure)", file=sys.stderr)
+    client = PuterClient(
+        token=token,
+        ignore_ssl=not acc.verify_tls,
+        api_url=acc.api_url,
+        web_url=acc.web_url,
+        # A person is waiting: fail within seconds instead of the library's long backoff.
+        max_retries=CLI_MAX_RETRIES,
+    )
+    async with client:
+        yield client
+
+
+def _run_raw(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one async step of a command under trio (the CLI is synchronous otherwise)."""
+    import trio
+
+    return trio.run(fn)
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """:func:`_run_raw`, mapping client errors to CLI errors."""
+    from puterfs.client._errors import PuterConnectionError, PuterError
+
+    try:
+        return _run_raw(fn)
+    except PuterConnectionError as exc:
+        raise CliError(f"cannot reach the Puter server: {exc.message}") from None
+    except PuterError as exc:
+        raise CliError(exc.message) from None
+
+
+# --------------------------------------------------------------------------------------
+# login / logout
+
+
+def _read_stdin_line(what: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise CliError(f"no {what} on standard input")
+    return line.rstrip("\r\n")
+
+
+def _prompt(text: str) -> str:
+    """A visible prompt on stderr (stdout stays clean for scripts)."""
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise CliError("aborted")
+    return line.strip()
+
+
+def _otp_code(args: argparse.Namespace, attempt: int) -> str:
+    if args.otp and attempt == 0:
+        return str(args.otp).strip()
+    if args.otp:
+        raise CliError("login failed: the 2FA code was not accepted")
+    if sys.stdin.isatty():
+        return _prompt("2FA code: ")
+    # Scripts give the code as the line after the password.
+    code = sys.stdin.readline().strip()
+    if not code:
+        raise CliError("this account has two-factor authentication: pass --otp CODE")
+    return code
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from puterfs.client._errors import AuthenticationError, OTPRequired, PuterConnectionError, PuterError
+
+    acc = _account(args)
+    acc.verify_tls = not args.insecure
+    username = args.username
+    interactive = sys.stdin.isatty()
+    if not username:
+        if not interactive:
+            raise CliError("--username is required when the password comes from standard input", 2)
+        default = f" [{acc.username}]" if acc.username else ""
+        username = _prompt(f"Puter username{default}: ") or acc.username
+        if not username:
+            raise CliError("a username is required", 2)
+    if interactive:
+        import getpass
+
+        password = getpass.getpass(f"Password for {username} on {acc.web_url}: ")
+    else:
+        password = _read_stdin_line("password")
+    if not password:
+        raise CliError("an empty password was given")
+
+    async def login() -> tuple[str, str]:
+        async with _client(acc, None) as client:
+            try:
+                token = await client.login(username, password, otp=None)
+            except OTPRequired as exc:
+                # The otp token is not consumed by a wrong code, so a person may retry.
+                attempts = 3 if interactive and not args.otp else 1
+                for attempt in range(attempts):
+                    code = _otp_code(args, attempt)
+                    try:
+                        token = await client.login_otp(exc.otp_token, code)
+                        break
+                    except AuthenticationError as otp_exc:
+                        if attempt + 1 == attempts:
+                            raise
+                        print(f"{otp_exc.message}; try again", file=sys.stderr)
+            try:
+                me = await client.whoami()
+                name = _field(me, "username") or username
+            except PuterError as exc:
+                log.debug("whoami after login failed: %s", exc)
+                name = username
+            return token, name
+
+    try:
+        token, name = _run_raw(login)
+    except PuterConnectionError as exc:
+        raise CliError(f"login failed: cannot reach {acc.web_url}: {exc.message}") from None
+    except PuterError as exc:
+        message = exc.message.removeprefix("login failed: ")
+        raise CliError(f"login failed: {message}") from None
+    path = config.save_token(token)
+    config.save_account(
+        config.Account(api_url=acc.api_url, web_url=acc.web_url, username=name, verify_tls=acc.verify_tls)
+    )
+    print(f"Logged in as {name} on {acc.api_url}")
+    log.debug("token saved to %s", path)
+    if os.environ.get("PUTER_TOKEN", "").strip():
+        print("note: PUTER_TOKEN is set and takes precedence over the saved token", file=sys.stderr)
+    return 0
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from puterfs.client._errors import PuterError
+
+    acc = _account(args)
+    token = _token(args, required=False)
+    if token:
+
+        async def logout() -> None:
+            async with _client(acc, token) as client:
+                await client.logout()
+
+        try:
+            _run_raw(logout)
+        except PuterError as exc:
+            # Best effort: a GUI token stays valid server-side anyway; forgetting it is what matters.
+            print(f"note: the server did not confirm the logout: {exc.message}", file=sys.stderr)
+    had_file = config.token_file().exists()
+    config.forget_token()
+    if had_file:
+        print(f"Logged out; removed {config.token_file()}")
+    else:
+        print("No saved token")
+    if os.environ.get("PUTER_TOKEN", "").strip():
+        print("note: PUTER_TOKEN is still set in this environment", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# mount state: state files, pids, /proc/self/mountinfo
+
+
+def _mount_path(mountpoint: str) -> str:
+    """Absolute path of a mountpoint without stat-ing it (a dead FUSE mount answers ENOTCONN)."""
+    path = os.path.abspath(os.path.expanduser(mountpoint))
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name) if name else path
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out = bytearray()
+    raw = field.encode()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"\\" and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode(errors="surrogateescape")
+
+
+def _mount_fstype(path: str) -> str | None:
+    """The filesystem type mounted exactly at ``path`` (e.g. ``fuse.puterfs``), or None."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return "unknown" if os.path.ismount(path) else None
+    found = None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and _unescape_mountinfo(fields[4]) == path:
+            found = right.split()[0] if right else "unknown"  # the last one stacked wins
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False  # exited, not yet reaped by its parent
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+def _is_puterfs_process(pid: int) -> bool:
+    """Guard against a reused pid in a stale state file before sending it a signal."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # cannot tell (no /proc): trust the state file
+    return b"puterfs" in cmdline
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _int(state: dict[str, Any] | None, key: str) -> int:
+    try:
+        return int((state or {}).get(key) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove stale state file %s: %s", path, exc)
+
+
+def _fusermount_unmount(path: str) -> None:
+    for prog in ("fusermount3", "fusermount"):
+        try:
+            proc = subprocess.run([prog, "-u", path], capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            continue
+        except subprocess.TimeoutExpired:
+            raise CliError(f"{prog} -u {path} did not finish within 60 s") from None
+        if proc.returncode != 0:
+            raise CliError(f"{prog} -u {path} failed: {proc.stderr.strip() or proc.returncode}")
+        return
+    raise CliError("fusermount3 is not installed (apt-get install fuse3)")
+
+
+# --------------------------------------------------------------------------------------
+# umount / status
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    path = _mount_path(args.mountpoint)
+    state_path = config.mount_state_file(path)
+    state = _read_state(state_path)
+    pid = _int(state, "pid")
+    fstype = _mount_fstype(path)
+
+    if pid and _pid_alive(pid) and _is_puterfs_process(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except PermissionError:
+            raise CliError(f"not allowed to stop the puterfs daemon (pid {pid}) of {path}") from None
+        except ProcessLookupError:
+            pass
+        _wait_for_daemon(pid, path, state_path, args.timeout)
+        if _read_state(state_path) is not None:
+            # The daemon removes its state file itself; one left behind means it did not exit cleanly.
+            print(f"warning: the daemon left {state_path} behind; removing it", file=sys.stderr)
+            _remove_stale(state_path)
+        print(f"Unmounted {path}")
+        return 0
+
+    if state is not None:
+        _remove_stale(state_path)
+    if fstype is None:
+        raise CliError(f"{path} is not mounted")
+    if not fstype.startswith("fuse"):
+        raise CliError(f"{path} is a {fstype} mount, not a puterfs mount")
+    # No live daemon: nothing can be flushed now. Dirty files stay in the cache dir.
+    _fusermount_unmount(path)
+    print(
+        f"Unmounted {path} (no running puterfs daemon; files it had not uploaded yet stay in its "
+        "cache and are uploaded by the next mount with the same --cache-dir)"
+    )
+    return 0
+
+
+def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    shown: tuple[int, int, str | None, int] | None = None
+    while True:
+        alive = _pid_alive(pid)
+        if not alive:
+            if _mount_fstype(path) is not None:
+                # The daemon is gone but the kernel mount is not: clear it so the path is usable.
+                print(
+                    f"warning: the daemon (pid {pid}) exited without unmounting; running fusermount3 -u",
+                    file=sys.stderr,
+                )
+                _fusermount_unmount(path)
+            return
+        state = _read_state(state_path)
+        # "pending" counts every dirty file not yet on the server, in-flight ones included.
+        waiting = _int(state, "pending")
+        failed = _int(state, "failed_attempts")
+        error = (state or {}).get("last_error")
+        now = (waiting, failed, error, _int(state, "uploading"))
+        if state is not None and now != shown and (waiting or failed):
+            msg = f"waiting for {waiting} pending uploads…"
+            if _int(state, "uploading"):
+                msg += f" ({_int(state, 'uploading')} in flight)"
+            if failed:
+                msg += f" ({failed} failed, retrying"
+                msg += f": {error})" if error else ")"
+            print(msg, file=sys.stderr, flush=True)
+            shown = now
+        if time.monotonic() >= deadline:
+            raise CliError(
+                f"timed out after {timeout:g} s; the daemon (pid {pid}) is still running with "
+                f"{waiting} uploads pending. Run `puterfs umount` again to keep waiting."
+            )
+        time.sleep(0.2)
+
+
+def _mount_entry(state_path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    pid = _int(state, "pid")
+    mountpoint = str(state.get("mountpoint") or "")
+    alive = _pid_alive(pid)
+    return {
+        "mountpoint": mountpoint,
+        "pid": pid,
+        "alive": alive,
+        "mounted": bool(mountpoint) and _mount_fstype(mountpoint) is not None,
+        "api_url": state.get("api_url"),
+        "remote_root": state.get("remote_root"),
+        "cache_dir": state.get("cache_dir"),
+        "pending": _int(state, "pending"),
+        "uploading": _int(state, "uploading"),
+        "failed_attempts": _int(state, "failed_attempts"),
+        "last_error": state.get("last_error"),
+        "updated": state.get("updated"),
+        "state_file": str(state_path),
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    acc = _account(args)
+    source = _token_source(args)
+    if args.mountpoint:
+        paths = [config.mount_state_file(_mount_path(args.mountpoint))]
+    else:
+        paths = sorted(config.runtime_dir().glob("*.json"))
+    mounts = []
+    for p in paths:
+        state = _read_state(p)
+        if state is not None:
+            mounts.append(_mount_entry(p, state))
+    account = {
+        "api_url": acc.api_url,
+        "web_url": acc.web_url,
+        "username": acc.username,
+        "verify_tls": acc.verify_tls,
+        "token_present": source is not None,
+        "token_source": source,
+    }
+    if args.json:
+        json.dump({"account": account, "mounts": mounts}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"account:  {acc.username or '(not logged in)'} on {acc.api_url}")
+        print(f"token:    {'yes (' + source + ')' if source else 'no'}")
+        if not acc.verify_tls:
+            print("tls:      verification OFF (--insecure)")
+        if not mounts:
+            print("mounts:   none")
+        for m in mounts:
+            state = "running" if m["alive"] else "NOT RUNNING (stale state)"
+            print(f"mount:    {m['mountpoint']}")
+            print(f"  daemon:   pid {m['pid']} {state}")
+            print(f"  remote:   {m['remote_root']} on {m['api_url']}")
+            print(
+                f"  uploads:  {m['pending']} pending ({m['uploading']} uploading), "
+                f"{m['failed_attempts']} failed attempts"
+            )
+            print(f"  last error: {m['last_error'] or '-'}")
+    if args.mountpoint and not mounts:
+        print(f"puterfs: error: {_mount_path(args.mountpoint)} is not mounted by puterfs", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# chat / models
+
+
+def _chat_prompt(args: argparse.Namespace) -> str:
+    if args.prompt:
+        return " ".join(args.prompt)
+    if sys.stdin.isatty():
+        raise CliError("give a prompt as arguments or on standard input", 2)
+    text = sys.stdin.read()
+    if not text.strip():
+        raise CliError("the prompt on standard input is empty", 2)
+    return text
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    prompt = _chat_prompt(args)
+    acc = _account(args)
+    token = _token(args)
+    messages: list[dict[str, Any]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": prompt})
+    options: dict[str, Any] = {}
+    if args.model:
+        options["model"] = args.model
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    out = sys.stdout
+
+    async def chat() -> str:
+        last = ""
+        async with _client(acc, token) as client:
+            if args.no_stream:
+                reply = await client.ai_chat(messages=messages, options=dict(options))
+                text = _reply_text(reply)
+                out.write(text)
+                return text
+            options["stream"] = True
+            async for event in client.ai_chat_events(messages=messages, options=options):
+                if event.type == "text" and event.text:
+                    out.write(event.text)
+                    out.flush()
+                    last = event.text
+        return last
+
+    from puterfs.client._errors import BadRequest, PuterConnectionError, PuterError
+
+    try:
+        last = _run_raw(chat)
+    except BadRequest as exc:
+        hint = "" if args.model else " (choose one with --model; `puterfs models` lists them)"
+        raise CliError(f"{exc.message}{hint}") from None
+    except PuterConnectionError as exc:
+        raise CliError(f"cannot reach the Puter server: {exc.message}") from None
+    except PuterError as exc:
+        raise CliError(exc.message) from None
+    if last and not last.endswith("\n"):
+        out.write("\n")
+    out.flush()
+    return 0
+
+
+def _reply_text(reply: Any) -> str:
+    """The text of a non-streamed ``ai_chat`` reply: ``{"response": envelope, "used_model"}``."""
+    from puterfs.client._chat import result_text
+
+    envelope = reply.get("response") if isinstance(reply, dict) else None
+    result = envelope.get("result") if isinstance(envelope, dict) else None
+    return result_text(result)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    acc = _account(args)
+    token = _token(args, required=False)
+
+    async def models() -> list[str]:
+        async with _client(acc, token) as client:
+            found = await client.get_available_models()
+            ids = _model_ids(found)
+            if not ids and token:
+                # The public list hides internal models and is empty on a server without
+                # provider keys; the authenticated driver listing has them all.
+                ids = _model_ids(await client.chat_models())
+            return ids
+
+    for model_id in _run(models):
+        print(model_id)
+    return 0
+
+
+def _model_ids(found: Any) -> list[str]:
+    if isinstance(found, dict):
+        found = found.get("models", [])
+    ids: list[str] = []
+    for item in found or []:
+        mid = item if isinstance(item, str) else _field(item, "id")
+        if isinstance(mid, str) and mid not in ids:
+            ids.append(mid)
+    return ids
+
+
+# --------------------------------------------------------------------------------------
+# mount (with --auto) and the emulator
+
+
+def _healthy(base_url: str) -> bool:
+    import httpx
+
+    try:
+        resp = httpx.get(f"{base_url}/healthcheck", timeout=2.0)
+        return resp.status_code == 200 and resp.json().get("ok") is True
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+def _start_auto_emulator() -> tuple[str, Path]:
+    """Reuse or start the local emulator; returns (api_url, token file)."""
+    url = f"http://{AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT}"
+    data = config.data_dir() / "emulator"
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token_path = data / "token"
+    log_path = data / "emulator.log"
+    proc: subprocess.Popen[bytes] | None = None
+    if _healthy(url):
+        log.info("reusing the emulator already answering on %s", url)
+    else:
+        with open(log_path, "ab") as logf:
+            # A new session: the emulator outlives this command and the terminal.
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "puterfs",
+                    "emulator",
+                    "--port",
+                    str(AUTO_EMULATOR_PORT),
+                    "--data",
+                    str(data),
+                    "--no-print-token",  # its stdout is a log file: keep the token out of it
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        (data / "emulator.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + AUTO_EMULATOR_START_TIMEOUT
+    while True:
+        if config.read_token_file(token_path) and _healthy(url):
+            return url, token_path
+        if proc is not None and proc.poll() is not None:
+            raise CliError(f"the local emulator exited with code {proc.returncode}; see {log_path}")
+        if time.monotonic() >= deadline:
+            if proc is None:
+                raise CliError(
+                    f"something answers on {url} but {token_path} does not appear; "
+                    "is it an emulator started with another --data?"
+                )
+            raise CliError(
+                f"the local emulator did not become ready within "
+                f"{AUTO_EMULATOR_START_TIMEOUT:g} s; see {log_path}"
+            )
+        time.sleep(0.2)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    try:
+        import pyfuse3  # noqa: F401 - the mount imports it late; fail here, before any side effect
+    except ImportError as exc:
+        raise CliError(
+            f"mounting needs pyfuse3, which cannot be imported ({exc}); see docs/install.md"
+        ) from None
+    if args.auto and getattr(args, "token_file", None) is None and _token_source(args) is None:
+        args.api_url, token_path = _start_auto_emulator()
+        args.token_file = str(token_path)
+        print(
+            f"No Puter account configured: mounting against the local emulator at {args.api_url} "
+            f"(data in {token_path.parent})",
+            flush=True,
+        )
+    from puterfs import mount
+
+    return int(mount.main(args) or 0)
+
+
+def _mount_unavailable(error: BaseException) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise CliError(
+            f"mounting is unavailable: {type(error).__name__}: {error} "
+            "(is pyfuse3 installed? see docs/install.md)"
+        )
+
+    return run
+
+
+def cmd_emulator(argv: list[str]) -> int:
+    from puterfs import emulator
+
+    return int(emulator.main(argv) or 0)
+
+
+# --------------------------------------------------------------------------------------
+# parser
+
+
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Index of the subcommand: the first word that is not a top-level option."""
+    for i, word in enumerate(argv):
+        if not word.startswith("-"):
+            return i
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the mount options are added only when ``command == "mount"``
+    because they live in the FUSE module."""
+    from puterfs import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="puterfs",
+        description="Puter's files as a local FUSE mount, and Puter's AI from the shell.",
+        epilog="Run `puterfs COMMAND --help` for the options of a command. "
+        "Exit codes: 0 ok, 1 error, 2 usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"puterfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="API server (default: env PUTER_API_URL, else the saved account, else "
+        f"{config.DEFAULT_API_URL})",
+    )
+    server.add_argument(
+        "--web-url", metavar="URL", help="login (GUI) host; derived from --api-url when not given"
+    )
+    server.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    server.add_argument("--debug", action="store_true", help="log debugging information to stderr")
+    tokenopt = argparse.ArgumentParser(add_help=False)
+    tokenopt.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the token from FILE (default: env PUTER_TOKEN, else the saved token)",
+    )
+
+    p = sub.add_parser(
+        "login",
+        parents=[server],
+        help="log in and save the token",
+        description="Log in to Puter and save the token (mode 0600) under "
+        f"{config.token_file()}. The password is asked for on the terminal, or read as "
+        "one line from standard input when it is not a terminal; never from the command line.",
+    )
+    p.add_argument("--username", "-u", metavar="USER", help="Puter username (asked for when omitted)")
+    p.add_argument("--otp", metavar="CODE", help="2FA code, for accounts with two-factor authentication")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("logout", parents=[server, tokenopt], help="log out and forget the saved token")
+    p.set_defaults(func=cmd_logout)
+
+    p = sub.add_parser(
+        "mount",
+        help="mount your Puter files on a local directory",
+        description="Mount Puter files on a local directory (FUSE, with a write-back cache). "
+        "Stop it with `puterfs umount MOUNTPOINT`, which waits for pending uploads.",
+    )
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="when no token is configured, start (or reuse) the local emulator on "
+        f"{AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT} and mount against it",
+    )
+    if command == "mount":
+        try:
+            from puterfs import mount
+        except Exception as exc:  # noqa: BLE001 - a broken pyfuse3 must not break the CLI
+            log.debug("cannot import puterfs.mount", exc_info=True)
+            p.description = f"{p.description} Unavailable here: {type(exc).__name__}: {exc}"
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(func=_mount_unavailable(exc))
+        else:
+            mount.add_arguments(p)
+            p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser(
+        "umount",
+        help="upload pending changes, then unmount",
+        description="Stop the puterfs daemon of MOUNTPOINT: it uploads every pending "
+        "change, unmounts and exits; this command returns when it is done.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_UMOUNT_TIMEOUT,
+        metavar="S",
+        help=f"give up waiting after S seconds (default {DEFAULT_UMOUNT_TIMEOUT:g}); "
+        "the daemon keeps running and uploading",
+    )
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("status", parents=[server, tokenopt], help="show the account and the running mounts")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="only this mount")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "chat",
+        parents=[server, tokenopt],
+        help="ask Puter's AI; the answer streams to stdout",
+        description="Send PROMPT (the arguments, or standard input) to Puter's AI chat.",
+    )
+    p.add_argument("prompt", nargs="*", metavar="PROMPT")
+    p.add_argument("--model", "-m", metavar="M", help="model id (see `puterfs models`)")
+    p.add_argument("--system", "-s", metavar="S", help="system message")
+    p.add_argument("--no-stream", action="store_true", help="print the answer only when it is complete")
+    p.add_argument("--temperature", type=float, metavar="T")
+    p.add_argument("--max-tokens", type=int, metavar="N")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("models", parents=[server, tokenopt], help="list the chat model ids, one per line")
+    p.set_defaults(func=cmd_models)
+
+    # Parsed by the emulator itself (see cmd_emulator); listed here for `puterfs --help`.
+    sub.add_parser(
+        "emulator", help="run a local Puter-compatible server (puterfs emulator --help)", add_help=False
+    )
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        # httpx logs each request at INFO; the CLI's own messages are enough.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    idx = _command_index(argv)
+    command = argv[idx] if idx is not None else None
+    if command == "emulator" and idx is not None:
+        try:
+            return cmd_emulator(argv[idx + 1 :])
+        except KeyboardInterrupt:
+            return 130
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command != "mount":
+        # mount.main configures logging for the daemon (its own --debug).
+        _setup_logging(getattr(args, "debug", False))
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"puterfs: error: {exc.message}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `puterfs models | head -1`: the reader went away; not an error.
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    # Python would report the broken pipe again when flushing stdout at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
