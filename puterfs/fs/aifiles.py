@@ -44,7 +44,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from puterfs.client._errors import BadRequest, PuterError, PuterTimeout
+from puterfs.client._errors import PuterError, PuterTimeout
 from puterfs.fs.errors import FsError, to_errno
 
 log = logging.getLogger(__name__)
@@ -239,16 +239,6 @@ def _unwrap(exc: BaseException) -> BaseException:
         if not (isinstance(inner, (list, tuple)) and len(inner) == 1):
             return exc
         exc = inner[0]
-
-
-def errno_for(exc: BaseException) -> int:
-    """The errno a failed AI request reports: `to_errno`, except that a refusal by
-    moderation is a permission problem (EACCES) rather than a malformed request."""
-    if isinstance(exc, PuterError):
-        code = (exc.code or "").lower()
-        if "moderation" in code or (isinstance(exc, BadRequest) and "moderation" in exc.message.lower()):
-            return errno.EACCES
-    return to_errno(exc)
 
 
 class _Answer:
@@ -685,7 +675,7 @@ class AiFiles:
                 handle.rpos += len(chunk)
             return chunk
         if ans.error is not None:
-            raise FsError(errno_for(ans.error), str(ans.error))
+            raise FsError(to_errno(ans.error), str(ans.error))
         return b""
 
     async def _read_content(self, name: str, session: _Session) -> bytes:
@@ -736,7 +726,7 @@ class AiFiles:
         session = handle.session
         assert session is not None
         if handle.poisoned is not None:
-            raise FsError(errno_for(handle.poisoned), str(handle.poisoned))
+            raise FsError(to_errno(handle.poisoned), str(handle.poisoned))
         if handle.answer is not None and handle.owns_answer and not handle.wbuf:
             # A new prompt on a descriptor whose previous prompt was already sent (an O_RDWR
             # fd that read its answer, or a flush through a dup): the old answer is over.
@@ -1096,7 +1086,7 @@ class AiFiles:
                 ans.fail(FsError(errno.ECANCELED, "the mount is shutting down"))
 
     def _set_error(self, session: _Session, name: str, exc: BaseException) -> None:
-        code = errno_for(exc)
+        code = to_errno(exc)
         message = str(exc)
         session.error = f"{_now_iso()} .ai/{name}: {message} [{_errno_name(code)}]\n"
         session.touch("error")

@@ -60,6 +60,8 @@ def to_errno(exc: BaseException) -> int:
         return errno.EIO
     if isinstance(exc, E.Conflict):
         return errno.EEXIST
+    if isinstance(exc, E.PuterError) and "moderation" in ((exc.code or "") + " " + exc.message).lower():
+        return errno.EACCES  # refused by moderation: a permission problem, not a malformed request
     if isinstance(exc, E.BadRequest):
         return errno.EINVAL
     if isinstance(exc, E.PuterError):
