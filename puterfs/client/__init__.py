@@ -1,1 +1,59 @@
-"""Puter HTTP client (knows HTTP, nothing of FUSE)."""
+"""Puter HTTP client (knows HTTP, nothing of FUSE).
+
+``PuterClient`` keeps putergenai 3.5.0's public method names and signatures but speaks
+what the Puter 26.07 server accepts; every failure is one of the exceptions below.
+"""
+
+from __future__ import annotations
+
+from puterfs.client._chat import ChatEvent
+from puterfs.client._client import PuterClient
+from puterfs.client._errors import (
+    AlreadyExists,
+    AuthenticationError,
+    BadRequest,
+    Conflict,
+    IsADirectory,
+    ModelSubstituted,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    OTPRequired,
+    PermissionDenied,
+    PuterConnectionError,
+    PuterError,
+    PuterTimeout,
+    QuotaExceeded,
+    RateLimited,
+    ServerError,
+    StreamError,
+    error_from_body,
+    error_from_response,
+    is_temporary,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "AuthenticationError",
+    "BadRequest",
+    "ChatEvent",
+    "Conflict",
+    "IsADirectory",
+    "ModelSubstituted",
+    "NotADirectory",
+    "NotEmpty",
+    "NotFound",
+    "OTPRequired",
+    "PermissionDenied",
+    "PuterClient",
+    "PuterConnectionError",
+    "PuterError",
+    "PuterTimeout",
+    "QuotaExceeded",
+    "RateLimited",
+    "ServerError",
+    "StreamError",
+    "error_from_body",
+    "error_from_response",
+    "is_temporary",
+]

@@ -140,6 +140,8 @@ class PuterOperations(pyfuse3.Operations):
 
     def statistics(self) -> dict[str, Any]:
         st = dict(self.queue.statistics())
+        # every dirty file counts, also one still open for writing (not queued yet)
+        st["pending"] = max(len(self.cache.dirty_entries()), int(st["pending"]))
         st["cache_bytes"] = self.cache.used_bytes()
         return st
 
@@ -371,7 +373,7 @@ class PuterOperations(pyfuse3.Operations):
                 stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
                 begin = start_block * BLOCK_SIZE
                 length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
-                data = await self.remote.read(node.path, begin, length)
+                data = await self.remote.read(node.path, begin, length, size=ent.size)
                 if len(data) != length:
                     raise PuterError(
                         f"short read of {node.path}: wanted {length} bytes at {begin}, got {len(data)} "
@@ -494,7 +496,7 @@ class PuterOperations(pyfuse3.Operations):
         step = 8 * BLOCK_SIZE
         with open(self.cache.data_path(ent.id), "rb") as f:
             for off in range(0, ent.size, step):
-                theirs = await self.remote.read(ent.path, off, min(step, ent.size - off))
+                theirs = await self.remote.read(ent.path, off, min(step, ent.size - off), size=remote.size)
                 if theirs != f.read(min(step, ent.size - off)):
                     return False
         return True

@@ -69,9 +69,10 @@ class Remote:
         entries = await self._call("readdir", self.client.fs_readdir, self.abspath(rel), timeout=self.timeout * 3)
         return [RemoteEntry.from_json(e) for e in entries]
 
-    async def read(self, rel: str, offset: int, length: int) -> bytes:
+    async def read(self, rel: str, offset: int, length: int, *, size: int) -> bytes:
+        """`length` bytes at `offset` of a file whose size is known to be `size` (no stat first)."""
         data: bytes = await self._call(
-            "read", self.client.fs_read, self.abspath(rel), offset=offset, length=length,
+            "read", self.client.fs_read, self.abspath(rel), offset=offset, length=length, size=size,
             timeout=self.timeout + length / (256 * 1024),
         )
         return data

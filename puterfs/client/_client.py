@@ -1,0 +1,1485 @@
+"""``PuterClient``: an async client for Puter's HTTP API (filesystem, auth, AI drivers).
+
+Public names and signatures follow putergenai 3.5.0 so that code written for it keeps
+working, but every request is what the Puter 26.07 server accepts (see
+``/work/shared/puter-api/README.md`` §10 for the list of what putergenai got wrong).
+
+Design rules:
+
+* Only httpx and anyio are awaited, so the client runs under asyncio and trio alike.
+* Every request goes through :meth:`PuterClient._send`, which adds the token, applies
+  the retry policy of the call (see ``_retry.py``) and turns every failure into an
+  exception from ``_errors.py`` (HTTP bodies through ``error_from_response``; httpx
+  errors into ``PuterConnectionError``/``PuterTimeout`` with ``from exc``).
+* The token lives in one attribute and is only ever put into the ``Authorization``
+  header; it is not logged, not in ``repr``, not in exceptions, never in a URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import posixpath
+import time
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import anyio
+import httpx
+
+from puterfs.client._chat import (
+    URL_PREFIXES,
+    ChatEvent,
+    build_messages,
+    event_from_line,
+    image_part,
+    result_text,
+)
+from puterfs.client._errors import (
+    AuthenticationError,
+    BadRequest,
+    IsADirectory,
+    ModelSubstituted,
+    NotFound,
+    OTPRequired,
+    PermissionDenied,
+    PuterConnectionError,
+    PuterError,
+    PuterTimeout,
+    ServerError,
+    StreamError,
+    error_from_body,
+    error_from_response,
+    parse_retry_after,
+)
+from puterfs.client._models import CHAT_DRIVER, SEED_MODEL_IDS
+from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
+from puterfs.client._retry import NOT_SENT_ERRORS, Idempotency, RetryPolicy, may_retry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PuterClient", "ChatEvent"]
+
+DEFAULT_API_URL = "https://api.puter.com"
+DEFAULT_WEB_URL = "https://puter.com"
+USER_AGENT = "puterfs/0.1 (+httpx)"
+
+IDEMPOTENT = Idempotency.IDEMPOTENT
+SAFE_REJECTIONS = Idempotency.SAFE_REJECTIONS
+CONNECT_ONLY = Idempotency.CONNECT_ONLY
+
+MODELS_TTL = 3600.0
+# /batch accepts at most 64 files per request (API reference §5.6).
+BATCH_MAX_FILES = 64
+READDIR_PAGE = 1000
+# A directory listing bigger than this many pages means the server loops on cursors.
+READDIR_MAX_PAGES = 100_000
+# The recorded working image model (drivers-more.jsonl "image generate test_mode with
+# model"); ids are case-insensitive and puterIds such as "openai:openai/gpt-image-1"
+# are accepted too.
+DEFAULT_IMAGE_MODEL = "gpt-image-1"
+# putergenai passed driver names as the image "model"; none of them exists as a model.
+_LEGACY_IMAGE_DRIVERS = frozenset(
+    {"pollinations-image", "openai-image-generation", "gemini-image-generation", "together-image-generation"}
+)
+
+_warned_insecure = False
+
+_NO_BODY = object()
+
+
+def _warn_insecure_once() -> None:
+    global _warned_insecure
+    if not _warned_insecure:
+        _warned_insecure = True
+        warnings.warn(
+            "PuterClient(ignore_ssl=True): TLS certificates are not verified; the token can be "
+            "intercepted by anyone on the network path",
+            stacklevel=3,
+        )
+
+
+def _map_transport_error(exc: httpx.RequestError) -> PuterConnectionError:
+    """httpx's transport errors as client exceptions (the message never has the token)."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return PuterTimeout(f"request timed out ({type(exc).__name__}: {detail})")
+    return PuterConnectionError(f"connection to Puter failed ({type(exc).__name__}: {detail})")
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, name = posixpath.split(path)
+    return parent or "/", name
+
+
+def _decode_data_uri(uri: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    if header.endswith(";base64"):
+        try:
+            return base64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise ServerError("the server returned a broken base64 data: URI") from exc
+    return unquote_to_bytes(payload)
+
+
+def _sniff_image_type(data: bytes) -> str:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:2] == b"BM":
+        return "image/bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if data.startswith(b"%PDF"):
+        return "application/pdf"
+    return "application/octet-stream"
+
+
+def _ocr_text(result: Any) -> str:
+    """Text of a ``puter-ocr recognize`` result (Textract blocks or Mistral pages)."""
+    if isinstance(result, str):
+        return result
+    if not isinstance(result, dict):
+        return ""
+    blocks = result.get("blocks")
+    if isinstance(blocks, list):
+        blocks = [b for b in blocks if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        # Textract returns every line twice: as a LINE and again word by word.
+        lines = [b["text"] for b in blocks if str(b.get("type", "")).endswith(":LINE")]
+        if lines:
+            return "\n".join(lines)
+        texts = [
+            b["text"]
+            for b in blocks
+            if str(b.get("type", "")).startswith("text/") and not str(b.get("type", "")).endswith(":WORD")
+        ]
+        return "\n".join(texts)
+    pages = result.get("pages")
+    if isinstance(pages, list):
+        return "\n".join(p.get("markdown", "") for p in pages if isinstance(p, dict))
+    text = result.get("text")
+    return text if isinstance(text, str) else ""
+
+
+class PuterClient:
+    """Async client for Puter (filesystem, account, AI drivers).
+
+    Use it as ``async with PuterClient(token=...) as client:``. ``token``, ``api_url``
+    and ``web_url`` default to the environment variables ``PUTER_TOKEN``,
+    ``PUTER_API_URL`` and ``PUTER_WEB_URL``. ``transport`` lets tests plug in
+    ``httpx.MockTransport`` or any other httpx transport.
+
+    Paths may be absolute (``/user/x``), home-relative (``~``, ``~/x``) or relative
+    (``x``, resolved against :meth:`home`).
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        ignore_ssl: bool = False,
+        auto_update_models: bool = False,
+        *,
+        api_url: str | None = None,
+        web_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        ai_timeout: float = 600.0,
+        max_retries: int = 6,
+        retry_base_delay: float = 0.25,
+        retry_max_delay: float = 30.0,
+    ) -> None:
+        self._token: str | None = token if token is not None else (os.environ.get("PUTER_TOKEN") or None)
+        self.ignore_ssl = ignore_ssl
+        self.auto_update_models = auto_update_models
+        self.api_url = (api_url or os.environ.get("PUTER_API_URL") or DEFAULT_API_URL).rstrip("/")
+        self.web_url = (web_url or os.environ.get("PUTER_WEB_URL") or DEFAULT_WEB_URL).rstrip("/")
+        self.username: str | None = None
+        self.model_to_driver: dict[str, str] = dict.fromkeys(SEED_MODEL_IDS, CHAT_DRIVER)
+        self._timeout = httpx.Timeout(timeout)
+        # AI answers can take minutes to start; streams get no total deadline at all,
+        # only this bound on the silence between two chunks.
+        self._ai_timeout = httpx.Timeout(timeout, read=ai_timeout)
+        self._retry = RetryPolicy(max_retries, retry_base_delay, retry_max_delay)
+        self._models_cache: dict[str, Any] | None = None
+        self._models_time = 0.0
+        self._details_cache: list[dict[str, Any]] | None = None
+        self._details_time = 0.0
+        if ignore_ssl:
+            _warn_insecure_once()
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            verify=not ignore_ssl,
+            timeout=self._timeout,
+            # Redirects are answers to look at (e.g. /whoami on the wrong host is 302),
+            # and following one could carry the token to another host.
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+            trust_env=True,
+        )
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value or None
+
+    def __repr__(self) -> str:
+        auth = "set" if self._token else "none"
+        return f"PuterClient(api_url={self.api_url!r}, username={self.username!r}, token=<{auth}>)"
+
+    async def __aenter__(self) -> PuterClient:
+        if self.auto_update_models:
+            try:
+                await self.update_model_mappings()
+            except PuterError as exc:
+                log.warning("could not refresh the model list: %s", exc)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (putergenai's name)."""
+        await self.aclose()
+
+    # ---------------------------------------------------------------- transport
+
+    def _headers(self, auth: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers: dict[str, str] = dict(extra or {})
+        if auth:
+            if not self._token:
+                raise AuthenticationError("not logged in: call login() or pass a token", code="token_missing")
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        idem: Idempotency,
+        json_body: Any = _NO_BODY,
+        params: dict[str, Any] | None = None,
+        multipart: MultipartBody | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        ai: bool = False,
+        stream: bool = False,
+        gone_ok_on_retry: bool = False,
+    ) -> httpx.Response:
+        """Send one logical request, retrying as ``idem`` allows.
+
+        Returns a response with a 2xx status. With ``stream=True`` the body is not
+        read and the caller must ``aclose()`` it. ``gone_ok_on_retry`` makes a 404
+        answer to a retry a success (for deletes).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            request_headers = self._headers(auth, headers)
+            content: Any = None
+            upload: Any = None
+            if json_body is not _NO_BODY:
+                content = json.dumps(json_body).encode("utf-8")
+                request_headers["Content-Type"] = "application/json"
+            elif multipart is not None:
+                content = upload = multipart.stream()
+                request_headers["Content-Type"] = multipart.content_type
+                request_headers["Content-Length"] = str(multipart.content_length)
+            request = self._http.build_request(
+                method,
+                url,
+                params=params,
+                content=content,
+                headers=request_headers,
+                timeout=self._ai_timeout if ai else self._timeout,
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.RequestError as exc:
+                err = _map_transport_error(exc)
+                sent = not isinstance(exc, NOT_SENT_ERRORS)
+                if upload is not None:
+                    await upload.aclose()  # closes the file it was reading from
+                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=sent):
+                    delay = self._retry.delay(attempt)
+                    log.info("%s %s: %s; retry %d in %.2fs", method, _path_of(url), err, attempt, delay)
+                    await anyio.sleep(delay)
+                    continue
+                raise err from exc
+            if upload is not None:
+                # The server may answer before reading the whole body (an early error).
+                await upload.aclose()
+            status = response.status_code
+            if not 200 <= status < 300:
+                try:
+                    body = await response.aread()
+                except httpx.RequestError:
+                    body = b""
+                finally:
+                    await response.aclose()
+                err = error_from_response(status, response.headers, body)
+                if gone_ok_on_retry and attempt > 1 and isinstance(err, NotFound):
+                    return response
+                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True):
+                    delay = self._retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
+                    log.info("%s %s: HTTP %d; retry %d in %.2fs", method, _path_of(url), status, attempt, delay)
+                    await anyio.sleep(delay)
+                    continue
+                raise err
+            if stream:
+                return response
+            try:
+                await response.aread()
+            except httpx.RequestError as exc:
+                err = _map_transport_error(exc)
+                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True):
+                    await anyio.sleep(self._retry.delay(attempt))
+                    continue
+                raise err from exc
+            finally:
+                await response.aclose()
+            return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServerError(
+                f"expected JSON, got {response.headers.get('content-type') or 'no content type'}",
+                status=response.status_code,
+            ) from exc
+
+    async def _post_json(
+        self, path: str, body: Any, *, idem: Idempotency, web: bool = False, auth: bool = True
+    ) -> Any:
+        base = self.web_url if web else self.api_url
+        response = await self._send("POST", base + path, idem=idem, json_body=body, auth=auth)
+        return self._json(response)
+
+    async def _get_json(self, path: str, *, idem: Idempotency = IDEMPOTENT, auth: bool = True) -> Any:
+        response = await self._send("GET", self.api_url + path, idem=idem, auth=auth)
+        return self._json(response)
+
+    # ------------------------------------------------------------------ account
+
+    def _take_login(self, data: Any) -> str:
+        if not isinstance(data, dict):
+            raise AuthenticationError("unexpected login answer")
+        if data.get("next_step") == "otp":
+            otp_token = data.get("otp_jwt_token")
+            if not isinstance(otp_token, str):
+                raise AuthenticationError("the server asked for a second factor but sent no otp token")
+            raise OTPRequired(
+                "this account uses two-factor authentication: an OTP code is required",
+                otp_token=otp_token,
+                status=202,
+                code="otp_required",
+            )
+        token = data.get("token")
+        if not data.get("proceed") or not isinstance(token, str) or not token:
+            raise AuthenticationError("login failed: wrong credentials or code", status=200)
+        self._token = token
+        user = data.get("user")
+        if isinstance(user, dict) and isinstance(user.get("username"), str):
+            self.username = user["username"]
+        return token
+
+    async def login(self, username: str, password: str, otp: str | None = None) -> str:
+        """Log in on the web host; store and return the session token.
+
+        With two-factor authentication the server answers ``202 next_step:"otp"``: the
+        login is finished with ``otp`` if given, otherwise :class:`OTPRequired` is
+        raised carrying ``otp_token`` for :meth:`login_otp`.
+        """
+        if not username or not password:
+            raise BadRequest("username and password are required")
+        field = "email" if "@" in username else "username"
+        # No Origin header: the server refuses any Origin but its own GUI's (§2.1).
+        response = await self._send(
+            "POST",
+            self.web_url + "/login",
+            idem=CONNECT_ONLY,
+            json_body={field: username, "password": password},
+            auth=False,
+        )
+        data = self._json(response)
+        try:
+            return self._take_login(data)
+        except OTPRequired as exc:
+            if otp is None:
+                raise
+            return await self.login_otp(exc.otp_token, otp)
+
+    async def login_otp(self, otp_token: str, code: str) -> str:
+        """Finish a two-factor login; a wrong code raises :class:`AuthenticationError`."""
+        response = await self._send(
+            "POST",
+            self.web_url + "/login/otp",
+            idem=CONNECT_ONLY,
+            json_body={"token": otp_token, "code": str(code).strip()},
+            auth=False,
+        )
+        data = self._json(response)
+        if isinstance(data, dict) and data.get("proceed") is False:
+            raise AuthenticationError("wrong OTP code", status=200, code="otp_invalid")
+        return self._take_login(data)
+
+    async def logout(self) -> None:
+        """End the session on the server and forget the token."""
+        try:
+            if self._token:
+                await self._send("POST", self.web_url + "/logout", idem=CONNECT_ONLY, json_body={})
+        finally:
+            self._token = None
+            self.username = None
+
+    async def whoami(self) -> dict[str, Any]:
+        data = await self._get_json("/whoami")
+        if not isinstance(data, dict):
+            raise ServerError("unexpected /whoami answer")
+        if isinstance(data.get("username"), str):
+            self.username = data["username"]
+        return data
+
+    async def home(self) -> str:
+        """The user's home directory, ``/<username>`` (one ``whoami`` per client)."""
+        if not self.username:
+            await self.whoami()
+        if not self.username:
+            raise ServerError("/whoami did not name the user")
+        return "/" + self.username
+
+    # ------------------------------------------------------------------ models
+
+    async def get_available_models(self, force_refresh: bool = False) -> dict[str, Any]:
+        """``{"models": [...]}`` from the public model list, cached for an hour.
+
+        On an error the last good list is returned when there is one.
+        """
+        now = time.monotonic()
+        if not force_refresh and self._models_cache is not None and now - self._models_time < MODELS_TTL:
+            return self._models_cache
+        try:
+            data = await self._get_json("/puterai/chat/models", auth=False)
+        except PuterError:
+            if self._models_cache is not None:
+                log.warning("model list unavailable; using the cached one")
+                return self._models_cache
+            raise
+        if isinstance(data, list):
+            data = {"models": data}
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+            if self._models_cache is not None:
+                return self._models_cache
+            raise ServerError("unexpected model list shape")
+        self._models_cache = {"models": list(data["models"])}
+        self._models_time = now
+        return self._models_cache
+
+    async def _model_details(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        if self._details_cache is not None and now - self._details_time < MODELS_TTL:
+            return self._details_cache
+        try:
+            data = await self._get_json("/puterai/chat/models/details", auth=False)
+        except PuterError:
+            if self._details_cache is not None:
+                return self._details_cache
+            raise
+        models = data.get("models") if isinstance(data, dict) else data
+        self._details_cache = [m for m in models or [] if isinstance(m, dict)]
+        self._details_time = now
+        return self._details_cache
+
+    async def update_model_mappings(self) -> None:
+        """Add every listed model to :attr:`model_to_driver`; 26.07's only chat driver is ``ai-chat``."""
+        data = await self.get_available_models()
+        for model_id in self.get_model_list(data):
+            self.model_to_driver[model_id] = CHAT_DRIVER
+
+    @staticmethod
+    def _model_id(item: Any) -> str:
+        if isinstance(item, dict):
+            for key in ("id", "name", "model"):
+                if item.get(key) is not None:
+                    return str(item[key])
+        return str(item)
+
+    def get_model_list(self, models_data: dict[str, Any] | None = None) -> list[str]:
+        if models_data is None:
+            models_data = self._models_cache or {"models": []}
+        return [self._model_id(m) for m in models_data.get("models", [])]
+
+    async def _canonical_models(self) -> dict[str, str]:
+        """Lower-cased id, puterId and alias → lower-cased id."""
+        table: dict[str, str] = {}
+        for item in await self._model_details():
+            ident = str(item.get("id") or item.get("puterId") or "").lower()
+            if not ident:
+                continue
+            table[ident] = ident
+            if isinstance(item.get("puterId"), str):
+                table[item["puterId"].lower()] = ident
+            for alias in item.get("aliases") or []:
+                if isinstance(alias, str):
+                    table[alias.lower()] = ident
+        return table
+
+    async def is_model_available(self, model_name: str) -> bool:
+        """Whether the server lists ``model_name`` as an id, puterId or alias (case-insensitive)."""
+        wanted = model_name.lower()
+        data = await self.get_available_models()
+        if wanted in (m.lower() for m in self.get_model_list(data)):
+            return True
+        for item in data["models"]:
+            if isinstance(item, dict) and wanted in (str(a).lower() for a in item.get("aliases") or []):
+                return True
+        try:
+            return wanted in await self._canonical_models()
+        except PuterError as exc:
+            log.warning("model details unavailable: %s", exc)
+            return False
+
+    async def chat_models(self) -> list[dict[str, Any]]:
+        """Model objects of the chat driver, including the test models (``fake``, ...)."""
+        result = await self._driver_result("puter-chat-completion", "models", {}, idem=IDEMPOTENT)
+        return list(result) if isinstance(result, list) else []
+
+    # -------------------------------------------------------------- filesystem
+
+    async def _abs(self, path: str | os.PathLike[str]) -> str:
+        """An absolute, normalised Puter path."""
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            raise BadRequest("empty path")
+        if path == "~" or path.startswith("~/"):
+            path = await self.home() + path[1:]
+        elif not path.startswith("/"):
+            path = await self.home() + "/" + path
+        parts: list[str] = []
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(part)
+        return "/" + "/".join(parts)
+
+    async def fs_stat(self, path: str) -> dict[str, Any]:
+        """The legacy entry of ``path`` (``POST /stat``)."""
+        return await self._post_json("/stat", {"path": await self._abs(path)}, idem=IDEMPOTENT)
+
+    async def fs_readdir(self, path: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """All entries of a directory, fetched page by page."""
+        body: dict[str, Any] = {"path": await self._abs(path)}
+        body.update(options or {})
+        body.setdefault("limit", READDIR_PAGE)
+        # Sending the key "cursor" (even null) switches the server to the paginated
+        # envelope {items, cursor?}; a server that ignores it answers with an array.
+        body["cursor"] = None
+        entries: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for _ in range(READDIR_MAX_PAGES):
+            data = await self._post_json("/readdir", body, idem=IDEMPOTENT)
+            if isinstance(data, list):
+                entries.extend(data)
+                return entries
+            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+                raise ServerError("unexpected /readdir answer")
+            entries.extend(data["items"])
+            cursor = data.get("cursor")
+            if not cursor:
+                return entries
+            if cursor in seen:
+                raise ServerError("/readdir returned the same cursor twice")
+            seen.add(cursor)
+            body["cursor"] = cursor
+        raise ServerError("/readdir did not finish")
+
+    async def fs_mkdir(self, path: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a directory and return its entry.
+
+        The server is idempotent: an existing directory is returned as is (no
+        "exists" error); a file in the way is 409. Options are snake_case
+        (``create_missing_parents``, ``dedupe_name`` (default False), ...); putergenai's
+        camelCase spellings are translated.
+        """
+        opts = dict(options or {})
+        for camel, snake in (("createMissingParents", "create_missing_parents"), ("dedupeName", "dedupe_name")):
+            if camel in opts:
+                opts.setdefault(snake, opts.pop(camel))
+        body = {"path": await self._abs(path), "dedupe_name": False, **opts}
+        # A retry of a plain mkdir finds the directory and returns it; with
+        # dedupe_name a retry would create "x (1)".
+        idem = SAFE_REJECTIONS if body.get("dedupe_name") else IDEMPOTENT
+        return await self._post_json("/mkdir", body, idem=idem)
+
+    def _write_op(self, index: int, path: str, overwrite: bool, create_missing_parents: bool) -> dict[str, Any]:
+        parent, name = _split(path)
+        if not name:
+            raise BadRequest("cannot write to /")
+        return {
+            "op": "write",
+            "path": parent,
+            "name": name,
+            "item_upload_id": index,
+            "overwrite": overwrite,
+            # /batch renames on collision unless told not to (§5.6): never do that.
+            "dedupe_name": False,
+            "create_missing_parents": create_missing_parents,
+        }
+
+    async def _batch_upload(
+        self,
+        items: Sequence[tuple[str, UploadSource]],
+        *,
+        overwrite: bool,
+        create_missing_parents: bool,
+    ) -> tuple[int, list[Any]]:
+        """One multipart ``/batch`` request; (status, per-op results)."""
+        body = MultipartBody()
+        ops = [self._write_op(i, p, overwrite, create_missing_parents) for i, (p, _) in enumerate(items)]
+        # puter.js order: every fileinfo, then every write op, then every file (§5.6).
+        for op, (_, source) in zip(ops, items, strict=True):
+            body.add_json("fileinfo", {"name": op["name"], "type": guess_type(op["name"]), "size": source.size})
+        for op in ops:
+            body.add_json("operation", op)
+        for op, (_, source) in zip(ops, items, strict=True):
+            body.add_file("file", op["name"], guess_type(op["name"]), source)
+        # Overwriting the same bytes twice is harmless; a non-overwrite write retried
+        # after it succeeded would fail with "already exists".
+        idem = IDEMPOTENT if overwrite else SAFE_REJECTIONS
+        response = await self._send("POST", self.api_url + "/batch", idem=idem, multipart=body)
+        data = self._json(response)
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ServerError("unexpected /batch answer", status=response.status_code)
+        return response.status_code, results
+
+    @staticmethod
+    def _op_result(status: int, result: Any) -> dict[str, Any] | PuterError:
+        if isinstance(result, dict) and result.get("error"):
+            op_status = result.get("status") if isinstance(result.get("status"), int) else status
+            return error_from_body(op_status, result)
+        if not isinstance(result, dict):
+            return ServerError("unexpected /batch result", status=status, body=result)
+        return result
+
+    async def fs_write(
+        self, path: str, content: Content, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write a file (multipart ``/batch``) and return its entry.
+
+        ``content`` is text (UTF-8), bytes, a binary file object (read from its
+        current position; streamed, never loaded whole) or a path to a local file.
+        Options: ``overwrite`` (default True; False → :class:`AlreadyExists` when the
+        file exists), ``create_missing_parents`` (default False). The name is never
+        deduplicated.
+        """
+        opts = options or {}
+        overwrite = bool(opts.get("overwrite", True))
+        parents = bool(opts.get("create_missing_parents", opts.get("createMissingParents", False)))
+        target = await self._abs(path)
+        source = UploadSource(content)
+        try:
+            status, results = await self._batch_upload(
+                [(target, source)], overwrite=overwrite, create_missing_parents=parents
+            )
+        finally:
+            source.close()
+        outcome = self._op_result(status, results[0])
+        if isinstance(outcome, PuterError):
+            raise outcome
+        return outcome
+
+    async def fs_write_many(
+        self,
+        files: Sequence[tuple[str, Content]],
+        *,
+        overwrite: bool = True,
+        create_missing_parents: bool = False,
+    ) -> list[dict[str, Any] | PuterError]:
+        """Upload several files in one ``/batch`` request (one per 64 files).
+
+        Returns one item per file, in order: its entry, or the exception object for
+        that file (not raised). When a whole request fails, each of its files gets
+        that request's exception.
+        """
+        out: list[dict[str, Any] | PuterError] = []
+        for start in range(0, len(files), BATCH_MAX_FILES):
+            chunk = files[start : start + BATCH_MAX_FILES]
+            sources: list[UploadSource] = []
+            try:
+                items = []
+                for path, content in chunk:
+                    source = UploadSource(content)
+                    sources.append(source)
+                    items.append((await self._abs(path), source))
+                status, results = await self._batch_upload(
+                    items, overwrite=overwrite, create_missing_parents=create_missing_parents
+                )
+                out.extend(self._op_result(status, r) for r in results)
+            except PuterError as exc:
+                out.extend([exc] * len(chunk))
+            finally:
+                for source in sources:
+                    source.close()
+        return out
+
+    async def _read_range(
+        self, path: str, offset: int | None, length: int | None, size: int | None
+    ) -> tuple[str, tuple[int, int] | None, bool]:
+        """Plan a read: (abs path, (first, last) byte or None for everything, empty?).
+
+        Puter answers 500 to a Range on an empty file or starting at/after EOF, and to
+        multi-ranges (§5.8), so ranges are clamped here against the size, taken from
+        ``size`` or a ``stat``.
+        """
+        target = await self._abs(path)
+        if (offset is not None and offset < 0) or (length is not None and length < 0):
+            raise BadRequest("offset and length must not be negative")
+        start = offset or 0
+        if start == 0 and length is None:
+            return target, None, False
+        if length == 0:
+            return target, None, True
+        if size is None:
+            entry = await self.fs_stat(target)
+            if entry.get("is_dir"):
+                raise IsADirectory(f"{target} is a directory", status=400, code="cannot_read_a_directory")
+            size = int(entry.get("size") or 0)
+        if start >= size:
+            return target, None, True
+        end = size - 1 if length is None else min(size, start + length) - 1
+        if start == 0 and end == size - 1:
+            return target, None, False
+        return target, (start, end), False
+
+    async def fs_read(
+        self, path: str, offset: int | None = None, length: int | None = None, *, size: int | None = None
+    ) -> bytes:
+        """The bytes of a file, or ``length`` bytes from ``offset`` (b"" at/after EOF).
+
+        ``size`` (keyword, optional) is the file size if the caller knows it; a
+        partial read otherwise stats the file first to clamp the range.
+        """
+        target, span, empty = await self._read_range(path, offset, length, size)
+        if empty:
+            return b""
+        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
+        response = await self._send(
+            "GET", self.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers
+        )
+        data = response.content
+        if span and response.status_code == 200:
+            # The server ignored the Range: cut the slice out of the full body.
+            data = data[span[0] : span[1] + 1]
+        return data
+
+    async def fs_read_into(
+        self,
+        path: str,
+        fileobj: IO[bytes],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        size: int | None = None,
+    ) -> int:
+        """Stream a file (or a range of it) into ``fileobj``; returns the bytes written.
+
+        ``fileobj.write`` is called with chunks as they arrive (a plain sync binary file
+        is fine), so large downloads are never held in memory. A retry after a broken
+        connection restarts the transfer; the caller's file is rewound to where it was
+        when ``fileobj`` supports ``seek``/``truncate``.
+        """
+        target, span, empty = await self._read_range(path, offset, length, size)
+        if empty:
+            return 0
+        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
+        origin = fileobj.tell() if _seekable(fileobj) else None
+        attempt = 0
+        while True:
+            attempt += 1
+            written = 0
+            response = await self._send(
+                "GET",
+                self.api_url + "/read",
+                idem=IDEMPOTENT,
+                params={"file": target},
+                headers=headers,
+                stream=True,
+            )
+            try:
+                skip = span[0] if span and response.status_code == 200 else 0
+                want = (span[1] - span[0] + 1) if span else None
+                async with aclosing(response.aiter_bytes()) as chunks:
+                    async for chunk in chunks:
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        if want is not None:
+                            chunk = chunk[: max(0, want - written)]
+                        if chunk:
+                            fileobj.write(chunk)
+                            written += len(chunk)
+                return written
+            except httpx.RequestError as exc:
+                err = _map_transport_error(exc)
+                if origin is None or attempt > self._retry.max_retries:
+                    raise err from exc
+                log.info("download of %s broke after %d bytes: %s; restarting", target, written, err)
+                fileobj.seek(origin)
+                fileobj.truncate()
+                await anyio.sleep(self._retry.delay(attempt))
+            finally:
+                await response.aclose()
+
+    async def _refuse_dangerous(self, target: str, what: str) -> None:
+        # Puter deletes a user's home on request and leaves the account broken (§5.12).
+        if target == "/" or target == await self.home():
+            raise PermissionDenied(f"refusing to {what} {target}: it is the root or your home directory")
+
+    async def fs_delete(self, path: str, recursive: bool = True) -> None:
+        """Delete a file or directory (recursively by default).
+
+        The home directory and ``/`` are refused without sending anything. Retried
+        like an idempotent call; a retry answered with 404 counts as success (the
+        entry is gone, most likely deleted by the attempt whose answer was lost).
+        """
+        target = await self._abs(path)
+        await self._refuse_dangerous(target, "delete")
+        # Deleting twice has the effect of deleting once, except that a retry whose
+        # first attempt had already deleted the entry answers 404: that is success.
+        await self._send(
+            "POST",
+            self.api_url + "/delete",
+            idem=IDEMPOTENT,
+            json_body={"path": target, "recursive": bool(recursive)},
+            gone_ok_on_retry=True,
+        )
+
+    async def fs_rename(self, path: str, new_name: str) -> dict[str, Any]:
+        """Rename in place (``/rename {path, new_name}``); returns the renamed entry."""
+        if not new_name or "/" in new_name:
+            raise BadRequest("new_name must be a plain name; use fs_move to change directories")
+        # Not idempotent: a retry after success would find no source.
+        return await self._post_json(
+            "/rename", {"path": await self._abs(path), "new_name": new_name}, idem=SAFE_REJECTIONS
+        )
+
+    async def _source_and_target(self, source: str, destination: str, what: str) -> tuple[str, str, str, str]:
+        src = await self._abs(source)
+        dst = await self._abs(destination)
+        await self._refuse_dangerous(src, what)
+        if dst == "/":
+            raise BadRequest(f"cannot {what} onto /")
+        # Puter accepts a directory moved onto itself and loses it from the tree (§5.10).
+        if dst == src or dst.startswith(src.rstrip("/") + "/"):
+            raise BadRequest(f"cannot {what} {src} onto or into itself", code="cannot_move_item_into_itself")
+        parent, name = _split(dst)
+        return src, dst, parent, name
+
+    async def fs_move(
+        self,
+        source: str,
+        destination: str,
+        overwrite: bool = False,
+        create_missing_parents: bool = False,
+    ) -> dict[str, Any]:
+        """Move ``source`` to the full path ``destination``; returns the moved entry.
+
+        Sent as ``destination=<parent>, new_name=<basename>``. With ``overwrite`` the
+        server replaces whatever is there without checking types (§5.10).
+        """
+        src, _dst, parent, name = await self._source_and_target(source, destination, "move")
+        body = {
+            "source": src,
+            "destination": parent,
+            "new_name": name,
+            "overwrite": bool(overwrite),
+            "dedupe_name": False,
+            "create_missing_parents": bool(create_missing_parents),
+        }
+        # A retried move whose first attempt succeeded finds no source: never retried
+        # once sent.
+        data = await self._post_json("/move", body, idem=SAFE_REJECTIONS)
+        moved = data.get("moved") if isinstance(data, dict) else None
+        if not isinstance(moved, dict):
+            raise ServerError("unexpected /move answer")
+        return moved
+
+    async def fs_copy(self, source: str, destination: str, overwrite: bool = False) -> dict[str, Any]:
+        """Copy ``source`` to the full path ``destination``; returns the new entry."""
+        src, _dst, parent, name = await self._source_and_target(source, destination, "copy")
+        body = {
+            "source": src,
+            "destination": parent,
+            "new_name": name,
+            "overwrite": bool(overwrite),
+            "dedupe_name": False,
+        }
+        # Copying again over its own earlier result is harmless with overwrite.
+        data = await self._post_json("/copy", body, idem=IDEMPOTENT if overwrite else SAFE_REJECTIONS)
+        item = data[0] if isinstance(data, list) and data else data
+        copied = item.get("copied") if isinstance(item, dict) else None
+        if not isinstance(copied, dict):
+            raise ServerError("unexpected /copy answer")
+        return copied
+
+    async def fs_touch(self, path: str) -> None:
+        """Create an empty file, or set an existing entry's times to now."""
+        await self._send(
+            "POST", self.api_url + "/touch", idem=IDEMPOTENT, json_body={"path": await self._abs(path)}
+        )
+
+    async def fs_df(self) -> dict[str, Any]:
+        """``{"used": bytes, "capacity": bytes}``."""
+        data = await self._post_json("/df", {}, idem=IDEMPOTENT)
+        if not isinstance(data, dict):
+            raise ServerError("unexpected /df answer")
+        return data
+
+    fs_space = fs_df
+
+    async def fs_last_change(self) -> int:
+        """Milliseconds timestamp of the user's last change (cheap to poll)."""
+        data = await self._get_json("/cache/last-change-timestamp")
+        try:
+            return int(data["timestamp"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ServerError("unexpected /cache/last-change-timestamp answer") from exc
+
+    # ------------------------------------------------------------------ drivers
+
+    def _driver_body(
+        self, interface: str, method: str, args: dict[str, Any] | None, driver: str | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"interface": interface, "method": method, "args": dict(args or {})}
+        if driver:
+            body["driver"] = driver
+        return body
+
+    @staticmethod
+    def _envelope_result(status: int, data: Any) -> Any:
+        """``result`` of a driver envelope; errors in the envelope raise (§3.2)."""
+        if not isinstance(data, dict) or data.get("success") is False or "result" not in data:
+            raise error_from_body(
+                status if isinstance(data, dict) and data.get("success") is False else 502,
+                data,
+                default_message="the driver call returned no result",
+            )
+        return data["result"]
+
+    async def _driver_response(
+        self,
+        interface: str,
+        method: str,
+        args: dict[str, Any] | None,
+        *,
+        idem: Idempotency,
+        driver: str | None = None,
+    ) -> httpx.Response:
+        return await self._send(
+            "POST",
+            self.api_url + "/drivers/call",
+            idem=idem,
+            json_body=self._driver_body(interface, method, args, driver),
+            ai=True,
+        )
+
+    async def _driver_result(
+        self,
+        interface: str,
+        method: str,
+        args: dict[str, Any] | None,
+        *,
+        idem: Idempotency,
+        driver: str | None = None,
+    ) -> Any:
+        response = await self._driver_response(interface, method, args, idem=idem, driver=driver)
+        return self._envelope_result(response.status_code, self._json(response))
+
+    async def drivers_call(
+        self,
+        interface: str,
+        driver: str | None,
+        method: str,
+        args: dict[str, Any] | None = None,
+        stream: bool = False,
+        test_mode: bool = False,
+    ) -> Any:
+        """Low-level ``/drivers/call`` (putergenai's signature).
+
+        Returns the JSON envelope (``{"success", "result", ...}``), raw bytes for a
+        binary answer, or with ``stream=True`` an async iterator of raw body chunks.
+        ``stream``/``test_mode`` go inside ``args``, the only place 26.07 reads them.
+        Errors raise typed exceptions. Never retried once sent (a driver call may cost
+        credits).
+        """
+        call_args = dict(args or {})
+        if test_mode:
+            call_args["test_mode"] = True
+        if stream:
+            call_args["stream"] = True
+            return self._raw_stream(self._driver_body(interface, method, call_args, driver))
+        response = await self._driver_response(interface, method, call_args, idem=SAFE_REJECTIONS, driver=driver)
+        ctype = response.headers.get("content-type", "")
+        if "json" not in ctype:
+            return response.content
+        data = self._json(response)
+        self._envelope_result(response.status_code, data)
+        return data
+
+    @asynccontextmanager
+    async def _open_stream(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        response = await self._send(
+            "POST",
+            self.api_url + "/drivers/call",
+            idem=SAFE_REJECTIONS,
+            json_body=body,
+            ai=True,
+            stream=True,
+        )
+        try:
+            yield response
+        except httpx.RequestError as exc:
+            raise _map_transport_error(exc) from exc
+        finally:
+            await response.aclose()
+
+    async def _raw_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        async with self._open_stream(body) as response:
+            async with aclosing(response.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    # ---------------------------------------------------------------------- chat
+
+    async def _chat_args(
+        self,
+        prompt: str | list[dict[str, Any]] | None,
+        options: dict[str, Any] | None,
+        test_mode: bool,
+        image_url: str | list[str] | None,
+        messages: list[dict[str, Any]] | None,
+    ) -> tuple[dict[str, Any], str | None]:
+        opts = dict(options or {})  # never touch the caller's dict
+        refs = [image_url] if isinstance(image_url, str) else list(image_url or [])
+        parts = []
+        for ref in refs:
+            ref = str(ref)
+            if not ref.startswith(URL_PREFIXES) and not ref.startswith(("/", "~")):
+                ref = await self._abs(ref)
+            parts.append(image_part(ref))
+        args: dict[str, Any] = {"messages": build_messages(prompt, messages, parts)}
+        model = opts.pop("model", None)
+        opts.pop("driver", None)  # 26.07 has one chat driver; provider hints go in args.provider
+        stream = bool(opts.pop("stream", False))
+        opts.pop("testMode", None)
+        if test_mode and not model:
+            # 26.07 ignores test_mode for chat (§7.2); its offline model is "fake".
+            model = "fake"
+        if model:
+            args["model"] = model
+        if stream:
+            args["stream"] = True
+        if test_mode:
+            args["test_mode"] = True
+        for key, value in opts.items():
+            if value is not None:
+                args[key] = value
+        return args, model
+
+    async def _check_model(self, requested: str | None, used: str | None, strict: bool) -> str | None:
+        if not requested or not used:
+            return used or requested
+        if requested.lower() != used.lower():
+            try:
+                table = await self._canonical_models()
+            except PuterError:
+                table = {}
+            want = table.get(requested.lower(), requested.lower())
+            got = table.get(used.lower(), used.lower())
+            if want != got:
+                message = f"requested model {requested!r}, but the server used {used!r}"
+                if strict:
+                    raise ModelSubstituted(message, requested=requested, used=used, code="model_substituted")
+                log.warning("%s", message)
+        return used
+
+    async def ai_chat(
+        self,
+        prompt: str | list[dict[str, Any]] | None = None,
+        options: dict[str, Any] | None = None,
+        test_mode: bool = False,
+        image_url: str | list[str] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        strict_model: bool = False,
+    ) -> Any:
+        """Chat completion through the ``ai-chat`` driver.
+
+        Without ``options["stream"]``: ``{"response": <JSON envelope>, "used_model":
+        <metadata.providerUsed, else the requested model>}``. With it: an async
+        iterator of ``(text_delta, model)`` (richer events: :meth:`ai_chat_events`).
+        Only the options given are sent (no default temperature or max_tokens).
+        ``test_mode`` selects the server's offline model ``fake`` when no model is
+        given. ``strict_model`` raises :class:`ModelSubstituted` when the server
+        answers with a different model.
+        """
+        args, requested = await self._chat_args(prompt, options, test_mode, image_url, messages)
+        if args.get("stream"):
+            return self._chat_text_stream(args, requested, strict_model)
+        response = await self._driver_response(
+            "puter-chat-completion", "complete", args, idem=SAFE_REJECTIONS, driver=CHAT_DRIVER
+        )
+        envelope = self._json(response)
+        self._envelope_result(response.status_code, envelope)
+        metadata = envelope.get("metadata") if isinstance(envelope.get("metadata"), dict) else {}
+        used = metadata.get("providerUsed") if isinstance(metadata.get("providerUsed"), str) else None
+        used = await self._check_model(requested, used, strict_model)
+        return {"response": envelope, "used_model": used or requested}
+
+    async def _chat_text_stream(
+        self, args: dict[str, Any], requested: str | None, strict: bool
+    ) -> AsyncIterator[tuple[str, str | None]]:
+        async with aclosing(self._chat_stream(args, requested, strict)) as events:
+            async for event in events:
+                if event.type == "text" and event.text:
+                    yield event.text, event.model
+
+    async def ai_chat_events(
+        self,
+        prompt: str | list[dict[str, Any]] | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        options: dict[str, Any] | None = None,
+        image_url: str | list[str] | None = None,
+        strict_model: bool = False,
+    ) -> AsyncIterator[ChatEvent]:
+        """Stream a chat answer as :class:`ChatEvent` objects (text, reasoning,
+        tool_use, usage, ...). An ``error`` line raises :class:`StreamError`."""
+        opts = dict(options or {})
+        opts["stream"] = True
+        args, requested = await self._chat_args(prompt, opts, False, image_url, messages)
+        async with aclosing(self._chat_stream(args, requested, strict_model)) as events:
+            async for event in events:
+                yield event
+
+    async def _chat_stream(
+        self, args: dict[str, Any], requested: str | None, strict: bool
+    ) -> AsyncIterator[ChatEvent]:
+        body = self._driver_body("puter-chat-completion", "complete", args, CHAT_DRIVER)
+        async with self._open_stream(body) as response:
+            ctype = response.headers.get("content-type", "").lower()
+            if "ndjson" in ctype or "jsonl" in ctype:
+                checked = False
+                failure: StreamError | None = None
+                async with aclosing(response.aiter_lines()) as lines:
+                    async for line in lines:
+                        if failure is not None:
+                            continue  # the server ends the stream after an error line
+                        try:
+                            event = event_from_line(line, requested)
+                        except StreamError as exc:
+                            # Read the stream to its end before raising: it ends right
+                            # after the error line, and leaving it half-read strands
+                            # httpx's inner generators (ResourceWarnings under trio).
+                            failure = exc
+                            continue
+                        if event is None:
+                            continue
+                        if not checked and "model" in event.data:
+                            checked = True
+                            event.model = await self._check_model(requested, event.model, strict)
+                        yield event
+                if failure is not None:
+                    raise failure
+                return
+            if "event-stream" in ctype:
+                async with aclosing(response.aiter_lines()) as lines:
+                    async for line in lines:
+                        if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                            event = event_from_line(line[5:], requested)
+                            if event is not None:
+                                yield event
+                return
+            # Not a stream: an error (old backend: HTTP 200 success:false) or a server
+            # that answered the whole completion at once.
+            if "json" not in ctype:
+                raise ServerError(f"unexpected chat answer of type {ctype or 'unknown'}")
+            await response.aread()
+            data = self._json(response)
+            result = self._envelope_result(response.status_code, data)
+            metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+            used = await self._check_model(requested, metadata.get("providerUsed"), strict)
+            yield ChatEvent("text", result_text(result), data, used or requested)
+
+    # -------------------------------------------------------------- other AI
+
+    async def _image_source(self, image: str | bytes | IO[bytes]) -> str:
+        if isinstance(image, str):
+            if image.startswith(URL_PREFIXES) or image.startswith(("/", "~")):
+                return image
+            return await self._abs(image)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+        elif hasattr(image, "read"):
+            data = await anyio.to_thread.run_sync(image.read)
+        else:
+            raise TypeError("image must be a URL, a Puter path, bytes or a binary file object")
+        return f"data:{_sniff_image_type(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+    async def ai_img2txt(self, image: str | bytes | IO[bytes], test_mode: bool = False) -> str:
+        """OCR (``puter-ocr recognize``): the recognised text, lines joined with newlines.
+
+        ``image`` is an http(s) or ``data:`` URL, a Puter path, bytes or a binary file.
+        """
+        args: dict[str, Any] = {"source": await self._image_source(image)}
+        if test_mode:
+            args["test_mode"] = True
+        result = await self._driver_result("puter-ocr", "recognize", args, idem=SAFE_REJECTIONS)
+        return _ocr_text(result)
+
+    async def ai_txt2img(self, prompt: str, model: str = DEFAULT_IMAGE_MODEL, test_mode: bool = False) -> str:
+        """Generate an image; returns its URL or a ``data:`` URL.
+
+        putergenai's driver names given as ``model`` (e.g. ``"pollinations-image"``)
+        select the default model instead.
+        """
+        response = await self._image_response(prompt, model, test_mode)
+        ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype.startswith("image/"):
+            return f"data:{ctype};base64,{base64.b64encode(response.content).decode('ascii')}"
+        result = self._envelope_result(response.status_code, self._json(response))
+        if isinstance(result, dict):
+            result = result.get("url") or result.get("image_url") or result.get("data")
+        if not isinstance(result, str) or not result:
+            raise ServerError("the image driver returned no image")
+        return result
+
+    async def _image_response(self, prompt: str, model: str | None, test_mode: bool) -> httpx.Response:
+        if not model or model in _LEGACY_IMAGE_DRIVERS:
+            model = DEFAULT_IMAGE_MODEL
+        args: dict[str, Any] = {"prompt": prompt, "model": model}
+        if test_mode:
+            args["test_mode"] = True
+        return await self._driver_response(
+            "puter-image-generation", "generate", args, idem=SAFE_REJECTIONS, driver="ai-image"
+        )
+
+    async def ai_txt2img_bytes(
+        self, prompt: str, model: str = DEFAULT_IMAGE_MODEL, test_mode: bool = False
+    ) -> bytes:
+        """Generate an image and return its bytes (decoding or fetching the result)."""
+        url = await self.ai_txt2img(prompt, model=model, test_mode=test_mode)
+        return await self._url_bytes(url)
+
+    async def _url_bytes(self, url: str) -> bytes:
+        if url.startswith("data:"):
+            return _decode_data_uri(url)
+        if not url.startswith(("http://", "https://")):
+            raise ServerError("the server returned an unusable URL")
+        # Only our own API host gets the token; anything else is a third party.
+        same_origin = _origin(url) == _origin(self.api_url)
+        response = await self._send("GET", url, idem=IDEMPOTENT, auth=same_origin and bool(self._token))
+        return response.content
+
+    async def ai_txt2speech(self, text: str, options: dict[str, Any] | None = None) -> bytes:
+        """Text to speech (``puter-tts synthesize``); returns the audio bytes.
+
+        ``options`` go into the driver args: ``voice``, ``engine``, ``language``,
+        ``provider``, ``model``, ``response_format``, ``test_mode`` ... A JSON answer
+        with a ``url`` (what test mode gives) is fetched.
+        """
+        args: dict[str, Any] = {"text": text}
+        for key, value in (options or {}).items():
+            if value is None:
+                continue
+            args["test_mode" if key == "testMode" else key] = value
+        response = await self._driver_response("puter-tts", "synthesize", args, idem=SAFE_REJECTIONS)
+        ctype = response.headers.get("content-type", "").lower()
+        if "json" not in ctype:
+            return response.content
+        result = self._envelope_result(response.status_code, self._json(response))
+        if isinstance(result, dict):
+            result = result.get("url") or result.get("data")
+        if not isinstance(result, str):
+            raise ServerError("the speech driver returned no audio")
+        return await self._url_bytes(result)
+
+    async def tts_voices(self, provider: str | None = None) -> list[dict[str, Any]]:
+        args = {"provider": provider} if provider else {}
+        result = await self._driver_result("puter-tts", "list_voices", args, idem=IDEMPOTENT)
+        return list(result) if isinstance(result, list) else []
+
+    # ------------------------------------------- more of putergenai's surface, fixed
+
+    async def _media_source(self, source: str | bytes | IO[bytes], default_type: str) -> str:
+        """A driver ``file``/``audio`` argument: URL, data: URI or Puter path as given, bytes inlined."""
+        if isinstance(source, str):
+            if source.startswith(URL_PREFIXES) or source.startswith(("/", "~")):
+                return source
+            return await self._abs(source)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        elif hasattr(source, "read"):
+            data = await anyio.to_thread.run_sync(source.read)
+        else:
+            raise TypeError("expected a URL, a Puter path, bytes or a binary file object")
+        return f"data:{default_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+    async def ai_speech2txt(
+        self,
+        source: str | bytes | IO[bytes],
+        options: dict[str, Any] | None = None,
+        test_mode: bool = False,
+    ) -> str | dict[str, Any]:
+        """Speech to text (``puter-speech2txt transcribe``; ``translate`` with
+        ``options["translate"]``). Returns the text when that is all there is or
+        ``response_format`` is ``"text"``, else the whole result."""
+        opts = {("test_mode" if k == "testMode" else k): v for k, v in (options or {}).items() if v is not None}
+        method = "translate" if opts.pop("translate", False) else "transcribe"
+        args: dict[str, Any] = {"file": await self._media_source(source, "audio/mpeg"), **opts}
+        if test_mode:
+            args["test_mode"] = True
+        result = await self._driver_result("puter-speech2txt", method, args, idem=SAFE_REJECTIONS)
+        if isinstance(result, dict) and isinstance(result.get("text"), str):
+            if opts.get("response_format") == "text" or len(result) == 1:
+                return result["text"]
+        return result if isinstance(result, dict) else str(result)
+
+    async def ai_speech2speech(
+        self,
+        source: str | bytes | IO[bytes],
+        options: dict[str, Any] | None = None,
+        test_mode: bool = False,
+    ) -> bytes:
+        """Voice conversion (``puter-speech2speech convert``); returns audio bytes."""
+        opts = {("test_mode" if k == "testMode" else k): v for k, v in (options or {}).items() if v is not None}
+        args: dict[str, Any] = {"audio": await self._media_source(source, "audio/mpeg"), **opts}
+        if test_mode:
+            args["test_mode"] = True
+        response = await self._driver_response("puter-speech2speech", "convert", args, idem=SAFE_REJECTIONS)
+        if "json" not in response.headers.get("content-type", "").lower():
+            return response.content
+        result = self._envelope_result(response.status_code, self._json(response))
+        url = result.get("url") if isinstance(result, dict) else result
+        if not isinstance(url, str):
+            raise ServerError("the voice changer returned no audio")
+        return await self._url_bytes(url)
+
+    async def ai_txt2vid(
+        self, prompt: str, options: dict[str, Any] | None = None, test_mode: bool = False
+    ) -> Any:
+        """Video generation (``puter-video-generation generate``); returns the driver result."""
+        opts = {("test_mode" if k == "testMode" else k): v for k, v in (options or {}).items() if v is not None}
+        args: dict[str, Any] = {"prompt": prompt, **opts}
+        if test_mode:
+            args["test_mode"] = True
+        return await self._driver_result("puter-video-generation", "generate", args, idem=SAFE_REJECTIONS)
+
+    async def ai_list_models(self, force_refresh: bool = False) -> dict[str, Any]:
+        return await self.get_available_models(force_refresh=force_refresh)
+
+    async def ai_list_model_providers(self, force_refresh: bool = False) -> list[str]:
+        """Provider names of the listed chat models (from the public details list)."""
+        if force_refresh:
+            self._details_cache = None
+        return sorted({str(m["provider"]) for m in await self._model_details() if m.get("provider")})
+
+    async def fs_get_read_url(self, path: str, options: dict[str, Any] | None = None) -> str:
+        """A signed, token-free URL that reads the file (``POST /sign``, action read)."""
+        item = {"path": await self._abs(path), "action": "read", **(options or {})}
+        data = await self._post_json("/sign", {"items": [item]}, idem=IDEMPOTENT)
+        sigs = data.get("signatures") if isinstance(data, dict) else None
+        sig = sigs[0] if isinstance(sigs, list) and sigs else None
+        url = (sig.get("read_url") or sig.get("url")) if isinstance(sig, dict) else None
+        if not isinstance(url, str) or not url:
+            raise NotFound(f"cannot sign {item['path']}", status=404, code="subject_does_not_exist")
+        return url
+
+    async def fs_upload(
+        self,
+        files: Content | Sequence[Content],
+        destination: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Upload local files (paths or named binary file objects) into ``destination``
+        (default: home) in one ``/batch`` request. Returns ``{"results": [...]}`` with an
+        entry or an exception object per file."""
+        items = files if isinstance(files, (list, tuple)) else [files]
+        opts = options or {}
+        target_dir = await self._abs(destination or "~")
+        pairs: list[tuple[str, Content]] = []
+        for item in items:
+            if isinstance(item, str):
+                item = Path(item)  # here a string names a local file, as in putergenai
+            name = os.path.basename(os.fspath(item)) if isinstance(item, os.PathLike) else None
+            name = name or os.path.basename(str(getattr(item, "name", "") or ""))
+            if not name:
+                raise BadRequest("fs_upload needs paths or file objects with a name")
+            pairs.append((f"{target_dir.rstrip('/')}/{name}", item))
+        results = await self.fs_write_many(
+            pairs,
+            overwrite=bool(opts.get("overwrite", True)),
+            create_missing_parents=bool(opts.get("create_missing_parents", opts.get("createMissingParents", False))),
+        )
+        return {"results": results}
+
+    async def auth_is_signed_in(self) -> bool:
+        """Whether the token is valid (``GET /whoami``)."""
+        if not self._token:
+            return False
+        try:
+            await self.whoami()
+        except AuthenticationError:
+            return False
+        return True
+
+    async def auth_get_user(self) -> dict[str, Any]:
+        return await self.whoami()
+
+    async def auth_sign_out(self) -> dict[str, Any]:
+        await self.logout()
+        return {"success": True}
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _path_of(url: str) -> str:
+    # For log lines: the path only (query strings can hold file names).
+    return urlsplit(url).path
+
+
+def _seekable(fileobj: Any) -> bool:
+    try:
+        return bool(fileobj.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
