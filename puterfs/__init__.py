@@ -2,26 +2,8 @@
 
 from __future__ import annotations
 
-from puterfs.client import PuterClient  # noqa: F401
-from puterfs.client._errors import (  # noqa: F401
-    AlreadyExists,
-    AuthenticationError,
-    BadRequest,
-    Conflict,
-    IsADirectory,
-    ModelSubstituted,
-    NotADirectory,
-    NotEmpty,
-    NotFound,
-    OTPRequired,
-    PermissionDenied,
-    PuterConnectionError,
-    PuterError,
-    PuterTimeout,
-    QuotaExceeded,
-    RateLimited,
-    ServerError,
-    StreamError,
-)
+from puterfs.client import *  # noqa: F403 - the package re-exports the client's public surface
+from puterfs.client import __all__ as _client_all
 
+__all__ = list(_client_all)
 __version__ = "0.1.0"

@@ -714,8 +714,8 @@ class PuterOperations(pyfuse3.Operations):
         node.lookups += 1
         return self._attr(node)
 
-    @fuse_errors
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def _existing(self, parent_inode: int, name: bytes) -> tuple[Node, str, Node]:
+        """(parent, name, node) of an entry about to be removed; ENOENT if there is none."""
         self._refuse_ai(parent_inode, name)
         self._check_writable()
         parent = self._node(parent_inode)
@@ -723,6 +723,11 @@ class PuterOperations(pyfuse3.Operations):
         node = await self._child(parent, text)
         if node is None:
             raise FsError(errno.ENOENT)
+        return parent, text, node
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent, text, node = await self._existing(parent_inode, name)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
         if await self._children(node):
@@ -766,13 +771,7 @@ class PuterOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._refuse_ai(parent_inode, name)
-        self._check_writable()
-        parent = self._node(parent_inode)
-        text = self._name(name, creating=False)
-        node = await self._child(parent, text)
-        if node is None:
-            raise FsError(errno.ENOENT)
+        parent, text, node = await self._existing(parent_inode, name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
         await self._delete_file(parent, text, node)
@@ -782,27 +781,40 @@ class PuterOperations(pyfuse3.Operations):
             await self._ensure_complete(node)  # an open file stays readable after unlink
         ent = node.entry
         if ent is not None:
-            self.queue.cancel(ent.id)
+            self.queue.hold(ent.id)  # no upload may recreate it while we delete
         if node.remote_fp is not None:
             try:
                 await self.remote.delete(node.path, recursive=False)
             except NotFound:
                 pass
-        if ent is not None and ent.id in self.cache.entries:
-            if node.opens > 0:
-                # keep the data for open descriptors, out of the path namespace
-                ent.dirty = False
-                self.cache.paths.pop(ent.path, None)
-                ent.path = f"\x00unlinked/{ent.id}"
-                self.cache.save(ent)
-            else:
-                self.cache.delete(ent)
-                node.entry = None
-                if node.fd is not None:
-                    os.close(node.fd)
-                    node.fd = None
+            except BaseException:
+                if ent is not None and ent.dirty and node.writers == 0:
+                    self.queue.schedule(ent.id)  # still ours to upload
+                raise
+        self._discard_data(node)
         node.remote_fp = None
         self._remove_child(parent, name, node)
+
+    def _discard_data(self, node: Node) -> None:
+        """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""
+        ent = node.entry
+        if ent is None:
+            return
+        self.queue.cancel(ent.id)
+        if ent.id not in self.cache.entries:
+            return
+        if node.opens > 0:
+            if self.cache.paths.get(ent.path) is ent:
+                del self.cache.paths[ent.path]
+            ent.path = f"\x00unlinked/{ent.id}"
+            ent.dirty = False
+            self.cache.save(ent)
+        else:
+            self.cache.delete(ent)
+            node.entry = None
+            if node.fd is not None:
+                os.close(node.fd)
+                node.fd = None
 
     @fuse_errors
     async def rename(
@@ -889,20 +901,7 @@ class PuterOperations(pyfuse3.Operations):
             self.cache.save(node.entry)
 
     def _drop_target(self, parent: Node, name: str, target: Node) -> None:
-        ent = target.entry
-        if ent is not None:
-            self.queue.cancel(ent.id)
-            if target.opens > 0:
-                self.cache.paths.pop(ent.path, None)
-                ent.path = f"\x00unlinked/{ent.id}"
-                ent.dirty = False
-                self.cache.save(ent)
-            else:
-                self.cache.delete(ent)
-                target.entry = None
-                if target.fd is not None:
-                    os.close(target.fd)
-                    target.fd = None
+        self._discard_data(target)
         if parent.children is not None and parent.children.get(name) is target:
             del parent.children[name]
         target.remote_fp = None
