@@ -213,7 +213,12 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
     args = s.args
     state_path = config.mount_state_file(s.mountpoint)
-    async with PuterClient(token=s.token, ignore_ssl=not s.verify_tls, api_url=s.api_url, web_url=s.web_url) as client:
+    # few retries inside the client: the upload queue retries forever itself, and a syscall
+    # should not wait long for an unreachable server (cached data is served instead)
+    async with PuterClient(
+        token=s.token, ignore_ssl=not s.verify_tls, api_url=s.api_url, web_url=s.web_url,
+        max_retries=2, retry_max_delay=2.0,
+    ) as client:
         try:
             root = s.remote_root or await client.home()
         except AuthenticationError as exc:

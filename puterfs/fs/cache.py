@@ -70,6 +70,10 @@ class CacheEntry:
     # bumped by every local change of the content (memory only): an upload counts as the
     # current version only if this did not move while it ran
     version: int = 0
+    # an upload of this entry was attempted (it may exist on the server even if we never
+    # learned so), and since when an attempt's outcome is unknown (cancelled, connection lost)
+    maybe_remote: bool = False
+    uncertain_since: float | None = None
 
     def has_range(self, off: int, size: int) -> bool:
         if self.complete or self.dirty:
@@ -127,6 +131,7 @@ class CacheStore:
                 # the file on disk is the truth (a crash may have hit between a write and the row update)
                 e.size = data.stat().st_size
                 e.complete = True
+                e.maybe_remote = True  # an upload may have been under way when we stopped
             self.entries[e.id] = e
         # remove data files that have no row (crash between creating a file and its row)
         known = {str(i) for i in self.entries}

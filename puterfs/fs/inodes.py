@@ -45,6 +45,9 @@ class Node:
     listed_at: float = 0.0
     attr_epoch: int = -1
     local_seq: int = 0  # sequence number of the last local change of this node or its listing
+    # names removed here locally -> sequence number of the removal: a listing requested
+    # before that must not bring them back
+    tombstones: dict[str, int] | None = None
     in_tree: bool = True
     page_fp: object = None  # what the kernel's page cache holds (see Operations.open)
 

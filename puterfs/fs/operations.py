@@ -19,6 +19,7 @@ Design notes are in docs/write-back.md and docs/inodes.md. In short:
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import stat
@@ -29,7 +30,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterError
+from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterConnectionError, PuterError
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
 from puterfs.fs.errors import FsError, fuse_errors
 from puterfs.fs.inodes import InodeTable, Node
@@ -44,13 +45,14 @@ READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
 
 
 class _Handle:
-    __slots__ = ("node", "writable", "flags", "next_off")
+    __slots__ = ("node", "writable", "flags", "next_off", "readahead")
 
     def __init__(self, node: Node, writable: bool, flags: int) -> None:
         self.node = node
         self.writable = writable
         self.flags = flags
-        self.next_off = 0  # where a sequential reader reads next (read-ahead)
+        self.next_off = -1  # where a sequential reader reads next
+        self.readahead = 1  # blocks fetched per request; doubles while the reader is sequential
 
 
 class _DirHandle:
@@ -92,7 +94,8 @@ class PuterOperations(pyfuse3.Operations):
         self.read_only = read_only
         self.table = InodeTable(uid=self.uid, gid=self.gid)
         self.queue = WriteBackQueue(
-            self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change
+            self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change,
+            cancel_on_change=self._streamed,
         )
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
@@ -280,9 +283,12 @@ class PuterOperations(pyfuse3.Operations):
     def _apply_listing(self, dirnode: Node, entries: list[RemoteEntry], seq: int) -> None:
         old = dirnode.children or {}
         new: dict[str, Node] = {}
+        tombs = dirnode.tombstones or {}
         for e in entries:
             if not e.name or "/" in e.name:
                 continue
+            if tombs.get(e.name, 0) > seq:
+                continue  # removed here after this listing was requested
             if dirnode is self.table.root and e.name == ".ai" and self.ai is not None:
                 continue  # shadowed by the virtual .ai directory (docs/ai-files.md)
             cur = old.get(e.name)
@@ -312,6 +318,9 @@ class PuterOperations(pyfuse3.Operations):
                     node.mtime_local = True
                     new[name] = node
         dirnode.children = new
+        if tombs:
+            # a listing requested after a removal already reflects it
+            dirnode.tombstones = {n: t for n, t in tombs.items() if t > seq} or None
 
     async def _child(self, parent: Node, name: str) -> Node | None:
         return (await self._children(parent)).get(name)
@@ -351,7 +360,7 @@ class PuterOperations(pyfuse3.Operations):
         node.entry = ent
         return ent
 
-    async def _fetch(self, node: Node, off: int, size: int, *, sequential: bool) -> None:
+    async def _fetch(self, node: Node, off: int, size: int, *, readahead: int = 1) -> None:
         """Make bytes [off, off+size) of a server file present in its cache file."""
         ent = self._ensure_entry(node)
         if not ent.missing_blocks(off, size):
@@ -363,8 +372,7 @@ class PuterOperations(pyfuse3.Operations):
             last_block = (ent.size - 1) // BLOCK_SIZE
             first = missing[0]
             end = missing[-1]
-            if sequential:
-                end = min(max(end, first + READAHEAD_BLOCKS - 1), last_block)
+            end = min(max(end, first + readahead - 1), last_block)
             # one ranged request for the run of missing blocks from `first`
             run_end = first
             while run_end + 1 <= end and (run_end + 1) not in ent.blocks:
@@ -389,12 +397,12 @@ class PuterOperations(pyfuse3.Operations):
                 self.cache.save(ent)
         # blocks after the run (not contiguous) are fetched by the next call
         if ent.missing_blocks(off, size):
-            await self._fetch(node, off, size, sequential=False)
+            await self._fetch(node, off, size)
 
     async def _ensure_complete(self, node: Node) -> CacheEntry:
         ent = self._ensure_entry(node)
         if not ent.complete:
-            await self._fetch(node, 0, ent.size, sequential=True)
+            await self._fetch(node, 0, ent.size, readahead=READAHEAD_BLOCKS)
             ent.complete = True
             ent.blocks.clear()
             self.cache.save(ent)
@@ -425,11 +433,33 @@ class PuterOperations(pyfuse3.Operations):
         ent = self.cache.entries.get(key)
         return ent is not None and ent.size <= SMALL_FILE and ent.base_uid is None
 
+    def _streamed(self, key: int) -> bool:
+        """Whether an upload of `key` streams from the cache file (so a change must cancel it);
+        small files are read into memory first and their upload may finish."""
+        ent = self.cache.entries.get(key)
+        return ent is not None and ent.size > SMALL_FILE
+
+    async def _attempt(self, entries: list[CacheEntry], coro: Any) -> Any:
+        """Run one upload attempt, keeping track of what may have reached the server."""
+        started = time.time()
+        for ent in entries:
+            ent.maybe_remote = True
+        try:
+            return await coro
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or isinstance(exc, PuterConnectionError):
+                # cancelled or cut off: the server may or may not have it
+                for ent in entries:
+                    if ent.uncertain_since is None:
+                        ent.uncertain_since = started
+            raise
+
     def _node_of_entry(self, ent: CacheEntry) -> Node | None:
         node = self.table.by_path.get(ent.path)
         return node if node is not None and node.entry is ent else None
 
     def _uploaded(self, ent: CacheEntry, version: int, result: RemoteEntry) -> None:
+        ent.uncertain_since = None
         if ent.id not in self.cache.entries:
             return
         if ent.version == version:
@@ -472,7 +502,7 @@ class PuterOperations(pyfuse3.Operations):
                 items.append((ent.path, f.read()))
             versions.append(ent.version)
         log.debug("uploading %d small files in one request", len(items))
-        outcome = await self.remote.upload_many(items, overwrite=False)
+        outcome = await self._attempt(batch, self.remote.upload_many(items, overwrite=False))
         results: dict[int, BaseException | None] = {}
         for ent, version, res in zip(batch, versions, outcome, strict=True):
             if isinstance(res, AlreadyExists):
@@ -517,6 +547,12 @@ class PuterOperations(pyfuse3.Operations):
                 return
             if ent.path != path:
                 return  # renamed while we looked; the rename rescheduled it
+            if ent.uncertain_since is not None and (current.modified or 0) >= int(ent.uncertain_since) - 1:
+                # written after an attempt of ours whose outcome we never learned: that attempt
+                # (an older version of our data) is what the server holds
+                log.info("%s: the server holds an interrupted upload of ours; replacing it", path)
+                current = None
+        if current is not None and current.fingerprint != base:
             # the server's copy changed while we had local edits: keep both
             parent, name = split(path)
             keep_as = join(parent, conflict_name(name, time.time()))
@@ -524,7 +560,9 @@ class PuterOperations(pyfuse3.Operations):
             await self.remote.move(path, keep_as, overwrite=False)
             self.epoch += 1  # the conflict copy must show up in listings
         with open(self.cache.data_path(ent.id), "rb") as f:
-            result = await self.remote.upload(path, f, ent.size, overwrite=True)
+            # small files go up as a snapshot (a write meanwhile need not cancel the upload)
+            source: Any = io.BytesIO(f.read()) if ent.size <= SMALL_FILE else f
+            result = await self._attempt([ent], self.remote.upload(path, source, ent.size, overwrite=True))
         self._uploaded(ent, version, result)
 
     # ------------------------------------------------------------------ lookup & attributes
@@ -741,9 +779,15 @@ class PuterOperations(pyfuse3.Operations):
             raise
         self._remove_child(parent, text, node)
 
+    def _tombstone(self, parent: Node, name: str) -> None:
+        if parent.tombstones is None:
+            parent.tombstones = {}
+        parent.tombstones[name] = self.table.next_seq()
+
     def _remove_child(self, parent: Node, name: str, node: Node) -> None:
         if parent.children is not None and parent.children.get(name) is node:
             del parent.children[name]
+        self._tombstone(parent, name)
         self._touch_dir(parent)
         self.table.detach(node)
         self._release_unlinked(node)
@@ -782,7 +826,8 @@ class PuterOperations(pyfuse3.Operations):
         ent = node.entry
         if ent is not None:
             self.queue.hold(ent.id)  # no upload may recreate it while we delete
-        if node.remote_fp is not None:
+            await self.queue.wait_settled(ent.id)
+        if node.remote_fp is not None or (ent is not None and ent.maybe_remote):
             try:
                 await self.remote.delete(node.path, recursive=False)
             except NotFound:
@@ -855,6 +900,11 @@ class PuterOperations(pyfuse3.Operations):
         moving = [e for p, e in self.cache.paths.items() if e.dirty and (p == node.path or p.startswith(node.path + "/"))]
         for e in moving:
             self.queue.hold(e.id)
+        if target is not None and target.entry is not None and target.entry.dirty:
+            moving.append(target.entry)
+            self.queue.hold(target.entry.id)
+        for e in moving:
+            await self.queue.wait_settled(e.id)  # an upload in flight must land before paths change
         try:
             await self._rename_remote(node, target, new_path)
         finally:
@@ -870,6 +920,7 @@ class PuterOperations(pyfuse3.Operations):
         self.table.rename(node, new_path)
         if old_parent.children is not None and old_parent.children.get(old_name) is node:
             del old_parent.children[old_name]
+        self._tombstone(old_parent, old_name)
         if new_parent.children is not None:
             new_parent.children[new_name] = node
         node.local_seq = self.table.next_seq()
@@ -878,27 +929,29 @@ class PuterOperations(pyfuse3.Operations):
         self._touch_dir(new_parent)
 
     async def _rename_remote(self, node: Node, target: Node | None, new_path: str) -> None:
-        target_remote = target is not None and target.remote_fp is not None
-        if node.remote_fp is not None:
+        target_remote = target is not None and (
+            target.remote_fp is not None or (target.entry is not None and target.entry.maybe_remote)
+        )
+        if node.remote_fp is not None or (node.entry is not None and node.entry.maybe_remote):
             try:
                 result = await self.remote.move(node.path, new_path, overwrite=target_remote)
             except NotFound:
                 if node.is_dir or node.entry is None or not node.entry.dirty:
                     raise
-                # gone on the server; our dirty copy will be uploaded under the new name
+                # not on the server (after all); our dirty copy goes up under the new name
                 node.remote_fp = None
-                if node.entry is not None:
-                    node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
+                node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
+                self.cache.save(node.entry)
+            else:
+                node.remote_fp = result.fingerprint
                 return
-            if target is not None and target.opens > 0 and target.remote_fp is not None and not target.is_dir:
-                pass  # its data is local already (see _drop_target)
-            node.remote_fp = result.fingerprint
-        elif target_remote and node.entry is not None:
-            # a local-only file replaces a server file: upload it as an update of that file
-            assert target is not None and target.remote_fp is not None
-            uid, size, modified = target.remote_fp
-            node.entry.base_uid, node.entry.base_size, node.entry.base_modified = uid, size, modified
-            self.cache.save(node.entry)
+        if target_remote:
+            # the source exists only here and replaces what the server holds at the new name:
+            # that goes now (as rename(2) replaces it), our upload recreates the name later
+            try:
+                await self.remote.delete(new_path, recursive=False)
+            except NotFound:
+                pass
 
     def _drop_target(self, parent: Node, name: str, target: Node) -> None:
         self._discard_data(target)
@@ -1033,7 +1086,11 @@ class PuterOperations(pyfuse3.Operations):
             return b""
         size = min(size, ent.size - off)
         if ent.missing_blocks(off, size):
-            await self._fetch(node, off, size, sequential=off == h.next_off)
+            if off == h.next_off:
+                h.readahead = min(h.readahead * 2, READAHEAD_BLOCKS)
+            else:
+                h.readahead = 1
+            await self._fetch(node, off, size, readahead=h.readahead)
         self.cache.touch(ent)
         data = os.pread(self._fd(node), size, off)
         h.next_off = off + len(data)

@@ -14,7 +14,9 @@ from typing import IO, Any
 
 import trio
 
-from puterfs.client._errors import PuterTimeout
+from puterfs.client._errors import PuterConnectionError, PuterTimeout
+
+OFFLINE_GRACE = 5.0  # after a failure to reach the server, calls fail at once for this long
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,36 @@ class Remote:
         self.client = client
         self.root = root.rstrip("/") or "/"
         self.timeout = timeout
+        # When the server cannot be reached, every call would wait for its retries; instead
+        # calls fail at once (callers fall back to cached data) until the change poller,
+        # which keeps trying, gets through again.
+        self._offline_until = 0.0
+
+    @property
+    def offline(self) -> bool:
+        return trio.current_time() < self._offline_until
 
     def abspath(self, rel: str) -> str:
         if not rel:
             return self.root
         return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
 
-    async def _call(self, what: str, coro_fn: Any, *args: Any, timeout: float | None = None, **kw: Any) -> Any:
+    async def _call(
+        self, what: str, coro_fn: Any, *args: Any, timeout: float | None = None, probe: bool = False, **kw: Any
+    ) -> Any:
+        if self.offline and not probe:
+            raise PuterConnectionError(f"{what}: the server is unreachable (retrying in the background)")
         try:
             with trio.fail_after(self.timeout if timeout is None else timeout):
-                return await coro_fn(*args, **kw)
+                result = await coro_fn(*args, **kw)
         except trio.TooSlowError:
+            self._offline_until = trio.current_time() + OFFLINE_GRACE
             raise PuterTimeout(f"{what} took longer than {self.timeout if timeout is None else timeout:.0f}s") from None
+        except PuterConnectionError:
+            self._offline_until = trio.current_time() + OFFLINE_GRACE
+            raise
+        self._offline_until = 0.0
+        return result
 
     async def stat(self, rel: str) -> RemoteEntry:
         return RemoteEntry.from_json(await self._call("stat", self.client.fs_stat, self.abspath(rel)))
@@ -116,7 +136,7 @@ class Remote:
         return int(d.get("used") or 0), int(d.get("capacity") or 0)
 
     async def last_change(self) -> int:
-        return int(await self._call("last-change", self.client.fs_last_change))
+        return int(await self._call("last-change", self.client.fs_last_change, probe=True))
 
 
 def join(parent: str, name: str) -> str:

@@ -5,8 +5,10 @@ keys, grouped into batches of small files, to a fixed set of worker tasks over a
 zero-capacity channel (backpressure: nothing is taken off the queue until a worker is
 free). Invariants (see docs/write-back.md):
 
-* ``schedule`` (a write finished, a file closed) bumps the key's generation and cancels an
-  upload of that key in flight: the data is changing, so that upload would be stale.
+* ``schedule`` (a write finished, a file closed) bumps the key's generation. An upload of
+  that key in flight is cancelled when ``cancel_on_change(key)`` says so (a streamed upload
+  would send torn data); an upload of a snapshot (small files are read into memory) is let
+  finish. Either way its outcome no longer counts, and a key is never uploaded twice at once.
 * An upload outcome only counts for the generation it started with. A key is done
   (removed) only when an upload of its *current* generation succeeded.
 * A failed upload is retried after a doubling delay, capped (default 5 min); the key stays
@@ -38,6 +40,8 @@ class _Item:
     due: float = math.inf
     attempts: int = 0
     dispatched_gen: int | None = None  # generation handed to a worker, if any
+    busy: bool = False  # dispatched and not yet settled: never two uploads of one key at once
+    settled: trio.Event = field(default_factory=trio.Event)  # set when a flight settles
     scope: trio.CancelScope | None = None  # the batch upload carrying this key
     waiters: list[_Waiter] = field(default_factory=list)
     last_error: str | None = None
@@ -61,6 +65,7 @@ class WriteBackQueue:
         is_small: Callable[[int], bool] | None = None,
         max_batch: int = 32,
         on_change: Callable[[], None] | None = None,
+        cancel_on_change: Callable[[int], bool] | None = None,
     ) -> None:
         self._upload = upload
         self.delay = delay
@@ -70,6 +75,7 @@ class WriteBackQueue:
         self._is_small = is_small or (lambda key: False)
         self._max_batch = max_batch
         self._on_change = on_change or (lambda: None)
+        self._cancel_on_change = cancel_on_change or (lambda key: True)
         self._items: dict[int, _Item] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, gen, key)
         self._wakeup = trio.Event()
@@ -88,7 +94,8 @@ class WriteBackQueue:
             self._idle = trio.Event() if self._idle.is_set() else self._idle
         item.gen += 1
         item.due = trio.current_time() + (self.delay if delay is None else delay)
-        self._cancel_flight(item)
+        if self._cancel_on_change(key):
+            self._cancel_flight(item)
         if math.isfinite(item.due):
             heapq.heappush(self._heap, (item.due, item.gen, key))
         self._wakeup.set()
@@ -106,6 +113,7 @@ class WriteBackQueue:
         if item is None:
             return
         self._cancel_flight(item)
+        item.settled.set()
         for w in item.waiters:
             w.event.set()
         self._check_idle()
@@ -114,12 +122,18 @@ class WriteBackQueue:
     def pending(self, key: int) -> bool:
         return key in self._items
 
+    async def wait_settled(self, key: int) -> None:
+        """Wait until no upload of `key` is in flight (its outcome, whatever it is, is known)."""
+        while (item := self._items.get(key)) is not None and item.busy:
+            await item.settled.wait()
+
     async def upload_now(self, key: int) -> None:
         """Upload `key` at once and wait for the outcome (fsync). Raises the upload error."""
         item = self._items.get(key)
         if item is None:
-            return
-        if item.dispatched_gen != item.gen:
+            self.schedule(key, 0)  # dirty but not queued yet (still open for writing)
+            item = self._items[key]
+        elif item.dispatched_gen != item.gen:
             item.due = trio.current_time()
             heapq.heappush(self._heap, (item.due, item.gen, key))
             self._wakeup.set()
@@ -174,9 +188,10 @@ class WriteBackQueue:
             while self._heap and self._heap[0][0] <= now:
                 _, gen, key = heapq.heappop(self._heap)
                 item = self._items.get(key)
-                if item is None or item.gen != gen or item.dispatched_gen == gen:
-                    continue
+                if item is None or item.gen != gen or item.dispatched_gen == gen or item.busy:
+                    continue  # stale heap entry, or in flight (re-pushed when it settles)
                 item.dispatched_gen = gen
+                item.busy = True
                 due.append((key, gen))
             if due:
                 for batch in self._batches(due):
@@ -195,11 +210,15 @@ class WriteBackQueue:
 
     async def _worker(self, recv: trio.MemoryReceiveChannel[list[tuple[int, int]]]) -> None:
         async for batch in recv:
-            live = [(k, g) for k, g in batch if (it := self._items.get(k)) is not None and it.gen == g]
+            live = []
             for k, g in batch:
                 it = self._items.get(k)
-                if it is not None and it.dispatched_gen == g and it.gen != g:
-                    it.dispatched_gen = None
+                if it is None:
+                    continue
+                if it.gen == g:
+                    live.append((k, g))
+                else:
+                    self._settle(it)  # changed before its upload started
             if not live:
                 continue
             scope = trio.CancelScope()
@@ -215,22 +234,22 @@ class WriteBackQueue:
                     results = {k: exc for k, _ in live}
             for k, g in live:
                 item = self._items.get(k)
-                if item is None or item.scope is not scope:
+                if item is None:
                     continue
                 item.scope = None
-                item.dispatched_gen = None
                 if item.gen != g:
-                    continue  # rescheduled meanwhile: its new due time stands
+                    self._settle(item)  # rescheduled meanwhile: its new due time stands
+                    continue
                 if scope.cancelled_caught or k not in results:
                     # cancelled as part of a batch whose other member changed: retry at once
                     item.due = trio.current_time()
-                    heapq.heappush(self._heap, (item.due, item.gen, k))
-                    self._wakeup.set()
+                    self._settle(item)
                     continue
                 err = results[k]
                 if err is None:
                     del self._items[k]
                     self.uploaded += 1
+                    self._settle(item)
                     for w in item.waiters:
                         w.event.set()
                     self._check_idle()
@@ -239,22 +258,29 @@ class WriteBackQueue:
                     delay = min(self._backoff_base * 2 ** (item.attempts - 1), self._backoff_max)
                     item.due = trio.current_time() + delay
                     item.last_error = self.last_error = f"{type(err).__name__}: {err}"
-                    heapq.heappush(self._heap, (item.due, item.gen, k))
+                    self._settle(item)
                     waiters, item.waiters = item.waiters, []
                     for w in waiters:
                         w.error = err
                         w.event.set()
-                    self._wakeup.set()
                     log.warning("upload failed (attempt %d, retry in %.1fs): %s", item.attempts, delay, err)
             self._on_change()
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _settle(self, item: _Item) -> None:
+        """A flight of `item` ended (or never started): allow the next one, re-queue if due."""
+        item.busy = False
+        item.dispatched_gen = None
+        item.settled.set()
+        item.settled = trio.Event()
+        if math.isfinite(item.due) and self._items.get(item.key) is item:
+            heapq.heappush(self._heap, (item.due, item.gen, item.key))
+            self._wakeup.set()
+
     def _cancel_flight(self, item: _Item) -> None:
         if item.scope is not None:
             item.scope.cancel()
-            item.scope = None
-            item.dispatched_gen = None
 
     def _check_idle(self) -> None:
         if not self._items:

@@ -201,3 +201,61 @@ async def test_flush_all_now(autojump_clock):
         assert sorted(k for c in up.calls for k in c[1]) == [1, 2, 3]
 
     await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_snapshot_uploads_finish_and_never_overlap(autojump_clock):
+    """With cancel_on_change False (the upload sends a snapshot), a new write lets the flight
+    finish, then uploads again; the same key is never in two flights at once."""
+    active: set[int] = set()
+    calls: list[int] = []
+    gate = trio.Event()
+
+    async def upload(keys):
+        for k in keys:
+            assert k not in active
+            active.add(k)
+        calls.extend(keys)
+        if len(calls) == 1:
+            await gate.wait()
+        active.difference_update(keys)
+        return {k: None for k in keys}
+
+    q = WriteBackQueue(upload, delay=1.0, cancel_on_change=lambda k: False)
+
+    async def body():
+        q.schedule(1)
+        while not calls:
+            await trio.sleep(0.1)
+        q.schedule(1, 0)  # changed while in flight, due at once
+        await trio.sleep(5)
+        assert calls == [1]  # not dispatched again while the first flight runs
+        settled = False
+
+        async def waiter():
+            nonlocal settled
+            await q.wait_settled(1)
+            settled = True
+
+        async with trio.open_nursery() as n:
+            n.start_soon(waiter)
+            await trio.sleep(1)
+            assert not settled
+            gate.set()
+        assert settled
+        await q.wait_idle()
+        assert calls == [1, 1]
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_upload_now_of_a_key_never_scheduled(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=60.0)
+
+    async def body():
+        await q.upload_now(42)  # fsync of a file still open for writing
+        assert [c[1] for c in up.calls] == [[42]]
+
+    await _with_queue(q, body)
