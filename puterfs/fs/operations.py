@@ -412,7 +412,7 @@ class PuterOperations(pyfuse3.Operations):
         ent = node.entry
         assert ent is not None
         ent.version += 1
-        self.queue.hold(ent.id)
+        self.queue.changed(ent.id)
         if not ent.dirty:
             self.cache.mark_dirty(ent)  # committed before the write returns
         node.local_seq = self.table.next_seq()
@@ -825,8 +825,7 @@ class PuterOperations(pyfuse3.Operations):
             await self._ensure_complete(node)  # an open file stays readable after unlink
         ent = node.entry
         if ent is not None:
-            self.queue.hold(ent.id)  # no upload may recreate it while we delete
-            await self.queue.wait_settled(ent.id)
+            await self._quiesce([ent])  # no upload may recreate it while we delete
         if node.remote_fp is not None or (ent is not None and ent.maybe_remote):
             try:
                 await self.remote.delete(node.path, recursive=False)
@@ -839,6 +838,18 @@ class PuterOperations(pyfuse3.Operations):
         self._discard_data(node)
         node.remote_fp = None
         self._remove_child(parent, name, node)
+
+    async def _quiesce(self, entries: list[CacheEntry]) -> None:
+        """Before a path changes on the server: no upload of `entries` may be in flight.
+        A small (snapshot) upload in flight is let land, a streamed one is cancelled (the
+        maybe_remote bookkeeping covers it); no new upload starts until they are scheduled again."""
+        for e in entries:
+            if self._streamed(e.id):
+                self.queue.changed(e.id)
+            else:
+                self.queue.hold(e.id)
+        for e in entries:
+            await self.queue.wait_settled(e.id)
 
     def _discard_data(self, node: Node) -> None:
         """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""
@@ -898,13 +909,9 @@ class PuterOperations(pyfuse3.Operations):
 
         # uploads of anything under the source must not run while paths change
         moving = [e for p, e in self.cache.paths.items() if e.dirty and (p == node.path or p.startswith(node.path + "/"))]
-        for e in moving:
-            self.queue.hold(e.id)
         if target is not None and target.entry is not None and target.entry.dirty:
             moving.append(target.entry)
-            self.queue.hold(target.entry.id)
-        for e in moving:
-            await self.queue.wait_settled(e.id)  # an upload in flight must land before paths change
+        await self._quiesce(moving)
         try:
             await self._rename_remote(node, target, new_path)
         finally:

@@ -41,6 +41,7 @@ class _Item:
     attempts: int = 0
     dispatched_gen: int | None = None  # generation handed to a worker, if any
     busy: bool = False  # dispatched and not yet settled: never two uploads of one key at once
+    held: bool = False  # no new upload may start (a rename or delete of the file is under way)
     settled: trio.Event = field(default_factory=trio.Event)  # set when a flight settles
     scope: trio.CancelScope | None = None  # the batch upload carrying this key
     waiters: list[_Waiter] = field(default_factory=list)
@@ -93,6 +94,7 @@ class WriteBackQueue:
             item = self._items[key] = _Item(key)
             self._idle = trio.Event() if self._idle.is_set() else self._idle
         item.gen += 1
+        item.held = False
         item.due = trio.current_time() + (self.delay if delay is None else delay)
         if self._cancel_on_change(key):
             self._cancel_flight(item)
@@ -101,11 +103,18 @@ class WriteBackQueue:
         self._wakeup.set()
         self._on_change()
 
-    def hold(self, key: int) -> None:
-        """The data of `key` is changing (a write, a truncate): stop any upload of it and
-        wait for the next `schedule` (on close) before uploading. No-op if not pending."""
+    def changed(self, key: int) -> None:
+        """The data of `key` is changing (a write, a truncate): its upload waits for the next
+        `schedule` (at close), and an upload in flight no longer counts. No-op if not pending."""
         if key in self._items:
             self.schedule(key, math.inf)
+
+    def hold(self, key: int) -> None:
+        """Start no new upload of `key` until the next `schedule` (its path is about to change).
+        An upload in flight goes on and counts (wait for it with `wait_settled`)."""
+        item = self._items.get(key)
+        if item is not None:
+            item.held = True
 
     def cancel(self, key: int) -> None:
         """Drop `key` (its file was deleted or replaced): no upload, waiters are released."""
@@ -188,8 +197,8 @@ class WriteBackQueue:
             while self._heap and self._heap[0][0] <= now:
                 _, gen, key = heapq.heappop(self._heap)
                 item = self._items.get(key)
-                if item is None or item.gen != gen or item.dispatched_gen == gen or item.busy:
-                    continue  # stale heap entry, or in flight (re-pushed when it settles)
+                if item is None or item.gen != gen or item.dispatched_gen == gen or item.busy or item.held:
+                    continue  # stale heap entry, in flight (re-pushed when it settles), or held
                 item.dispatched_gen = gen
                 item.busy = True
                 due.append((key, gen))
@@ -274,7 +283,7 @@ class WriteBackQueue:
         item.dispatched_gen = None
         item.settled.set()
         item.settled = trio.Event()
-        if math.isfinite(item.due) and self._items.get(item.key) is item:
+        if math.isfinite(item.due) and not item.held and self._items.get(item.key) is item:
             heapq.heappush(self._heap, (item.due, item.gen, item.key))
             self._wakeup.set()
 

@@ -259,3 +259,34 @@ async def test_upload_now_of_a_key_never_scheduled(autojump_clock):
         assert [c[1] for c in up.calls] == [[42]]
 
     await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_hold_lets_the_flight_count_and_starts_no_new_one(autojump_clock):
+    """A rename holds the key: the upload in flight finishes and counts (nothing is left
+    pending), and a failed one is not retried until the key is scheduled again."""
+    up = Uploader()
+    up.block = trio.Event()
+    q = WriteBackQueue(up, delay=0.5, backoff_base=1.0)
+
+    async def body():
+        q.schedule(1)
+        await up.started.wait()
+        q.hold(1)
+        up.block.set()
+        await q.wait_settled(1)
+        assert not q.pending(1)  # the held flight succeeded: done
+
+        up.fail[2] = 1
+        up.block = None
+        q.schedule(2)
+        while not any(2 in c[1] for c in up.calls):
+            await trio.sleep(0.1)
+        q.hold(2)
+        await trio.sleep(60)
+        assert sum(c[1].count(2) for c in up.calls) == 1  # failed once, not retried while held
+        q.schedule(2, 0)
+        await q.wait_idle()
+        assert sum(c[1].count(2) for c in up.calls) == 2
+
+    await _with_queue(q, body)
