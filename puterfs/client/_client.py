@@ -1240,17 +1240,7 @@ class PuterClient:
     # -------------------------------------------------------------- other AI
 
     async def _image_source(self, image: str | bytes | IO[bytes]) -> str:
-        if isinstance(image, str):
-            if image.startswith(URL_PREFIXES) or image.startswith(("/", "~")):
-                return image
-            return await self._abs(image)
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            data = bytes(image)
-        elif hasattr(image, "read"):
-            data = await anyio.to_thread.run_sync(image.read)
-        else:
-            raise TypeError("image must be a URL, a Puter path, bytes or a binary file object")
-        return f"data:{_sniff_image_type(data)};base64,{base64.b64encode(data).decode('ascii')}"
+        return await self._media_source(image, None)
 
     async def ai_img2txt(self, image: str | bytes | IO[bytes], test_mode: bool = False) -> str:
         """OCR (``puter-ocr recognize``): the recognised text, lines joined with newlines.
@@ -1337,8 +1327,9 @@ class PuterClient:
 
     # ------------------------------------------- more of putergenai's surface, fixed
 
-    async def _media_source(self, source: str | bytes | IO[bytes], default_type: str) -> str:
-        """A driver ``file``/``audio`` argument: URL, data: URI or Puter path as given, bytes inlined."""
+    async def _media_source(self, source: str | bytes | IO[bytes], default_type: str | None) -> str:
+        """A driver ``source``/``file``/``audio`` argument: a URL, ``data:`` URI or Puter path as
+        given, bytes inlined as a ``data:`` URI (of `default_type`, or sniffed image type if None)."""
         if isinstance(source, str):
             if source.startswith(URL_PREFIXES) or source.startswith(("/", "~")):
                 return source
@@ -1349,7 +1340,8 @@ class PuterClient:
             data = await anyio.to_thread.run_sync(source.read)
         else:
             raise TypeError("expected a URL, a Puter path, bytes or a binary file object")
-        return f"data:{default_type};base64,{base64.b64encode(data).decode('ascii')}"
+        mime = default_type or _sniff_image_type(data)
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
     async def ai_speech2txt(
         self,

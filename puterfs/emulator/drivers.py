@@ -552,6 +552,21 @@ async def _chat_stream(model: ChatModel, reply: ChatReply, ctx: DriverContext) -
         yield _ndjson({"type": "error", "message": str(exc)})
 
 
+def _claude_message(reply: Any, served: Any, usage: dict[str, Any]) -> dict[str, Any]:
+    """A Claude-style assistant message (the fake provider's shape, and Anthropic's)."""
+    content = [reply.tool_use] if reply.tool_use is not None else [{"type": "text", "text": reply.text}]
+    return {
+        "id": reply.message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": served.id,
+        "content": content,
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
 async def _chat(method: str, args: dict[str, Any], ctx: DriverContext, service: str) -> Response:
     if method == "list":
         return _ok(sorted(m.id for m in CHAT_MODELS), service)
@@ -566,21 +581,7 @@ async def _chat(method: str, args: dict[str, Any], ctx: DriverContext, service: 
     if args.get("stream") is True:
         # Everything that can fail has failed by now: errors before the stream are plain JSON.
         return StreamingResponse(_chat_stream(served, reply, ctx), media_type="application/x-ndjson")
-    content: list[dict[str, Any]] = []
-    if reply.tool_use is not None:
-        content.append(reply.tool_use)
-    else:
-        content.append({"type": "text", "text": reply.text})
-    message = {
-        "id": reply.message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": served.id,
-        "content": content,
-        "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
-        "usage": reply.usage,
-    }
+    message = _claude_message(reply, served, reply.usage)
     result = {
         "message": message,
         "usage": dict(reply.usage),
@@ -689,17 +690,7 @@ async def anthropic_messages(body: dict[str, Any], ctx: DriverContext) -> Respon
     served = _CHAT_BY_ID[requested.served_by] if requested.served_by else requested
     reply = await _chat_reply(served, args, ctx)
     usage = {"input_tokens": reply.usage["input_tokens"], "output_tokens": reply.usage["output_tokens"]}
-    content = [reply.tool_use] if reply.tool_use is not None else [{"type": "text", "text": reply.text}]
-    message = {
-        "id": reply.message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": served.id,
-        "content": content,
-        "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
-        "usage": usage,
-    }
+    message = _claude_message(reply, served, usage)
     if body.get("stream") is not True:
         return JSONResponse(message)
 
