@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="how often to check the server for changes made elsewhere (default 2)")
     p.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS", help="how long the kernel may cache attributes (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of one filesystem request to the server (default 60)")
+    p.add_argument("--ai-model", help="chat model the .ai/ files start with (default: picked from the server's list)")
+    p.add_argument("--ai-timeout", type=float, default=600.0, metavar="SECONDS", help="deadline of one AI request made through .ai/ (default 600)")
     p.add_argument("--read-only", action="store_true", help="mount read-only")
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
@@ -247,6 +249,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
             ops.ai = AiFiles(
                 client, inode_base=AI_INODE_BASE, read_mount_file=ops.read_path, uid=ops.uid, gid=ops.gid,
+                timeout=args.ai_timeout, default_model=args.ai_model,
             )
         except ImportError:  # pragma: no cover - the AI files are part of the package
             log.warning("AI control files unavailable")
