@@ -37,6 +37,7 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 mount: venv
+	mkdir -p $(MOUNTPOINT)
 	$(BIN)/puterfs mount --auto $(MOUNTPOINT)
 
 umount:
