@@ -4,9 +4,8 @@ Puter addresses entries by path, the kernel by inode number. A `Node` holds one 
 path and attributes; the table maps both ways. A rename re-points the node and every
 known descendant, so open files and cached children keep working after it.
 
-Lookup counts follow pyfuse3's contract: +1 for every successful lookup, create, mkdir
-and readdir entry handed to the kernel... (readdir here does not count, we do not use
-readdirplus), -n in `forget`. A node that left the tree (deleted or replaced) stays in
+Lookup counts follow pyfuse3's contract: +1 for every successful lookup, create and mkdir
+(plain readdir does not count; pyfuse3 turns readdirplus off), -n in `forget`. A node that left the tree (deleted or replaced) stays in
 `by_inode` until the kernel forgets it and no file handle uses it.
 """
 
@@ -107,7 +106,7 @@ class InodeTable:
         if node.is_dir and node.children:
             for child in list(node.children.values()):
                 self.detach(child)
-        node.children = None if node.is_dir else node.children
+            node.children = None
         self.maybe_drop(node)
 
     def maybe_drop(self, node: Node) -> None:
