@@ -25,7 +25,6 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,9 +266,6 @@ class CacheStore:
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
-
-    def __iter__(self) -> Iterator[CacheEntry]:
-        return iter(list(self.entries.values()))
 
 
 class _Tx:

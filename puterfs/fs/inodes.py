@@ -58,15 +58,9 @@ class Node:
     def parent_path(self) -> str:
         return self.path.rpartition("/")[0]
 
-    @property
-    def exists_remotely(self) -> bool:
-        return self.remote_fp is not None
-
 
 class InodeTable:
-    def __init__(self, *, uid: int, gid: int) -> None:
-        self.uid = uid
-        self.gid = gid
+    def __init__(self) -> None:
         self.by_inode: dict[int, Node] = {}
         self.by_path: dict[str, Node] = {}
         self._next = itertools.count(pyfuse3.ROOT_INODE + 1)

@@ -92,7 +92,7 @@ class PuterOperations(pyfuse3.Operations):
         self.listing_max_age = listing_max_age
         self.cache_size = cache_size
         self.read_only = read_only
-        self.table = InodeTable(uid=self.uid, gid=self.gid)
+        self.table = InodeTable()
         self.queue = WriteBackQueue(
             self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change,
             cancel_on_change=self._streamed,
@@ -797,13 +797,24 @@ class PuterOperations(pyfuse3.Operations):
         if node.in_tree or node.opens > 0 or node.entry is None:
             return
         ent = node.entry
-        node.entry = None
+        if self.cache.entries.get(ent.id) is ent and self.cache.paths.get(ent.path) is not ent:
+            self.queue.cancel(ent.id)
+            self._delete_entry(node)
+        else:  # still the cache of a path in the tree: keep it, just let go of it
+            node.entry = None
+            self._close_fd(node)
+
+    def _close_fd(self, node: Node) -> None:
         if node.fd is not None:
             os.close(node.fd)
             node.fd = None
-        if self.cache.entries.get(ent.id) is ent and self.cache.paths.get(ent.path) is not ent:
-            self.queue.cancel(ent.id)
-            self.cache.delete(ent)
+
+    def _delete_entry(self, node: Node) -> None:
+        """Delete the node's cache entry and its data file."""
+        assert node.entry is not None
+        self.cache.delete(node.entry)
+        node.entry = None
+        self._close_fd(node)
 
     def _refuse_ai(self, parent_inode: int, name: bytes | None = None) -> None:
         if self.ai is None:
@@ -866,11 +877,7 @@ class PuterOperations(pyfuse3.Operations):
             ent.dirty = False
             self.cache.save(ent)
         else:
-            self.cache.delete(ent)
-            node.entry = None
-            if node.fd is not None:
-                os.close(node.fd)
-                node.fd = None
+            self._delete_entry(node)
 
     @fuse_errors
     async def rename(
@@ -1169,9 +1176,7 @@ class PuterOperations(pyfuse3.Operations):
             self.cache.save(ent)
             self.queue.schedule(ent.id)
         if node.opens == 0:
-            if node.fd is not None:
-                os.close(node.fd)
-                node.fd = None
+            self._close_fd(node)
             if not node.in_tree:
                 self._release_unlinked(node)
                 self.table.maybe_drop(node)

@@ -127,9 +127,7 @@ class Remote:
         moved = await self._call(
             "move", self.client.fs_move, self.abspath(src), self.abspath(dst), overwrite=overwrite
         )
-        if isinstance(moved, dict) and "moved" in moved:
-            moved = moved["moved"]
-        return RemoteEntry.from_json(moved)
+        return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
 
     async def df(self) -> tuple[int, int]:
         d = await self._call("df", self.client.fs_df)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pyfuse3
 
 from puterfs.fs.cache import BLOCK_SIZE, CacheStore
@@ -79,7 +77,7 @@ def test_missing_blocks():
 
 
 def test_inode_table_rename_and_forget():
-    t = InodeTable(uid=os.getuid(), gid=os.getgid())
+    t = InodeTable()
     d = t.new("a", is_dir=True)
     f = t.new("a/b/c.txt", is_dir=False)
     other = t.new("z", is_dir=False)
