@@ -472,8 +472,12 @@ def store_upload(
     *,
     overwrite: bool,
     dedupe_name: bool,
+    metadata: Any = None,
 ) -> tuple[Row, bool]:
-    """Put an uploaded temp file at parent/name; returns (entry, was_overwrite)."""
+    """Put an uploaded temp file at parent/name; returns (entry, was_overwrite).
+
+    ``metadata`` is the client's ``fileMetadata.metadata`` (``/fs/write`` and friends; /batch
+    has none): an overwrite replaces the stored metadata, so custom keys not sent again are gone."""
     store = call.store
     check_name(name)
     existing = store.child(parent, name)
@@ -487,9 +491,33 @@ def store_upload(
             raise ApiError(409, "item_with_same_name_exists",
                            "A file already exists at this path and overwrite was not requested", entry_name=name)
     check_quota(call, parent["owner_id"], size - (existing["size"] if existing is not None else 0))
-    row = store.write_file(parent, name, parent["owner_id"], src, size, md5, metadata_json(content_type), existing)
+    row = store.write_file(parent, name, parent["owner_id"], src, size, md5, client_metadata(metadata, content_type),
+                           existing)
     bump(call, parent["owner_id"])
     return row, existing is not None
+
+
+RESERVED_METADATA_KEYS = ("objectKey",)
+
+
+def _strip_reserved(md: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in md.items() if k not in RESERVED_METADATA_KEYS}
+
+
+def client_metadata(raw: Any, content_type: str | None) -> str | None:
+    """The stored ``metadata`` string for a write (RECORDED-2 §7): an object (an array counts,
+    by index) is merged with ``contentType``, reserved keys removed; a string is kept verbatim
+    (JSON or not, and without contentType); nothing else is sent: ``{contentType}``."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list):
+        raw = {str(i): v for i, v in enumerate(raw)}
+    if isinstance(raw, dict):
+        md = _strip_reserved(raw)
+        if content_type is not None:
+            md["contentType"] = content_type
+        return json.dumps(md, separators=(",", ":"))
+    return metadata_json(content_type)
 
 
 def _op_error(exc: ApiError) -> dict[str, Any]:
@@ -521,8 +549,8 @@ def run_op(call: Call, op: dict[str, Any], files: list[multipart.Part], infos: l
         do_delete(call, e, flag(op, "recursive", default=True), flag(op, "descendants_only"))
         return {"ok": True, "uid": uid}
     if kind == "move":
-        return move_body(call, op)
-    raise ApiError(400, "bad_request", f"Unknown operation: {kind}")
+        return move_body(call, op, new_metadata=False)  # the batch op passes no new_metadata on
+    raise ApiError(400, "bad_request", f"Unsupported batch op: '{kind}'")
 
 
 def run_ops(call: Call, ops: list[Any], files: list[multipart.Part], infos: list[dict[str, Any]]) -> Response:
@@ -601,13 +629,14 @@ def _decode_content(content: Any, encoding: str) -> bytes:
         raise ApiError(400, "bad_request", f"fileContent is not valid {encoding}") from exc
 
 
-@route("POST", "/fs/write")
-async def fs_write(call: Call) -> Response:
-    meta = call.body.get("fileMetadata")
+def do_fs_write(call: Call, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "Each write must be an object")
+    meta = body.get("fileMetadata")
     if not isinstance(meta, dict):
         raise ApiError(400, "bad_request", "`fileMetadata` is required")
-    encoding = str(call.body.get("encoding") or "utf8").lower().replace("-", "")
-    data = _decode_content(call.body.get("fileContent", ""), encoding)
+    encoding = str(body.get("encoding") or "utf8").lower().replace("-", "")
+    data = _decode_content(body.get("fileContent", ""), encoding)
     npath = norm_path(call, meta.get("path"))
     parent_path, name = split_path(npath)
     if npath.split("/")[1] != call.me.username:
@@ -623,11 +652,26 @@ async def fs_write(call: Call) -> Response:
     try:
         row, was = store_upload(call, parent, name, tmp, len(data), hashlib.md5(data).hexdigest(),
                                 str(meta.get("contentType") or "application/octet-stream"),
-                                overwrite=flag(meta, "overwrite"), dedupe_name=flag(meta, "dedupeName"))
+                                overwrite=flag(meta, "overwrite"), dedupe_name=flag(meta, "dedupeName"),
+                                metadata=meta.get("metadata"))
     finally:
         tmp.unlink(missing_ok=True)
-    return JSONResponse({"fsEntry": v2(call, row), "wasOverwrite": was, "requestedThumbnail": None,
-                         "contentHashSha256": hashlib.sha256(data).hexdigest()})
+    return {"fsEntry": v2(call, row), "wasOverwrite": was, "requestedThumbnail": None,
+            "contentHashSha256": hashlib.sha256(data).hexdigest()}
+
+
+@route("POST", "/fs/write")
+async def fs_write(call: Call) -> Response:
+    return JSONResponse(do_fs_write(call, call.body))
+
+
+@route("POST", "/fs/batchWrite", body="raw")
+async def fs_batch_write(call: Call) -> Response:
+    """JSON mode: an array of /fs/write requests in, an array of their answers out."""
+    body = parse_json_bytes(await call.request.body()).get("$")
+    if not isinstance(body, list):
+        raise ApiError(400, "bad_request", "Batch write body must be an array of write requests")
+    return JSONResponse([do_fs_write(call, item) for item in body])
 
 
 # --- read ----------------------------------------------------------------------------------
@@ -807,7 +851,9 @@ def _target(call: Call, body: dict[str, Any], src: Row, copy: bool) -> tuple[Row
     return dest, name, existing
 
 
-def move_body(call: Call, body: dict[str, Any], v2_style: bool = False) -> dict[str, Any]:
+def move_body(call: Call, body: dict[str, Any], v2_style: bool = False, new_metadata: bool = True) -> dict[str, Any]:
+    """``new_metadata`` (an object) replaces the whole stored metadata, contentType included, on
+    the legacy /move only; null or a string leaves it as is; /fs/move and the /batch op ignore it."""
     store = call.store
     src = resolve(call, body.get("source"), write=True)
     dest, name, existing = _target(call, body, src, copy=False)
@@ -817,9 +863,9 @@ def move_body(call: Call, body: dict[str, Any], v2_style: bool = False) -> dict[
         store.delete_tree(existing)
         # rendered after the delete, as the server does: is_empty is then true (recorded)
         result["overwritten"] = legacy(call, existing, full=True)
-    if isinstance(body.get("new_metadata"), dict):
+    if new_metadata and not v2_style and isinstance(body.get("new_metadata"), dict):
         store.db.execute("UPDATE entries SET metadata=? WHERE id=?",
-                         (json.dumps(body["new_metadata"], separators=(",", ":")), src["id"]))
+                         (json.dumps(_strip_reserved(body["new_metadata"]), separators=(",", ":")), src["id"]))
         src = store.by_id(src["id"])
     moved = store.relocate(src, dest, name)
     bump(call, src["owner_id"])

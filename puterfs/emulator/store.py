@@ -432,9 +432,10 @@ class Store:
         new_path = join(new_parent["path"], new_name)
         with self.db:
             self.db.execute("BEGIN")
+            # a rename or move always bumps `modified` (FSEntryStore.updateEntry; RECORDED-2 §7)
             self.db.execute(
-                "UPDATE entries SET parent_id=?, name=?, path=? WHERE id=?",
-                (new_parent["id"], new_name, new_path, entry["id"]),
+                "UPDATE entries SET parent_id=?, name=?, path=?, modified=? WHERE id=?",
+                (new_parent["id"], new_name, new_path, now_s(), entry["id"]),
             )
             if entry["is_dir"]:
                 prefix = old_path + "/"
