@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ai-timeout", type=float, default=600.0, metavar="SECONDS", help="deadline of one AI request made through .ai/ (default 600)")
     p.add_argument("--read-only", action="store_true", help="mount read-only")
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
+    p.add_argument("--ai-all-users", action="store_true", help="with --allow-other, let every local user use .ai/ (billed to this account; each user has their own answers). Default: only you")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--debug", action="store_true", help="verbose logging")
 
@@ -250,6 +251,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             ops.ai = AiFiles(
                 client, inode_base=AI_INODE_BASE, read_mount_file=ops.read_path, uid=ops.uid, gid=ops.gid,
                 timeout=args.ai_timeout, default_model=args.ai_model,
+                all_users=args.ai_all_users,
             )
         except ImportError:  # pragma: no cover - the AI files are part of the package
             log.warning("AI control files unavailable")

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import signal
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,9 @@ CONTROL_MAX_BYTES = 64 << 10  # model, options, error, reset
 CONVERSATION_MAX_BYTES = 8 << 20
 HISTORY_MAX_CHARS = 2_000_000  # older turns are dropped beyond this (oldest first)
 MAX_RUNNING_PER_USER = 8  # more concurrent requests of one uid get EAGAIN
+
+SIGNAL_POLL = 0.2  # how often a read waiting for an answer checks its caller's signals
+WAIT_SLACK = 5.0  # a read never waits longer than the mount's --ai-timeout plus this
 
 MODELS_TTL = 60.0  # seconds a fetched model list is trusted
 LIST_TIMEOUT = 30.0  # deadline of model and voice listings (short: they block a syscall)
@@ -108,20 +112,90 @@ your previous answer of that file. Each user of the mount has their own answers.
 # Request files: a prompt goes in, an answer streams out.
 _REQUEST_FILES = ("chat", "tts", "ocr", "img")
 # Order is the readdir order and fixes the inode numbers (inode_base + 1 + index).
+# The modes are the owner's bits; with `all_users` they are copied to group and others.
 _FILES: tuple[tuple[str, int], ...] = (
-    ("chat", 0o666),
-    ("model", 0o666),
-    ("models", 0o444),
-    ("options", 0o666),
-    ("conversation", 0o666),
-    ("reset", 0o666),
-    ("tts", 0o666),
-    ("voices", 0o444),
-    ("ocr", 0o666),
-    ("img", 0o666),
-    ("error", 0o666),
-    ("help", 0o444),
+    ("chat", 0o600),
+    ("model", 0o600),
+    ("models", 0o400),
+    ("options", 0o600),
+    ("conversation", 0o600),
+    ("reset", 0o600),
+    ("tts", 0o600),
+    ("voices", 0o400),
+    ("ocr", 0o600),
+    ("img", 0o600),
+    ("error", 0o600),
+    ("help", 0o400),
 )
+
+
+def _for_all(mode: int) -> int:
+    owner = mode & 0o700
+    return owner | owner >> 3 | owner >> 6
+
+
+def may_access(st_mode: int, st_uid: int, st_gid: int, uid: int, groups: frozenset[int], want: int) -> bool:
+    """The classic Unix permission check (what the kernel's default_permissions does):
+    `want` is a mask of os.R_OK / os.W_OK / os.X_OK. Root may do anything but execute a
+    file without any x bit."""
+    if uid == 0:
+        return not (want & os.X_OK) or bool(st_mode & 0o111) or stat.S_ISDIR(st_mode)
+    if uid == st_uid:
+        bits = (st_mode >> 6) & 7
+    elif st_gid in groups:
+        bits = (st_mode >> 3) & 7
+    else:
+        bits = st_mode & 7
+    return bits & want == want
+
+
+def _proc_status(pid: int) -> dict[bytes, bytes] | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    out: dict[bytes, bytes] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(b":")
+        out[key] = value.strip()
+    return out
+
+
+def caller_groups(pid: int, gid: int) -> frozenset[int]:
+    """The primary and supplementary groups of process `pid` (from /proc)."""
+    groups = {gid}
+    status = _proc_status(pid) if pid > 0 else None
+    if status is not None:
+        groups.update(int(g) for g in status.get(b"Groups", b"").split() if g.isdigit())
+    return frozenset(groups)
+
+
+def signal_pending(pid: int) -> bool:
+    """Whether the thread `pid`, blocked in a FUSE request of ours, would be interrupted:
+    a SIGKILL is pending (kill -9, or a signal whose default action ends the process,
+    such as Ctrl-C's SIGINT), or a signal it handles and does not block.
+
+    pyfuse3 does not pass FUSE_INTERRUPT to the filesystem, and once a request has reached
+    the daemon the kernel waits for its answer even after kill -9: a read waiting for an
+    AI answer polls this instead and gives up with EINTR. A thread that no longer exists
+    (the descriptor is read by another process than the one that opened it) is not
+    interrupted: the wait stays bounded by the AI timeout."""
+    status = _proc_status(pid) if pid > 0 else None
+    if status is None:
+        return False
+    try:
+        pending = int(status.get(b"SigPnd", b"0"), 16)
+        if status.get(b"Threads", b"1") == b"1":
+            # A process-wide signal goes to a multi-threaded process's choice of thread.
+            pending |= int(status.get(b"ShdPnd", b"0"), 16)
+        blocked = int(status.get(b"SigBlk", b"0"), 16)
+        caught = int(status.get(b"SigCgt", b"0"), 16)
+    except ValueError:
+        return False
+    if pending & (1 << (signal.SIGKILL - 1)):
+        return True
+    return bool(pending & ~blocked & caught)
 
 
 # -- options -------------------------------------------------------------------------------
@@ -340,6 +414,9 @@ class _Handle:
     rpos: int = 0
     # other readable files: the content as it was at open
     snapshot: bytes = b""
+    # the caller at open (pyfuse3 gives read and flush no request context)
+    pid: int = 0
+    groups: frozenset[int] = frozenset()
 
     @property
     def rdwr(self) -> bool:
@@ -379,22 +456,30 @@ class AiFiles:
         client: Any,
         *,
         inode_base: int,
-        read_mount_file: Callable[[str], Awaitable[bytes]],
+        read_mount_file: Callable[..., Awaitable[bytes]],
         uid: int,
         gid: int,
         timeout: float = 600.0,
         default_model: str | None = None,
+        all_users: bool = False,
     ) -> None:
+        """`read_mount_file(rel, access)` returns a file of the mount; it calls
+        `access(st_mode, st_uid, st_gid, want)` on each directory on the way (want X_OK)
+        and on the file (R_OK) and fails with EACCES where that returns False.
+        `all_users`: let every user of an `allow_other` mount use the files (each with
+        their own session); by default only `uid` (the mount's owner) may."""
         self._client = client
         self._read_mount_file = read_mount_file
         self._uid = uid
         self._gid = gid
+        self.all_users = all_users
         self.timeout = timeout
         self.default_model = default_model
         self.root_inode = inode_base
         self._inodes: dict[int, str] = {inode_base + 1 + i: name for i, (name, _) in enumerate(_FILES)}
         self._by_name: dict[str, int] = {name: ino for ino, name in self._inodes.items()}
-        self._modes: dict[str, int] = dict(_FILES)
+        self._modes: dict[str, int] = {n: _for_all(m) if all_users else m for n, m in _FILES}
+        self._dir_mode = 0o755 if all_users else 0o700
         self._sessions: dict[int, _Session] = {}
         self._handles: dict[int, _Handle] = {}
         self._next_fh = AI_FH_BASE
@@ -425,6 +510,15 @@ class AiFiles:
     def owns_fh(self, fh: int) -> bool:
         return fh >= AI_FH_BASE
 
+    def _check_user(self, ctx: Any) -> None:
+        """Only the mount's owner opens `.ai/` files, unless `all_users`: the requests are
+        charged to the owner's account. Root is no exception (it would spend the credit
+        of the user who mounted)."""
+        uid = getattr(ctx, "uid", None)
+        if self.all_users or uid is None or uid == self._uid:
+            return
+        raise FsError(errno.EACCES, f".ai/ answers only its owner (uid {self._uid}); see --ai-all-users")
+
     def _session(self, ctx: Any) -> _Session:
         uid = getattr(ctx, "uid", None)
         if uid is None:
@@ -442,7 +536,7 @@ class AiFiles:
         attrs.entry_timeout = 0
         attrs.attr_timeout = 0
         if inode == self.root_inode:
-            attrs.st_mode = stat.S_IFDIR | 0o755
+            attrs.st_mode = stat.S_IFDIR | self._dir_mode
             attrs.st_nlink = 2
         else:
             attrs.st_mode = stat.S_IFREG | self._modes[self._inodes[inode]]
@@ -543,6 +637,7 @@ class AiFiles:
     async def opendir(self, inode: int, ctx: Any) -> int:
         if inode != self.root_inode:
             raise FsError(errno.ENOTDIR, "not a directory")
+        self._check_user(ctx)
         return self._new_fh(_Handle(name="", inode=inode, session=self._session(ctx)))
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -566,14 +661,17 @@ class AiFiles:
         name = self._inodes.get(inode)
         if name is None:
             raise FsError(errno.ENOENT, f"no .ai inode {inode}")
+        self._check_user(ctx)
         session = self._session(ctx)
         accmode = flags & os.O_ACCMODE
         readable = accmode in (os.O_RDONLY, os.O_RDWR)
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable and self._modes[name] & 0o222 == 0:
             raise FsError(errno.EACCES, f".ai/{name} is read-only")
+        pid = int(getattr(ctx, "pid", 0) or 0)
         handle = _Handle(
-            name=name, inode=inode, session=session, flags=flags, readable=readable, writable=writable
+            name=name, inode=inode, session=session, flags=flags, readable=readable, writable=writable,
+            pid=pid, groups=caller_groups(pid, int(getattr(ctx, "gid", self._gid))),
         )
         if name in ("chat", "tts", "img"):
             handle.decoder = codecs.getincrementaldecoder("utf-8")()
@@ -668,7 +766,7 @@ class AiFiles:
         ans = handle.answer
         if ans is None:
             return b""  # no prompt yet: an empty file
-        await ans.wait_beyond(pos)
+        await self._wait(handle, ans, pos)
         if pos < len(ans.buf):
             chunk = bytes(ans.buf[pos : pos + size])
             if handle.rdwr:
@@ -677,6 +775,23 @@ class AiFiles:
         if ans.error is not None:
             raise FsError(to_errno(ans.error), str(ans.error))
         return b""
+
+    async def _wait(self, handle: _Handle, ans: _Answer, pos: int) -> None:
+        """Wait for bytes past `pos` of `ans`, as long as the reader wants them.
+
+        The answer itself fails after the AI timeout; this wait is bounded on its own too
+        (a tree walker must never hang here), and gives up with EINTR as soon as the
+        reading process is killed or gets a signal it handles (see `signal_pending`)."""
+        deadline = trio.current_time() + self.timeout + WAIT_SLACK
+        while len(ans.buf) <= pos and not ans.done:
+            with trio.move_on_after(SIGNAL_POLL):
+                await ans.wait_beyond(pos)
+                return
+            if signal_pending(handle.pid):
+                log.debug(".ai/%s: reader %d interrupted", handle.name, handle.pid)
+                raise FsError(errno.EINTR, "interrupted")
+            if trio.current_time() >= deadline:
+                raise FsError(errno.ETIMEDOUT, f"no answer within {self.timeout:g} s")
 
     async def _read_content(self, name: str, session: _Session) -> bytes:
         """The content of a file that is not a request file, as a read shows it now."""
@@ -910,7 +1025,7 @@ class AiFiles:
         if handle.decoder is not None:
             handle.decoder.reset()  # `_make_job` decodes the whole prompt again, strictly
         try:
-            job = self._make_job(name, session, data)
+            job = self._make_job(name, session, data, handle)
             if self._nursery is None or self._closed:
                 raise FsError(errno.EIO, "the AI files are not running (mount starting or stopping)")
             if len(session.running) >= MAX_RUNNING_PER_USER:
@@ -939,10 +1054,12 @@ class AiFiles:
             self._publish(session, name, ans)
         return ans
 
-    def _make_job(self, name: str, session: _Session, data: bytes) -> Callable[[_Answer], Awaitable[None]]:
+    def _make_job(
+        self, name: str, session: _Session, data: bytes, handle: _Handle | None = None
+    ) -> Callable[[_Answer], Awaitable[None]]:
         """Validate the complete input and return the coroutine function that answers it."""
         if name == "ocr":
-            return self._make_ocr_job(data)
+            return self._make_ocr_job(data, session.uid, handle.groups if handle else frozenset())
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -1016,7 +1133,7 @@ class AiFiles:
 
         return chat_job
 
-    def _make_ocr_job(self, data: bytes) -> Callable[[_Answer], Awaitable[None]]:
+    def _make_ocr_job(self, data: bytes, uid: int, groups: frozenset[int]) -> Callable[[_Answer], Awaitable[None]]:
         mime = _image_mime(data)
         source: str | bytes
         if mime is not None:
@@ -1050,7 +1167,11 @@ class AiFiles:
         async def ocr_job(ans: _Answer) -> None:
             image: str | bytes = source
             if mount_path is not None:
-                image = await self._read_mount_file(mount_path)
+                # Read as the caller would: their uid and groups against each mode on the way.
+                def access(st_mode: int, st_uid: int, st_gid: int, want: int) -> bool:
+                    return may_access(st_mode, st_uid, st_gid, uid, groups, want)
+
+                image = await self._read_mount_file(mount_path, access)
                 if _image_mime(image) is None:
                     raise FsError(errno.EINVAL, f"ocr: {mount_path} is not an image")
             text = await self._client.ai_img2txt(image)

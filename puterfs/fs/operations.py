@@ -708,15 +708,11 @@ class PuterOperations(pyfuse3.Operations):
         if dh is None:
             raise FsError(errno.EBADF)
         # offsets are positions in the snapshot taken at opendir: stable, O(n) overall
+        # .ai is not listed: reachable by name only, so that tree walkers never enter it.
         entries = dh.entries
-        if dh.node is self.table.root and self.ai is not None:
-            entries = [(self.ai.NAME.decode(), None), *entries]  # type: ignore[list-item]
         for i in range(start_id, len(entries)):
             name, node = entries[i]
-            if node is None:
-                attr = self.ai.root_entry()
-            else:
-                attr = self._attr(node)
+            attr = self._attr(node)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
                 break
 
@@ -1190,16 +1186,27 @@ class PuterOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ for the AI files
 
-    async def read_path(self, rel: str) -> bytes:
-        """The content of the file at mount-relative `rel`, through the cache (dirty data included)."""
+    async def read_path(self, rel: str, access: Callable[[int, int, int, int], bool] | None = None) -> bytes:
+        """The content of the file at mount-relative `rel`, through the cache (dirty data included).
+
+        `access(st_mode, st_uid, st_gid, want)`, when given, is asked for search permission
+        on each directory on the way and read permission on the file (EACCES when refused),
+        so that `.ai/ocr` reads a path only as its caller could."""
+
+        def check(node: Node, want: int) -> None:
+            if access is not None and not access(node.mode, self.uid, self.gid, want):
+                raise FsError(errno.EACCES, f"{rel}: permission denied")
+
         node = self.table.root
         for part in [p for p in rel.split("/") if p and p != "."]:
+            check(node, os.X_OK)
             child = await self._child(node, part)
             if child is None:
                 raise FsError(errno.ENOENT, f"{rel}: no such file in the mount")
             node = child
         if node.is_dir:
             raise FsError(errno.EISDIR, f"{rel} is a directory")
+        check(node, os.R_OK)
         ent = await self._ensure_complete(node)
         with open(self.cache.data_path(ent.id), "rb") as f:
             return f.read()

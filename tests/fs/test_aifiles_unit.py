@@ -44,7 +44,7 @@ async def client(emulator: Any, puter_user: Any) -> AsyncIterator[PuterClient]:
 
 @pytest.fixture
 async def ai(client: PuterClient, nursery: trio.Nursery, puter_user: Any) -> AsyncIterator[AiFiles]:
-    async def read_mount_file(rel: str) -> bytes:
+    async def read_mount_file(rel: str, access: Any = None) -> bytes:
         # The mount reads through its cache; here the file is read from the server directly.
         return await client.fs_read(f"/{puter_user.username}/{rel}")
 
@@ -56,6 +56,7 @@ async def ai(client: PuterClient, nursery: trio.Nursery, puter_user: Any) -> Asy
         gid=0,
         timeout=60.0,
         default_model="echo",
+        all_users=True,  # ALICE and BOB are not the owner (uid 0)
     )
     await files.start(nursery)
     yield files
@@ -324,10 +325,10 @@ async def test_model_switch_and_refusal(ai: AiFiles, emulator: Any) -> None:
 
 @pytest.mark.trio
 async def test_default_model_comes_from_the_server(client: PuterClient, nursery: trio.Nursery) -> None:
-    async def no_files(rel: str) -> bytes:
+    async def no_files(rel: str, access: Any = None) -> bytes:
         raise FsError(errno.ENOENT, rel)
 
-    files = AiFiles(client, inode_base=BASE, read_mount_file=no_files, uid=0, gid=0)
+    files = AiFiles(client, inode_base=BASE, read_mount_file=no_files, uid=0, gid=0, all_users=True)
     await files.start(nursery)
     # The emulator lists gpt-5-nano, the first of the preferred cheap models.
     assert await get(files, "model") == b"gpt-5-nano\n"

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import queue
+import stat
 import subprocess
 import sys
 import threading
@@ -124,7 +125,12 @@ def test_echo_then_cat_and_the_directory(mount: MountedFs) -> None:
             "help",
         ]
     )
-    assert ".ai" in os.listdir(mount.path)
+    # Hidden from the root listing (tree walkers never enter it), reachable by name.
+    assert ".ai" not in os.listdir(mount.path)
+    assert os.path.isdir(mount.path / ".ai")
+    assert stat.S_IMODE(os.stat(mount.path / ".ai").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(mount.path / ".ai" / "chat").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(mount.path / ".ai" / "help").st_mode) == 0o400
     st = os.stat(mount.path / ".ai" / "chat")
     assert st.st_size == len(b"no newline\n")
     assert b"docs/ai-files.md" in (mount.path / ".ai" / "help").read_bytes()
@@ -275,7 +281,7 @@ def test_rdwr_descriptor_and_two_users_chatting_while_a_third_lists(mount: Mount
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as a second user")
 def test_two_users_of_one_mount_never_mix(mount_factory: Any) -> None:
-    m = mount_factory(allow_other=True)
+    m = mount_factory(allow_other=True, ai_all_users=True)
 
     def as_nobody(script: str) -> bytes:
         # cwd is entered before the uid changes, so the root-only test directory above the
