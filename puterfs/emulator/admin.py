@@ -1,4 +1,4 @@
-"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, request log."""
+"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, captcha, revoke, request log."""
 
 from __future__ import annotations
 
@@ -50,6 +50,23 @@ async def _handle(emu: Emulator, request: Request) -> Response:
                 raise ApiError(400, "bad_request", "'capacity' must be a byte count or null")
             emu.capacity = cap
         return JSONResponse({"capacity": emu.capacity})
+    elif path == "/_emulator/captcha":
+        if method == "POST":
+            body = parse_json_bytes(await request.body())
+            enabled = body.get("enabled")
+            if not isinstance(enabled, bool):
+                raise ApiError(400, "bad_request", "'enabled' must be true or false")
+            emu.captcha = enabled
+        return JSONResponse({"enabled": emu.captcha})
+    elif path == "/_emulator/revoke" and method == "POST":
+        # what "log out everywhere" / revoking a session in Settings does to one token
+        body = parse_json_bytes(await request.body())
+        token = body.get("token")
+        claims = emu._claims_ok(token) if isinstance(token, str) else None
+        if claims is None:
+            raise ApiError(400, "bad_request", "'token' must be a token this emulator issued")
+        emu.store.revoke(str(claims.get("jti")))
+        return JSONResponse({"ok": True})
     elif path == "/_emulator/log":
         if method == "GET":
             bodies = request.query_params.get("bodies", "") not in ("", "0", "false")

@@ -85,7 +85,10 @@ class Actor:
 
     @property
     def full_access(self) -> bool:
-        return self.kind in ("gui", "s") or (self.kind == "t" and "full-api-access" in self.permissions)
+        if self.kind in ("gui", "s"):
+            return True
+        # the real server carries full access as a signed ``full_access`` claim
+        return self.kind == "t" and (self.claims.get("full_access") is True or "full-api-access" in self.permissions)
 
 
 @dataclass
@@ -201,6 +204,9 @@ class Emulator:
         self.log = RequestLog()
         self.capacity: int | None = None
         self.behind_server = False  # set by the CLI runner: drops then close the socket for real
+        # puter.com's captcha on /login, /login/otp, /login/recovery-code, /signup (routes_gui.py)
+        self.captcha = False
+        self.captchas: dict[str, tuple[str, float]] = {}
         self.started = time.time()
         user = self.store.user_by_name(username)
         if user is None:
@@ -218,7 +224,7 @@ class Emulator:
         self.token = token
         self._write_token_file()
         # Imported here: the route modules register themselves on import.
-        from puterfs.emulator import routes_ai, routes_auth, routes_fs  # noqa: F401
+        from puterfs.emulator import routes_ai, routes_auth, routes_fs, routes_gui  # noqa: F401
 
     # --- tokens ----------------------------------------------------------------------------
 

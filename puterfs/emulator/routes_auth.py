@@ -15,6 +15,7 @@ from starlette.responses import Response
 from puterfs.emulator.app import Call, JSONResponse, route
 from puterfs.emulator.auth import check_password, new_totp_secret, totp_verify
 from puterfs.emulator.errors import ApiError
+from puterfs.emulator.routes_gui import check_captcha
 from puterfs.emulator.store import WHOAMI_DIRS, join
 
 _APPS = (
@@ -79,6 +80,7 @@ def _check_origin(call: Call) -> None:
 @route("POST", "/login", host="root", auth="none")
 async def login(call: Call) -> Response:
     _check_origin(call)
+    check_captcha(call, call.body)
     body = call.body
     username, email, password = body.get("username"), body.get("email"), body.get("password")
     if not username and not email:
@@ -106,6 +108,7 @@ async def login(call: Call) -> Response:
 
 def _otp_user(call: Call) -> tuple[sqlite3.Row, str]:
     _check_origin(call)
+    check_captcha(call, call.body)
     token, code = call.body.get("token"), call.body.get("code")
     if not token:
         raise ApiError(400, "bad_request", "token is required.")
@@ -140,6 +143,7 @@ async def login_recovery(call: Call) -> Response:
 @route("POST", "/signup", host="root", auth="none")
 async def signup(call: Call) -> Response:
     _check_origin(call)
+    check_captcha(call, call.body)
     body, store = call.body, call.store
     if body.get("is_temp"):
         for _ in range(1000):
@@ -242,6 +246,8 @@ async def create_access_token(call: Call) -> Response:
     if call.me.kind not in ("gui", "s"):
         raise ApiError(403, "forbidden", "This endpoint is only available to user sessions")
     extra: dict[str, Any] = {"perm": perms}
+    if "full-api-access" in perms:
+        extra["full_access"] = True  # a signed claim on the real server too
     label = call.body.get("label")
     if isinstance(label, str):
         extra["label"] = label

@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", default="puterpass", help="that user's password (default puterpass)")
     p.add_argument("--otp-secret", default=None, metavar="BASE32", help="make the user a 2FA (TOTP) user")
     p.add_argument("--domain", default="puter.localhost", help="root domain for Host routing")
+    p.add_argument(
+        "--captcha", action="store_true",
+        help="refuse scripted /login and /signup as puter.com does (a captcha is required; "
+        "the AuthMe page at /?action=authme still signs users in)",
+    )
     p.add_argument("--log-level", default="warning", help="log level (default warning)")
     p.add_argument(
         "--no-print-token", action="store_true",
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     emu = Emulator(data, username=args.user, password=args.password, otp_secret=args.otp_secret,
                    domain=args.domain)
     emu.behind_server = True
+    emu.captcha = args.captcha
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -164,6 +164,14 @@ class EmulatorProcess:
     def set_capacity(self, n: int | None) -> None:
         self._admin("POST", "disk", json={"capacity": n})
 
+    def set_captcha(self, enabled: bool) -> None:
+        """Make /login and /signup want a captcha, as puter.com does (AuthMe still works)."""
+        self._admin("POST", "captcha", json={"enabled": enabled})
+
+    def revoke(self, token: str) -> None:
+        """Revoke one token (as revoking a session on the real server does)."""
+        self._admin("POST", "revoke", json={"token": token})
+
     def log(self, bodies: bool = False) -> list[dict[str, Any]]:
         return self._admin("GET", "log" + ("?bodies=1" if bodies else ""))
 
