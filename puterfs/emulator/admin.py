@@ -67,6 +67,14 @@ async def _handle(emu: Emulator, request: Request) -> Response:
             raise ApiError(400, "bad_request", "'token' must be a token this emulator issued")
         emu.store.revoke(str(claims.get("jti")))
         return JSONResponse({"ok": True})
+    elif path == "/_emulator/clock":
+        if method == "POST":
+            body = parse_json_bytes(await request.body())
+            adv = body.get("advance", 0)
+            if not isinstance(adv, (int, float)) or isinstance(adv, bool) or adv < 0:
+                raise ApiError(400, "bad_request", "'advance' must be a number of seconds >= 0")
+            emu.clock_offset += float(adv)
+        return JSONResponse({"offset": emu.clock_offset, "now": emu.now()})
     elif path == "/_emulator/log":
         if method == "GET":
             bodies = request.query_params.get("bodies", "") not in ("", "0", "false")

@@ -121,7 +121,7 @@ Handler = Callable[[Call], Awaitable[Response]]
 @dataclass
 class Route:
     handler: Handler
-    host: str  # "api", "root", "any"
+    host: str  # "api", "root", "any", "storage" (presigned storage URLs: any host, not Puter's routing)
     auth: str  # "none", "user", "fs", "drivers", "optional"
     body: str = "json"  # "json" or "raw" (the handler reads the body itself)
 
@@ -208,6 +208,7 @@ class Emulator:
         self.captcha = False
         self.captchas: dict[str, tuple[str, float]] = {}
         self.started = time.time()
+        self.clock_offset = 0.0  # moved by /_emulator/clock: lets tests see expiries and windows pass
         user = self.store.user_by_name(username)
         if user is None:
             user = self.store.create_user(username, password)
@@ -224,7 +225,11 @@ class Emulator:
         self.token = token
         self._write_token_file()
         # Imported here: the route modules register themselves on import.
-        from puterfs.emulator import routes_ai, routes_auth, routes_fs, routes_gui  # noqa: F401
+        from puterfs.emulator import presign, routes_ai, routes_auth, routes_fs, routes_gui  # noqa: F401
+
+    def now(self) -> float:
+        """The emulator's wall clock (seconds): upload expiries and rate windows use it."""
+        return time.time() + self.clock_offset
 
     # --- tokens ----------------------------------------------------------------------------
 
@@ -393,7 +398,7 @@ class Emulator:
         entry = find_route(method, path)
         if entry is None and method == "HEAD":
             entry = find_route("GET", path)
-        if entry is None or (entry.host != "any" and kind != "both" and kind != entry.host):
+        if entry is None or (entry.host not in ("any", "storage") and kind != "both" and kind != entry.host):
             if kind == "root" and path == "/whoami":
                 return Response(status_code=302, headers={"Location": "/"})
             return api_error(404, "not_found", "Not Found")

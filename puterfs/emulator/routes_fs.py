@@ -719,7 +719,16 @@ async def _file_chunks(fh: Any, start: int, length: int) -> AsyncIterator[bytes]
 def serve_file(call: Call, e: Row, content_type: str) -> Response:
     if e["is_dir"]:
         raise ApiError(400, "cannot_read_a_directory", "Cannot read a directory")
-    size = e["size"]
+    blob = call.store.blob_path(e["uid"])
+    if blob.exists():
+        size = blob.stat().st_size  # what the object holds (a presigned PUT may have replaced it)
+    elif e["size"] > 0:
+        # bytes gone (a presigned upload completed without its PUT, or an overwrite session
+        # aborted after its PUT): the real server answers once and deletes the row ("ghost file")
+        call.store.delete_tree(e)
+        raise ApiError(404, "subject_does_not_exist", "File contents are missing", path=e["path"], uid=e["uid"])
+    else:
+        size = 0
     headers = {
         "ETag": f'"{e["md5"] or EMPTY_MD5}"',
         "Last-Modified": formatdate(e["modified"], usegmt=True),

@@ -347,10 +347,11 @@ class Store:
         immutable: bool = False,
         accessed: int | None | str = "now",
         times: tuple[int, int] | None = None,
+        uid: str | None = None,
     ) -> sqlite3.Row:
         ts = now_s()
         created, modified = times or (ts, ts)
-        uid = str(uuidlib.uuid4())
+        uid = uid or str(uuidlib.uuid4())
         self.db.execute(
             "INSERT INTO entries(uid, parent_id, owner_id, path, name, is_dir, size, md5, metadata, is_public,"
             " immutable, created, modified, accessed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -413,6 +414,13 @@ class Store:
         dest.parent.mkdir(exist_ok=True)
         os.replace(src, dest)
         return row
+
+    def add_file(self, parent: sqlite3.Row, name: str, owner_id: int, uid: str, size: int, md5: str | None,
+                 metadata: str | None) -> sqlite3.Row:
+        """A file entry whose bytes are already at ``blob_path(uid)`` (or missing: a presigned
+        upload completed without its PUT)."""
+        return self._insert(parent, owner_id, join(parent["path"], name), name, False, size=size, md5=md5,
+                            metadata=metadata, uid=uid)
 
     def delete_tree(self, entry: sqlite3.Row, descendants_only: bool = False) -> None:
         rows = list(self.descendants(entry))

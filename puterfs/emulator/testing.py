@@ -172,6 +172,10 @@ class EmulatorProcess:
         """Revoke one token (as revoking a session on the real server does)."""
         self._admin("POST", "revoke", json={"token": token})
 
+    def advance_clock(self, seconds: float) -> float:
+        """Move the emulator's clock forward (upload expiries, rate windows); returns the offset."""
+        return self._admin("POST", "clock", json={"advance": seconds})["offset"]
+
     def log(self, bodies: bool = False) -> list[dict[str, Any]]:
         return self._admin("GET", "log" + ("?bodies=1" if bodies else ""))
 
