@@ -95,7 +95,7 @@ def _token(args: argparse.Namespace, *, required: bool = True) -> str | None:
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None
     if tok is None and required:
-        raise CliError("not logged in: run `puterfs login`, set PUTER_TOKEN, or pass --token-file")
+        raise CliError("not logged in: run `puterfs login`, set PUTER_TOKEN (or PUTER_AUTH_TOKEN), or pass --token-file")
     return tok
 
 
@@ -104,8 +104,9 @@ def _token_source(args: argparse.Namespace) -> str | None:
     path = getattr(args, "token_file", None)
     if path is not None:
         return f"--token-file {path}" if config.read_token_file(path) else None
-    if os.environ.get("PUTER_TOKEN", "").strip():
-        return "PUTER_TOKEN"
+    var = config.token_env()
+    if var is not None:
+        return var
     if config.read_token_file(config.token_file()):
         return str(config.token_file())
     return None
@@ -189,68 +190,9 @@ def _otp_code(args: argparse.Namespace, attempt: int) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from puterfs.client._errors import AuthenticationError, OTPRequired, PuterConnectionError, PuterError
+    from puterfs import authflow
 
-    acc = _account(args)
-    acc.verify_tls = not args.insecure
-    username = args.username
-    interactive = sys.stdin.isatty()
-    if not username:
-        if not interactive:
-            raise CliError("--username is required when the password comes from standard input", 2)
-        default = f" [{acc.username}]" if acc.username else ""
-        username = _prompt(f"Puter username{default}: ") or acc.username
-        if not username:
-            raise CliError("a username is required", 2)
-    if interactive:
-        import getpass
-
-        password = getpass.getpass(f"Password for {username} on {acc.web_url}: ")
-    else:
-        password = _read_stdin_line("password")
-    if not password:
-        raise CliError("an empty password was given")
-
-    async def login() -> tuple[str, str]:
-        async with _client(acc, None) as client:
-            try:
-                token = await client.login(username, password, otp=None)
-            except OTPRequired as exc:
-                # The otp token is not consumed by a wrong code, so a person may retry.
-                attempts = 3 if interactive and not args.otp else 1
-                for attempt in range(attempts):
-                    code = _otp_code(args, attempt)
-                    try:
-                        token = await client.login_otp(exc.otp_token, code)
-                        break
-                    except AuthenticationError as otp_exc:
-                        if attempt + 1 == attempts:
-                            raise
-                        print(f"{otp_exc.message}; try again", file=sys.stderr)
-            try:
-                me = await client.whoami()
-                name = _field(me, "username") or username
-            except PuterError as exc:
-                log.debug("whoami after login failed: %s", exc)
-                name = username
-            return token, name
-
-    try:
-        token, name = _run_raw(login)
-    except PuterConnectionError as exc:
-        raise CliError(f"login failed: cannot reach {acc.web_url}: {exc.message}") from None
-    except PuterError as exc:
-        message = exc.message.removeprefix("login failed: ")
-        raise CliError(f"login failed: {message}") from None
-    path = config.save_token(token)
-    config.save_account(
-        config.Account(api_url=acc.api_url, web_url=acc.web_url, username=name, verify_tls=acc.verify_tls)
-    )
-    print(f"Logged in as {name} on {acc.api_url}")
-    log.debug("token saved to %s", path)
-    if os.environ.get("PUTER_TOKEN", "").strip():
-        print("note: PUTER_TOKEN is set and takes precedence over the saved token", file=sys.stderr)
-    return 0
+    return authflow.cmd_login(args)
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -260,30 +202,9 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
-    from puterfs.client._errors import PuterError
+    from puterfs import authflow
 
-    acc = _account(args)
-    token = _token(args, required=False)
-    if token:
-
-        async def logout() -> None:
-            async with _client(acc, token) as client:
-                await client.logout()
-
-        try:
-            _run_raw(logout)
-        except PuterError as exc:
-            # Best effort: a GUI token stays valid server-side anyway; forgetting it is what matters.
-            print(f"note: the server did not confirm the logout: {exc.message}", file=sys.stderr)
-    had_file = config.token_file().exists()
-    config.forget_token()
-    if had_file:
-        print(f"Logged out; removed {config.token_file()}")
-    else:
-        print("No saved token")
-    if os.environ.get("PUTER_TOKEN", "").strip():
-        print("note: PUTER_TOKEN is still set in this environment", file=sys.stderr)
-    return 0
+    return authflow.cmd_logout(args)
 
 
 # --------------------------------------------------------------------------------------
@@ -785,7 +706,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     tokenopt.add_argument(
         "--token-file",
         metavar="FILE",
-        help="read the token from FILE (default: env PUTER_TOKEN, else the saved token)",
+        help="read the token from FILE (default: env PUTER_TOKEN or PUTER_AUTH_TOKEN, else the saved token)",
     )
 
     p = sub.add_parser(
@@ -793,11 +714,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         parents=[server],
         help="log in and save the token",
         description="Log in to Puter and save the token (mode 0600) under "
-        f"{config.token_file()}. The password is asked for on the terminal, or read as "
-        "one line from standard input when it is not a terminal; never from the command line.",
+        f"{config.token_file()}. On puter.com (and wherever a password is refused) you sign in "
+        "in a browser: puterfs prints the URL (and opens it when this machine has a desktop) and "
+        "receives the token on a one-shot listener on 127.0.0.1. Self-hosted servers also take a "
+        "password: asked for on the terminal, or read as one line from standard input when it is "
+        "not a terminal; never from the command line. Running mounts that use the saved token "
+        "pick up the new one.",
     )
-    p.add_argument("--username", "-u", metavar="USER", help="Puter username (asked for when omitted)")
-    p.add_argument("--otp", metavar="CODE", help="2FA code, for accounts with two-factor authentication")
+    from puterfs import authflow
+
+    authflow.add_login_arguments(p)
     p.set_defaults(func=cmd_login)
 
     p = sub.add_parser("logout", parents=[server, tokenopt], help="log out and forget the saved token")

@@ -123,16 +123,39 @@ def read_token_file(path: str | os.PathLike[str]) -> str | None:
     return text or None
 
 
+TOKEN_ENV_VARS = ("PUTER_TOKEN", "PUTER_AUTH_TOKEN")  # ours, then puter.js's name
+
+
+def token_env() -> str | None:
+    """The name of the environment variable that holds the token, if one does."""
+    for var in TOKEN_ENV_VARS:
+        if os.environ.get(var, "").strip():
+            return var
+    return None
+
+
+def token_path(token_file_path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file the token is read from (absolute), or None when it comes from the environment.
+
+    A running mount rereads this file when it changes (``puterfs login`` signals it)."""
+    if token_file_path is not None:
+        return Path(os.path.abspath(os.fspath(token_file_path)))
+    if token_env() is not None:
+        return None
+    return token_file()
+
+
 def load_token(token_file_path: str | os.PathLike[str] | None = None) -> str | None:
-    """The token to use: ``--token-file``, else ``PUTER_TOKEN``, else the saved token file."""
+    """The token to use: ``--token-file``, else ``PUTER_TOKEN``, else ``PUTER_AUTH_TOKEN``,
+    else the saved token file."""
     if token_file_path is not None:
         tok = read_token_file(token_file_path)
         if tok is None:
             raise FileNotFoundError(f"token file {os.fspath(token_file_path)!s} is missing or empty")
         return tok
-    env = os.environ.get("PUTER_TOKEN")
-    if env:
-        return env.strip()
+    var = token_env()
+    if var is not None:
+        return os.environ[var].strip()
     return read_token_file(token_file())
 
 

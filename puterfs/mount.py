@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (for systemd and debugging)")
     p.add_argument("--api-url", help="Puter API URL (default: the saved account, $PUTER_API_URL, or https://api.puter.com)")
     p.add_argument("--web-url", help="Puter web URL (login host)")
-    p.add_argument("--token-file", help="read the token from this file (default: $PUTER_TOKEN, then the saved token)")
+    p.add_argument("--token-file", help="read the token from this file (default: $PUTER_TOKEN or $PUTER_AUTH_TOKEN, then the saved token)")
     p.add_argument("--remote-root", help="Puter folder to mount (default: your home, /<username>)")
     p.add_argument("--cache-dir", help="write-back cache folder (default: under $XDG_CACHE_HOME/puterfs)")
     p.add_argument("--cache-size", type=_size, default=_size("10G"), help="clean cached data kept at most (default 10G; dirty data is never evicted)")

@@ -6,6 +6,7 @@ what the Puter 26.07 server accepts; every failure is one of the exceptions belo
 
 from __future__ import annotations
 
+from puterfs.client._browser import BrowserLogin, authme_url, browser_login, has_desktop_browser
 from puterfs.client._chat import ChatEvent
 from puterfs.client._client import PuterClient
 from puterfs.client._errors import (
@@ -25,17 +26,20 @@ from puterfs.client._errors import (
     PuterTimeout,
     QuotaExceeded,
     RateLimited,
+    ScriptedLoginRefused,
     ServerError,
     StreamError,
     error_from_body,
     error_from_response,
     is_temporary,
 )
+from puterfs.client._tokens import token_kind
 
 __all__ = [
     "AlreadyExists",
     "AuthenticationError",
     "BadRequest",
+    "BrowserLogin",
     "ChatEvent",
     "Conflict",
     "IsADirectory",
@@ -51,9 +55,14 @@ __all__ = [
     "PuterTimeout",
     "QuotaExceeded",
     "RateLimited",
+    "ScriptedLoginRefused",
     "ServerError",
     "StreamError",
+    "authme_url",
+    "browser_login",
     "error_from_body",
     "error_from_response",
+    "has_desktop_browser",
     "is_temporary",
+    "token_kind",
 ]

@@ -34,6 +34,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import anyio
 import httpx
 
+from puterfs.client._browser import DEFAULT_TIMEOUT as BROWSER_LOGIN_TIMEOUT
+from puterfs.client._browser import browser_login, default_show_url, refused_scripted_login
 from puterfs.client._chat import (
     URL_PREFIXES,
     ChatEvent,
@@ -177,7 +179,8 @@ class PuterClient:
     """Async client for Puter (filesystem, account, AI drivers).
 
     Use it as ``async with PuterClient(token=...) as client:``. ``token``, ``api_url``
-    and ``web_url`` default to the environment variables ``PUTER_TOKEN``,
+    and ``web_url`` default to the environment variables ``PUTER_TOKEN`` (or puter.js's
+    ``PUTER_AUTH_TOKEN``),
     ``PUTER_API_URL`` and ``PUTER_WEB_URL``. ``transport`` lets tests plug in
     ``httpx.MockTransport`` or any other httpx transport.
 
@@ -200,7 +203,9 @@ class PuterClient:
         retry_base_delay: float = 0.25,
         retry_max_delay: float = 30.0,
     ) -> None:
-        self._token: str | None = token if token is not None else (os.environ.get("PUTER_TOKEN") or None)
+        if token is None:
+            token = os.environ.get("PUTER_TOKEN") or os.environ.get("PUTER_AUTH_TOKEN") or None
+        self._token: str | None = token
         self.ignore_ssl = ignore_ssl
         self.auto_update_models = auto_update_models
         self.api_url = (api_url or os.environ.get("PUTER_API_URL") or DEFAULT_API_URL).rstrip("/")
@@ -218,6 +223,7 @@ class PuterClient:
         self._details_time = 0.0
         if ignore_ssl:
             _warn_insecure_once()
+        self._transport = transport
         self._http = httpx.AsyncClient(
             transport=transport,
             verify=not ignore_ssl,
@@ -410,19 +416,22 @@ class PuterClient:
 
         With two-factor authentication the server answers ``202 next_step:"otp"``: the
         login is finished with ``otp`` if given, otherwise :class:`OTPRequired` is
-        raised carrying ``otp_token`` for :meth:`login_otp`.
+        raised carrying ``otp_token`` for :meth:`login_otp`. A server that refuses a
+        scripted login (puter.com wants a captcha) raises :class:`ScriptedLoginRefused`, a
+        ``ValueError`` whose message names the browser flow (:meth:`login_browser`).
         """
         if not username or not password:
             raise BadRequest("username and password are required")
         field = "email" if "@" in username else "username"
         # No Origin header: the server refuses any Origin but its own GUI's (§2.1).
-        response = await self._send(
-            "POST",
-            self.web_url + "/login",
-            idem=CONNECT_ONLY,
-            json_body={field: username, "password": password},
-            auth=False,
-        )
+        with refused_scripted_login(self.web_url):
+            response = await self._send(
+                "POST",
+                self.web_url + "/login",
+                idem=CONNECT_ONLY,
+                json_body={field: username, "password": password},
+                auth=False,
+            )
         data = self._json(response)
         try:
             return self._take_login(data)
@@ -433,17 +442,39 @@ class PuterClient:
 
     async def login_otp(self, otp_token: str, code: str) -> str:
         """Finish a two-factor login; a wrong code raises :class:`AuthenticationError`."""
-        response = await self._send(
-            "POST",
-            self.web_url + "/login/otp",
-            idem=CONNECT_ONLY,
-            json_body={"token": otp_token, "code": str(code).strip()},
-            auth=False,
-        )
+        with refused_scripted_login(self.web_url):
+            response = await self._send(
+                "POST",
+                self.web_url + "/login/otp",
+                idem=CONNECT_ONLY,
+                json_body={"token": otp_token, "code": str(code).strip()},
+                auth=False,
+            )
         data = self._json(response)
         if isinstance(data, dict) and data.get("proceed") is False:
             raise AuthenticationError("wrong OTP code", status=200, code="otp_invalid")
         return self._take_login(data)
+
+    async def login_browser(
+        self,
+        *,
+        open_browser: bool | Any = True,
+        show_url: Any = default_show_url,
+        timeout: float = BROWSER_LOGIN_TIMEOUT,
+        port: int = 0,
+    ) -> str:
+        """Sign in through Puter's AuthMe page in a browser; store and return the token.
+
+        Works where :meth:`login` cannot (puter.com). See :func:`puterfs.client.browser_login`
+        for the arguments; the token is a full-api-access token, checked with ``/whoami``.
+        """
+        result = await browser_login(
+            self.web_url, api_url=self.api_url, open_browser=open_browser, show_url=show_url,
+            timeout=timeout, port=port, ignore_ssl=self.ignore_ssl, transport=self._transport,
+        )
+        self._token = result.token
+        self.username = result.username
+        return result.token
 
     async def logout(self) -> None:
         """End the session on the server and forget the token."""

@@ -2,7 +2,8 @@
 
     PuterError                      base; .status, .code, .message, .body (never the token)
     ├── AuthenticationError         401, bad credentials, token_missing/reauth_required (also ValueError)
-    │   └── OTPRequired             login needs a second factor: .otp_token (also ValueError)
+    │   ├── OTPRequired             login needs a second factor: .otp_token (also ValueError)
+    │   └── ScriptedLoginRefused    /login wants a captcha (puter.com): use the browser flow
     ├── PermissionDenied            403
     ├── NotFound                    404 (subject_does_not_exist, not_found)
     ├── AlreadyExists               409 item_with_same_name_exists / "already exists" conflicts
@@ -80,6 +81,11 @@ class OTPRequired(AuthenticationError):
 
     def __repr__(self) -> str:  # never show the otp token
         return f"OTPRequired({self.message!r})"
+
+
+class ScriptedLoginRefused(AuthenticationError):
+    """The server does not take a password from a script (puter.com: a captcha is required).
+    Sign in through the browser instead (``browser_login`` / ``PuterClient.login_browser``)."""
 
 
 class PermissionDenied(PuterError):

@@ -21,7 +21,7 @@ from puterfs.emulator.testing import EmulatorProcess
 # Variables that would point a test's CLI at a real account or server.
 REPO = Path(__file__).resolve().parents[2]
 
-_SCRUB = ("PUTER_TOKEN", "PUTER_API_URL", "PUTER_WEB_URL", "NOTIFY_SOCKET")
+_SCRUB = ("PUTER_TOKEN", "PUTER_AUTH_TOKEN", "PUTER_API_URL", "PUTER_WEB_URL", "NOTIFY_SOCKET")
 
 RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
 

@@ -44,7 +44,7 @@ def _closed_port() -> int:
 def test_login_saves_a_private_token(run_cli, cli_env, emulator):
     res = _login(run_cli, emulator.url, emulator.username, emulator.password + "\n")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"Logged in as {emulator.username} on {emulator.url}"
+    assert res.stdout.strip() == f"Logged in as {emulator.username} on {emulator.url} (session token)"
 
     path = _saved_token(cli_env)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -117,7 +117,7 @@ def test_2fa_login_with_otp_option(run_cli, cli_env, otp_emulator, totp):
     code = totp(otp_emulator.otp_secret)
     res = _login(run_cli, otp_emulator.url, "otpuser", "otp-password\n", "--otp", code)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"Logged in as otpuser on {otp_emulator.url}"
+    assert res.stdout.strip() == f"Logged in as otpuser on {otp_emulator.url} (session token)"
     token = _saved_token(cli_env).read_text().strip()
     assert _whoami(otp_emulator.url, token).json()["username"] == "otpuser"
 
