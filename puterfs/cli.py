@@ -299,22 +299,110 @@ def _remove_stale(path: Path) -> None:
         log.warning("cannot remove stale state file %s: %s", path, exc)
 
 
-def _fusermount_unmount(path: str) -> None:
-    for prog in ("fusermount3", "fusermount"):
+# --------------------------------------------------------------------------------------
+# umount / status
+
+
+def _holders(path: str, exclude: set[int]) -> list[str]:
+    """The processes using something inside the mount at `path` (open files, current or
+    root directory, mapped files), as "PID (COMM) WHAT", like fuser(1) would name them."""
+    inside = path.rstrip("/") + "/"
+
+    def within(target: str) -> bool:
+        return target == path or target.startswith(inside)
+
+    found: list[str] = []
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return found
+    for pid in sorted(pids):
+        if pid in exclude:
+            continue
+        what: list[str] = []
+        for link, label in (("cwd", "cwd"), ("root", "root")):
+            try:
+                if within(os.readlink(f"/proc/{pid}/{link}")):
+                    what.append(label)
+            except OSError:
+                pass
         try:
-            proc = subprocess.run([prog, "-u", path], capture_output=True, text=True, timeout=60)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if within(target):
+                    what.append(os.path.relpath(target, path))
+        except OSError:
+            pass
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    parts = line.split(None, 5)
+                    if len(parts) == 6 and within(parts[5].strip()):
+                        what.append(os.path.relpath(parts[5].strip(), path) + " (mapped)")
+                        break
+        except OSError:
+            pass
+        if what:
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            uniq = list(dict.fromkeys(what))
+            found.append(f"{pid} ({comm}) {', '.join(uniq[:3])}{' …' if len(uniq) > 3 else ''}")
+    return found
+
+
+def _busy_error(path: str, holders: list[str]) -> CliError:
+    who = "; ".join(holders[:8]) + (f"; and {len(holders) - 8} more" if len(holders) > 8 else "")
+    return CliError(
+        f"{path} is busy (in use by {who or 'a process'}): close those, or run "
+        "`puterfs umount --lazy` to detach it now and finish once they are done"
+    )
+
+
+def _kernel_unmount(path: str, *, lazy: bool, daemon_pid: int) -> None:
+    """`fusermount3 -u` (refused while busy, like umount(8)) or `-u -z` (detach now)."""
+    if not lazy:
+        holders = _holders(path, exclude={os.getpid(), daemon_pid})
+        if holders:
+            raise _busy_error(path, holders)
+    for prog in ("fusermount3", "fusermount"):
+        argv = [prog, "-u", "-z", path] if lazy else [prog, "-u", path]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except FileNotFoundError:
             continue
         except subprocess.TimeoutExpired:
-            raise CliError(f"{prog} -u {path} did not finish within 60 s") from None
+            raise CliError(f"{' '.join(argv)} did not finish within 60 s") from None
         if proc.returncode != 0:
-            raise CliError(f"{prog} -u {path} failed: {proc.stderr.strip() or proc.returncode}")
+            err = proc.stderr.strip()
+            if "busy" in err.lower():
+                raise _busy_error(path, _holders(path, exclude={os.getpid(), daemon_pid}))
+            raise CliError(f"{' '.join(argv)} failed: {err or proc.returncode}")
         return
     raise CliError("fusermount3 is not installed (apt-get install fuse3)")
 
 
-# --------------------------------------------------------------------------------------
-# umount / status
+def _left_behind(state: dict[str, Any] | None) -> tuple[int, list[str]]:
+    """(count, paths) of the files a state file says are not on the server."""
+    files = [f for f in (state or {}).get("pending_files") or [] if isinstance(f, dict)]
+    paths = [str(f.get("path")) for f in files]
+    failed = [f for f in (state or {}).get("failed_files") or [] if isinstance(f, dict)]
+    paths += [f"{f.get('path')} (failed: {f.get('reason')})" for f in failed if f.get("path") not in paths]
+    return max(_int(state, "pending"), len(paths)), paths
+
+
+def _report_left(path: str, state: dict[str, Any], how: str) -> CliError:
+    count, paths = _left_behind(state)
+    shown = ", ".join(paths[:10]) + (f", and {count - 10} more" if count > 10 else "")
+    cache = state.get("cache_dir") or "the cache dir"
+    return CliError(
+        f"{path}: {how}; {count} file(s) not uploaded stay in {cache} and go up at the next "
+        f"mount with that cache dir: {shown or '(names unknown)'}"
+    )
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -323,38 +411,71 @@ def cmd_umount(args: argparse.Namespace) -> int:
     state = _read_state(state_path)
     pid = _int(state, "pid")
     fstype = _mount_fstype(path)
+    alive = bool(pid) and _pid_alive(pid) and _is_puterfs_process(pid)
 
-    if pid and _pid_alive(pid) and _is_puterfs_process(pid):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except PermissionError:
-            raise CliError(f"not allowed to stop the puterfs daemon (pid {pid}) of {path}") from None
-        except ProcessLookupError:
-            pass
-        _wait_for_daemon(pid, path, state_path, args.timeout)
-        if _read_state(state_path) is not None:
-            # The daemon removes its state file itself; one left behind means it did not exit cleanly.
-            print(f"warning: the daemon left {state_path} behind; removing it", file=sys.stderr)
+    if not alive:
+        # No daemon: nothing can be uploaded now. Its files not uploaded stay in the cache.
+        left = _left_behind(state)[0] if state is not None else 0
+        if state is not None:
             _remove_stale(state_path)
-        print(f"Unmounted {path}")
+        if fstype is not None and not fstype.startswith("fuse"):
+            raise CliError(f"{path} is a {fstype} mount, not a puterfs mount")
+        if fstype is not None:
+            # A dead FUSE mount ("Transport endpoint is not connected"): nothing is open in
+            # it that could still work, so detach it.
+            _kernel_unmount(path, lazy=True, daemon_pid=0)
+        if left and state is not None:
+            how = "is not mounted" if fstype is None else "unmounted the dead mount"
+            how += f" (its daemon, pid {pid}, is gone)" if not state.get("stopped") else ""
+            raise _report_left(path, state, how)
+        if fstype is None:
+            raise CliError(f"{path} is not mounted")
+        print(
+            f"Unmounted {path} (no running puterfs daemon; files it had not uploaded yet stay in its "
+            "cache and are uploaded by the next mount with the same --cache-dir)"
+        )
         return 0
 
-    if state is not None:
-        _remove_stale(state_path)
-    if fstype is None:
-        raise CliError(f"{path} is not mounted")
-    if not fstype.startswith("fuse"):
-        raise CliError(f"{path} is a {fstype} mount, not a puterfs mount")
-    # No live daemon: nothing can be flushed now. Dirty files stay in the cache dir.
-    _fusermount_unmount(path)
-    print(
-        f"Unmounted {path} (no running puterfs daemon; files it had not uploaded yet stay in its "
-        "cache and are uploaded by the next mount with the same --cache-dir)"
-    )
+    # Once the kernel lets go of the mount, the daemon uploads what is pending and exits by
+    # itself. SIGTERM asks for the same (sending it again never aborts the uploads); SIGUSR1
+    # tells it to stop waiting.
+    sig: int | None = signal.SIGUSR1 if args.force else None
+    if fstype is not None:
+        if not fstype.startswith("fuse"):
+            raise CliError(f"{path} is a {fstype} mount on top of the puterfs one; unmount it first")
+        _kernel_unmount(path, lazy=args.lazy, daemon_pid=pid)
+        if args.lazy and _holders(path, exclude={os.getpid(), pid}):
+            print(
+                f"detached {path}; its daemon finishes once the files still open in it are closed",
+                file=sys.stderr,
+            )
+    else:
+        if not args.force:
+            print(f"{path} is already unmounted; waiting for its daemon (pid {pid})", file=sys.stderr)
+            sig = signal.SIGTERM
+    if sig is not None:
+        try:
+            os.kill(pid, sig)
+        except PermissionError:
+            raise CliError(f"not allowed to signal the puterfs daemon (pid {pid}) of {path}") from None
+        except ProcessLookupError:
+            pass
+    _wait_for_daemon(pid, path, state_path, args.timeout, progress=not args.force)
+    final = _read_state(state_path)
+    if final is not None:
+        # Kept for `puterfs status` (and any other umount still waiting) until the next
+        # mount of this mountpoint replaces it.
+        if _left_behind(final)[0]:
+            if final.get("stopped"):
+                how = "stopped without waiting for uploads (--force)" if final.get("forced") else "stopped"
+            else:
+                how = f"the daemon (pid {pid}) died before it had uploaded everything"
+            raise _report_left(path, final, how)
+    print(f"Unmounted {path}")
     return 0
 
 
-def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float) -> None:
+def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float, *, progress: bool = True) -> None:
     deadline = time.monotonic() + timeout
     shown: tuple[int, int, str | None, int] | None = None
     while True:
@@ -363,10 +484,10 @@ def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float) -> N
             if _mount_fstype(path) is not None:
                 # The daemon is gone but the kernel mount is not: clear it so the path is usable.
                 print(
-                    f"warning: the daemon (pid {pid}) exited without unmounting; running fusermount3 -u",
+                    f"warning: the daemon (pid {pid}) exited without unmounting; running fusermount3 -u -z",
                     file=sys.stderr,
                 )
-                _fusermount_unmount(path)
+                _kernel_unmount(path, lazy=True, daemon_pid=pid)
             return
         state = _read_state(state_path)
         # "pending" counts every dirty file not yet on the server, in-flight ones included.
@@ -374,7 +495,7 @@ def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float) -> N
         failed = _int(state, "failed_attempts")
         error = (state or {}).get("last_error")
         now = (waiting, failed, error, _int(state, "uploading"))
-        if state is not None and now != shown and (waiting or failed):
+        if progress and state is not None and now != shown and (waiting or failed):
             msg = f"waiting for {waiting} pending uploads…"
             if _int(state, "uploading"):
                 msg += f" ({_int(state, 'uploading')} in flight)"
@@ -384,9 +505,11 @@ def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float) -> N
             print(msg, file=sys.stderr, flush=True)
             shown = now
         if time.monotonic() >= deadline:
+            cache = (state or {}).get("cache_dir") or "its cache dir"
             raise CliError(
-                f"timed out after {timeout:g} s; the daemon (pid {pid}) is still running with "
-                f"{waiting} uploads pending. Run `puterfs umount` again to keep waiting."
+                f"timed out after {timeout:g} s with {waiting} uploads pending; the daemon (pid {pid}) "
+                f"keeps uploading: run `puterfs umount {path}` again to wait, or add --force to stop "
+                f"now (the files stay in {cache})"
             )
         time.sleep(0.2)
 
@@ -755,11 +878,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "umount",
-        help="upload pending changes, then unmount",
-        description="Stop the puterfs daemon of MOUNTPOINT: it uploads every pending "
-        "change, unmounts and exits; this command returns when it is done.",
+        help="unmount, then wait until every pending change is uploaded",
+        description="Unmount MOUNTPOINT like `fusermount3 -u` (refused while a process uses "
+        "it: the processes are named) and wait until its daemon has uploaded every pending "
+        "change and exited. Exit 0 (\"Unmounted\") only when nothing is left behind; 1 when "
+        "busy, timed out, or files stayed in the cache. Running it again keeps waiting.",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument(
+        "--lazy",
+        "-z",
+        action="store_true",
+        help="detach now even while files are open; the mount goes away when they are closed "
+        "(then its uploads finish, and this command waits for them)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="stop waiting for uploads: the daemon exits now, the files not uploaded stay in the "
+        "cache (uploaded by the next mount with that cache dir); exits 1 when any stayed",
+    )
     p.add_argument(
         "--timeout",
         type=float,

@@ -152,6 +152,7 @@ def _daemonize(s: _Settings) -> int:
         return 1
     # child
     os.close(rfd)
+    os.environ.pop("NOTIFY_SOCKET", None)  # only a --foreground daemon is systemd's main process
     os.setsid()
     if os.fork():
         os._exit(0)  # the grandchild is the daemon: no controlling terminal, reparented to init
@@ -176,11 +177,9 @@ def _daemonize(s: _Settings) -> int:
         os._exit(code)
 
 
-def _notify_systemd(ok: bool = True, message: str = "") -> None:
-    """Type=notify: READY=1 once the mount serves (a dozen lines, no library)."""
-    if not ok:
-        print(f"puterfs mount: {message}", file=sys.stderr)
-        return
+def sd_notify(message: str) -> None:
+    """Send `message` (``KEY=value`` lines) to systemd's $NOTIFY_SOCKET, if there is one
+    (the sd_notify protocol in a dozen lines, no library)."""
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return
@@ -189,9 +188,17 @@ def _notify_systemd(ok: bool = True, message: str = "") -> None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(addr)
-            sock.sendall(b"READY=1\nSTATUS=serving\n")
+            sock.sendall(message.encode() + b"\n")
     except OSError as exc:
         log.warning("could not notify systemd: %s", exc)
+
+
+def _notify_systemd(ok: bool = True, message: str = "") -> None:
+    """Type=notify: READY=1 once the mount serves."""
+    if not ok:
+        print(f"puterfs mount: {message}", file=sys.stderr)
+        return
+    sd_notify("READY=1\nSTATUS=serving")
 
 
 def _serve(s: _Settings, ready: Callable[..., None]) -> int:
@@ -224,6 +231,8 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
     ) as client:
         try:
             root = s.remote_root or await client.home()
+            if not client.username:
+                await client.whoami()  # the account's name for `puterfs status`
         except AuthenticationError as exc:
             ready(False, f"the server refused the token ({exc.message}); run `puterfs login` again")
             return 1
@@ -262,6 +271,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             options.add("allow_other")
         if args.read_only:
             options.add("ro")
+        mountpoint_real = os.path.realpath(s.mountpoint)  # not later: that would stat our own mount
         try:
             pyfuse3.init(ops, s.mountpoint, options)
         except RuntimeError as exc:
@@ -269,21 +279,24 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             ready(False, f"cannot mount on {s.mountpoint}: {exc}")
             return 1
         log.info("mounted %s%s on %s", s.api_url, root, s.mountpoint)
-        stopping = {"flag": False}
+        stop = _Stop(ops, changed, mountpoint_real)
+        account = client.username
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(ops.queue.run)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
-                nursery.start_soon(_state_writer, ops, s, root, state_path, changed)
+                nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop)
                 if ops.ai is not None:
                     await ops.ai.start(nursery)
-                nursery.start_soon(_signals, ops, stopping)
+                nursery.start_soon(_signals, ops, stop)
                 ready(True)
                 await pyfuse3.main()
-                # unmounted (by us after a signal, or by fusermount -u): upload what is left
-                if not stopping["flag"]:
-                    log.info("unmounted; uploading pending files before exit")
-                    await ops.shutdown()
+                stop.serving = False
+                await ops.release_all()
+                # Unmounted (by us after a signal, or by `puterfs umount` / fusermount3 -u):
+                # upload what is left, unless told to stop waiting.
+                stop.request("unmounted")
+                await stop.drain()
                 nursery.cancel_scope.cancel()
         finally:
             if ops.ai is not None:
@@ -293,79 +306,188 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
                     except Exception:  # noqa: BLE001
                         log.exception("closing the AI files")
             pyfuse3.close(unmount=True)
+            left = _pending_files(ops, cap=None)
             cache.close()
-            try:
-                state_path.unlink()
-            except FileNotFoundError:
-                pass
-        st = ops.statistics()
-        if st["pending"]:
-            log.warning("%d file(s) not uploaded; they stay in %s and go up at the next mount", st["pending"], s.cache_dir)
+            _final_state(state_path, s, root, account, left, forced=stop.forced)
+        if left:
+            log.warning(
+                "%d file(s) not uploaded; they stay in %s and go up at the next mount with that cache dir: %s",
+                len(left), s.cache_dir, ", ".join(f["path"] for f in left[:20]),
+            )
+            log.info("unmounted %s", s.mountpoint)
+            return 1
         log.info("unmounted %s", s.mountpoint)
         return 0
 
 
-async def _signals(ops: Any, stopping: dict[str, bool]) -> None:
+def _mounted_at(path: str) -> bool:
+    """Whether something is mounted at `path` (from /proc/self/mountinfo: a stat would be
+    a request to this very daemon)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return True
+    encoded = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    return any(len(f := line.split()) > 4 and f[4] == encoded for line in lines)
+
+
+class _Stop:
+    """How the daemon stops: the first SIGTERM/SIGINT (or the unmount) drains the upload
+    queue; more SIGTERMs (another `puterfs umount`) keep waiting; SIGUSR1 (`puterfs umount
+    --force`) or a second Ctrl-C stops waiting, leaving the files in the cache."""
+
+    def __init__(self, ops: Any, changed: Any, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.ops = ops
+        self.changed = changed
+        self.requested = False
+        self.forced = False
+        self.serving = True
+        self._scopes: set[Any] = set()  # trio.CancelScope of each drain under way
+
+    def request(self, why: str) -> bool:
+        """True the first time (the caller then starts the drain)."""
+        if self.requested:
+            return False
+        self.requested = True
+        pending = self.ops.statistics()["pending"]
+        log.info("stopping (%s): uploading %d pending file(s) first", why, pending)
+        sd_notify(f"STOPPING=1\nSTATUS=uploading {pending} pending file(s) before exit")
+        self.changed.set()
+        return True
+
+    def force(self) -> None:
+        import pyfuse3
+
+        if self.forced:
+            return
+        self.forced = True
+        self.requested = True
+        log.warning("told to stop waiting for uploads: files not uploaded stay in the cache")
+        for scope in self._scopes:
+            scope.cancel()
+        if self.serving:
+            self.serving = False
+            pyfuse3.terminate()
+
+    async def drain(self) -> None:
+        import trio
+
+        if self.forced:
+            return
+        scope = trio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                await self.ops.shutdown()
+        finally:
+            self._scopes.discard(scope)
+
+
+async def _signals(ops: Any, stop: _Stop) -> None:
     import pyfuse3
     import trio
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                ops.epoch += 1  # re-read listings
-                continue
-            if stopping["flag"]:
-                log.warning("second stop signal: unmounting without waiting for uploads (they stay in the cache)")
-                pyfuse3.terminate()
-                return
-            stopping["flag"] = True
-            st = ops.statistics()
-            log.info("stopping: uploading %d pending file(s) first", st["pending"])
-            async with trio.open_nursery() as n:
-                async def wait_then_terminate() -> None:
-                    await ops.shutdown()
-                    pyfuse3.terminate()
-                    n.cancel_scope.cancel()
+    async def drain_then_unmount() -> None:
+        await stop.drain()
+        # Detached already (`puterfs umount --lazy`): the kernel ends the session once the
+        # files still open in it are closed; ending it now would break their next write.
+        if stop.serving and not stop.forced and _mounted_at(stop.mountpoint):
+            stop.serving = False
+            pyfuse3.terminate()
 
-                n.start_soon(wait_then_terminate)
-                async for signum2 in signals:
-                    if signum2 in (signal.SIGTERM, signal.SIGINT):
-                        log.warning("second stop signal: not waiting for uploads (they stay in the cache)")
-                        pyfuse3.terminate()
-                        n.cancel_scope.cancel()
-                        break
-            return
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(*sigs) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    ops.epoch += 1  # re-read listings
+                elif signum == signal.SIGUSR1 or (signum == signal.SIGINT and stop.requested):
+                    stop.force()
+                elif stop.request(signal.Signals(signum).name):
+                    nursery.start_soon(drain_then_unmount)
+                else:
+                    log.info(
+                        "still uploading %d file(s); `puterfs umount --force` (SIGUSR1) stops waiting",
+                        ops.statistics()["pending"],
+                    )
 
 
-async def _state_writer(ops: Any, s: _Settings, root: str, path: Path, changed: Any) -> None:
+PENDING_FILES_CAP = 100  # pending files named in the state file (the count is always exact)
+
+
+def _pending_files(ops: Any, cap: int | None = PENDING_FILES_CAP) -> list[dict[str, Any]]:
+    """The dirty files not yet on the server, oldest change first."""
+    entries = sorted(ops.cache.dirty_entries(), key=lambda e: e.mtime_ns)
+    if cap is not None:
+        entries = entries[:cap]
+    return [{"path": e.path, "size": e.size, "since": e.mtime_ns / 1e9} for e in entries]
+
+
+def _state(ops: Any, s: _Settings, root: str, account: str | None) -> dict[str, Any]:
+    st = ops.statistics()
+    return {
+        "pid": os.getpid(),
+        "mountpoint": s.mountpoint,
+        "api_url": s.api_url,
+        "account": account,
+        "remote_root": root,
+        "cache_dir": str(s.cache_dir),
+        "pending": st["pending"],
+        "pending_files": _pending_files(ops),
+        "uploading": st["uploading"],
+        "failed_attempts": st["failed_attempts"],
+        # an error of an upload that since succeeded is history, not state
+        "last_error": st["last_error"] if st["pending"] else None,
+        "uploaded": st["uploaded"],
+        "cache_bytes": st["cache_bytes"],
+    }
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.debug("cannot write %s: %s", path, exc)
+
+
+def _final_state(
+    path: Path, s: _Settings, root: str, account: str | None, left: list[dict[str, Any]], *, forced: bool
+) -> None:
+    """At exit: no state file when everything reached the server; else one that says
+    the daemon stopped and which files stay in the cache (`puterfs umount` reports it)."""
+    if not left:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return
+    _write_state(path, {
+        "pid": os.getpid(), "mountpoint": s.mountpoint, "api_url": s.api_url, "account": account,
+        "remote_root": root, "cache_dir": str(s.cache_dir), "stopped": True, "forced": forced,
+        "pending": len(left), "pending_files": left, "uploading": 0, "updated": time.time(),
+    })  # fmt: skip
+
+
+async def _state_writer(
+    ops: Any, s: _Settings, root: str, account: str | None, path: Path, changed: Any, stop: _Stop
+) -> None:
     import trio
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     last = None
     while True:
-        st = ops.statistics()
-        state = {
-            "pid": os.getpid(),
-            "mountpoint": s.mountpoint,
-            "api_url": s.api_url,
-            "remote_root": root,
-            "cache_dir": str(s.cache_dir),
-            "pending": st["pending"],
-            "uploading": st["uploading"],
-            "failed_attempts": st["failed_attempts"],
-            "last_error": st["last_error"],
-            "uploaded": st["uploaded"],
-            "cache_bytes": st["cache_bytes"],
-        }
+        state = _state(ops, s, root, account)
+        if stop.requested:
+            state["stopping"] = True
         if state != last:
+            if stop.requested and (last is None or state["pending"] != last["pending"]):
+                sd_notify(f"STATUS=uploading {state['pending']} pending file(s) before exit")
             state["updated"] = time.time()
-            tmp = path.with_name(path.name + ".tmp")
-            try:
-                tmp.write_text(json.dumps(state))
-                os.replace(tmp, path)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.debug("cannot write %s: %s", path, exc)
+            _write_state(path, state)
             state.pop("updated")
             last = state
         with trio.move_on_after(1.0):

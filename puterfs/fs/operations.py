@@ -136,6 +136,13 @@ class PuterOperations(pyfuse3.Operations):
                 self._last_change = ts
             await trio.sleep(interval)
 
+    async def release_all(self) -> None:
+        """The kernel let go of the mount: a handle still open now will never be released
+        (the kernel drops the RELEASE of the last close of a lazily detached mount), so
+        release them all, which queues their dirty files as a last close does."""
+        for fh in list(self._handles):
+            await self._release(fh)
+
     async def shutdown(self) -> None:
         """Upload everything pending (used on unmount and SIGTERM)."""
         self.queue.flush_all_now()
