@@ -35,6 +35,7 @@ from starlette.responses import Response
 from puterfs.emulator.auth import TokenFormatError, TokenSignatureError, sign_token, verify_token
 from puterfs.emulator.errors import ApiError, api_error
 from puterfs.emulator.faults import Faults, RequestLog, Rule, StreamShaper
+from puterfs.emulator.hosting import serve_site
 from puterfs.emulator.store import Store
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class Emulator:
         self.token = token
         self._write_token_file()
         # Imported here: the route modules register themselves on import.
-        from puterfs.emulator import presign, routes_ai, routes_auth, routes_fs, routes_gui  # noqa: F401
+        from puterfs.emulator import drivers_apps, presign, routes_ai, routes_auth, routes_fs, routes_gui  # noqa: F401
 
     def now(self) -> float:
         """The emulator's wall clock (seconds): upload expiries and rate windows use it."""
@@ -394,6 +395,9 @@ class Emulator:
 
     async def dispatch(self, request: Request, rule: Rule | None) -> Response:
         method, path = request.method, request.url.path
+        site = serve_site(self, method, path, request.headers.get("host", ""))
+        if site is not None:  # <sub>.site.<domain>, <name>.workers.<domain>
+            return site
         kind = host_kind(request.headers.get("host", ""), self.domain)
         entry = find_route(method, path)
         if entry is None and method == "HEAD":

@@ -18,6 +18,8 @@ Interfaces emulated here (reference: /work/shared/puter-api/README.md §7):
 ``openai_chat_completions`` and ``anthropic_messages`` serve the same chat models
 in the OpenAI and Anthropic wire shapes (README §8, non-stream JSON and SSE).
 
+``puter-kvstore`` is in ``drivers_kv.py``; ``puter-apps``, ``puter-subdomains`` and
+``workers`` are in ``drivers_apps.py`` (both registered in ``_IMPLEMENTED`` below).
 The other interfaces of ``/drivers/list-interfaces`` are listed as recorded but
 answer 500 "no provider" (the emulator does not implement them).
 
@@ -46,7 +48,7 @@ import anyio
 import anyio.to_thread
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from puterfs.emulator import media
+from puterfs.emulator import drivers_apps, drivers_kv, media
 from puterfs.emulator.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -949,6 +951,9 @@ _IMPLEMENTED: dict[str, tuple[Handler, frozenset[str]]] = {
     "puter-image-generation": (_image, frozenset({"generate"})),
     "puter-speech2txt": (_speech2txt, frozenset({"transcribe", "translate"})),
 }
+# KV, apps, hosting and workers live in their own modules.
+_IMPLEMENTED.update(drivers_kv.HANDLERS)
+_IMPLEMENTED.update(drivers_apps.HANDLERS)
 
 
 async def list_interfaces(ctx: DriverContext) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class DriverContext:
 
     def __init__(self, call: Call):
         self._call = call
+        self.call = call  # for the drivers that keep state (KV, apps, hosting)
         self.username = call.me.username
         self._shaper: StreamShaper = call.state["shaper"]
 

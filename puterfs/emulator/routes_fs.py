@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from puterfs.emulator import multipart
 from puterfs.emulator.app import Call, JSONResponse, parse_json_bytes, route
 from puterfs.emulator.errors import ApiError
+from puterfs.emulator.hosting import subdomains_of
 from puterfs.emulator.store import EMPTY_MD5, dedupe, join, metadata_json, mime_for, now_s, split_path
 
 Row = sqlite3.Row
@@ -58,6 +59,7 @@ def legacy(call: Call, e: Row, full: bool = False, size: int | None = None, quir
         sz = size if size is not None else 0
     else:
         sz = e["size"]
+    sites = subdomains_of(store, call.emu.domain, e["uid"], call.request.url.scheme or "http") if is_dir else []
     d: dict[str, Any] = {
         "id": e["uid"],
         "uid": e["uid"],
@@ -84,9 +86,9 @@ def legacy(call: Call, e: Row, full: bool = False, size: int | None = None, quir
         "accessed": None if is_home else e["accessed"],
         "size": sz,
         "layout": None,
-        "subdomains": [],
+        "subdomains": sites,
         "workers": [],
-        "has_website": False,
+        "has_website": bool(sites),
         "suggested_apps": [],
         "associated_app": None,
     }

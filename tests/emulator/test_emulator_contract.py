@@ -61,7 +61,13 @@ ADVANCE: dict[tuple[str, int], float] = {
 # Recorded users of the second recording (RECORDED-2.md): the session's own user is mapped
 # onto the emulator's admin; the other one (exbob, when exalice's session uses "exbob's token")
 # is a second user of the same name.
-SECOND_USERS = {"presign.jsonl": "exalice", "fs-extra.jsonl": "exalice", "limits.jsonl": "exbob"}
+SECOND_USERS = {"presign.jsonl": "exalice", "fs-extra.jsonl": "exalice", "limits.jsonl": "exbob",
+                "kv.jsonl": "exalice", "apps.jsonl": "exalice"}
+# Sessions whose user shows its signup details (email, last activity) on /whoami.
+SIGNED_UP_SESSIONS = {"apps"}
+# Size placeholders of big recorded bodies: "<1025 k characters>", "<342 x U+20AC>".
+_REPEAT_RE = re.compile(r"^<(\d+) (\S) characters>$")
+_REPEAT_CODEPOINT_RE = re.compile(r"^<(\d+) x U\+([0-9A-F]{4,6})>$")
 PATTERN = bytes(range(251)) * (10 * 1024 * 1024 // 251 + 2)  # byte i of a generated file = i % 251
 PART = 10 * 1024 * 1024
 
@@ -128,6 +134,8 @@ class Replayer:
                     self.storage["/" + w.split("/", 3)[3]] = g
                 elif k in ("uid", "id", "uuid") and isinstance(w, str) and isinstance(g, str) and UUID_RE.match(w):
                     self.uids.setdefault(w, g)
+                elif k == "cursor" and isinstance(w, str) and isinstance(g, str):
+                    self.uids.setdefault(w, g)  # a later request pages on with the recorded cursor
                 else:
                     self.learn_uids(w, g)
         elif isinstance(want, list) and isinstance(got, list):
@@ -136,11 +144,17 @@ class Replayer:
 
     def map_obj(self, o: Any) -> Any:
         if isinstance(o, str):
+            m = _REPEAT_RE.match(o)
+            if m:
+                return m.group(2) * int(m.group(1))
+            m = _REPEAT_CODEPOINT_RE.match(o)
+            if m:
+                return chr(int(m.group(2), 16)) * int(m.group(1))
             return self.map_str(o)
         if isinstance(o, list):
             return [self.map_obj(x) for x in o]
         if isinstance(o, dict):
-            return {k: self.map_obj(v) for k, v in o.items()}
+            return {self.map_str(k): self.map_obj(v) for k, v in o.items()}
         return o
 
     def token_for(self, rec: dict[str, Any]) -> str | None:
@@ -188,7 +202,7 @@ class Replayer:
                     "content": raw_body(rec)}
         sent = rec.get("request_headers") or {}
         # "site"/"workers" records carry their Host header; "dav" is dav.<domain>
-        host = HOSTS.get(rec["host"]) or sent.get("Host") or f"{rec['host']}.puter.localhost:4100"
+        host = HOSTS.get(rec["host"]) or self.map_str(sent.get("Host") or f"{rec['host']}.puter.localhost:4100")
         headers = {"Host": host}
         for k, v in sent.items():
             if k.lower() in ("origin", "range", "if-none-match", "if-modified-since"):
@@ -198,6 +212,13 @@ class Replayer:
             headers["Authorization"] = f"Bearer {tok}"
         kw: dict[str, Any] = {"headers": headers}
         req = self.map_obj(rec.get("request"))
+        if tok and rec["path"] == "/drivers/call" and isinstance(req, dict):
+            # puter.js puts the token in the body (auth_token) and workers args (authorization)
+            req = json.loads(json.dumps(req).replace('"<token>"', json.dumps(tok)))
+        if sent.get("Content-Type") == "text/plain;actually=json" and isinstance(req, dict):
+            headers["Content-Type"] = "text/plain;actually=json"
+            kw["content"] = json.dumps(req).encode()
+            return kw
         if isinstance(req, dict) and "$multipart" in req:
             files = []
             for part in req["$multipart"]:
@@ -228,6 +249,13 @@ class Replayer:
         rec_resp = rec.get("response") or {}
         if resp.status_code == rec["status"]:
             self.learn_uids(rec_resp, body)
+            want_r = rec_resp.get("result") if isinstance(rec_resp, dict) else None
+            got_r = body.get("result") if isinstance(body, dict) else None
+            if path == "/drivers/call" and isinstance(want_r, dict) and isinstance(got_r, dict):
+                # a deduplicated app name ends in 4 random characters
+                want_name, got_name = self.map_str(str(want_r.get("name"))), str(got_r.get("name"))
+                if "name" in want_r and want_name != got_name:
+                    self.names[want_name] = got_name
         if path in ("/login", "/login/otp", "/signup") and isinstance(body, dict):
             if body.get("next_step") == "otp":
                 self.tokens["otp"] = body["otp_jwt_token"]
@@ -380,6 +408,9 @@ async def _replay_session(session: str, recs: list[dict[str, Any]], tmp: Path) -
         rp.tokens["gui"] = emu.issue_token(emu.store.user_by_name("admin"), "gui")
         if second:
             rp.names[second] = "admin"
+            if session in SIGNED_UP_SESSIONS:
+                admin = emu.store.user_by_name("admin")
+                emu.store.update_user(admin["id"], email="admin@example.com", email_confirmed=1, via_signup=1)
             if second != "exbob":
                 bob = emu.store.create_user("exbob", "exbob-pass1")
                 emu.store.update_user(bob["id"], email_confirmed=1)

@@ -153,7 +153,7 @@ async def test_other_listed_driver_names_are_served() -> None:
 
 async def test_unimplemented_interface_answers_like_a_server_without_provider() -> None:
     assert_error(
-        await call({"interface": "puter-kvstore", "method": "get", "args": {"key": "k"}}),
+        await call({"interface": "puter-notifications", "method": "select", "args": {}}),
         500,
         "internal_error",
     )
