@@ -514,25 +514,108 @@ def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float, *, p
         time.sleep(0.2)
 
 
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def _mount_entry(state_path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """What `status` reports of one mount, from its daemon's state file. Fields written by
+    newer daemons (failed_files, large_uploads, auth, freshness) are passed on when present."""
     pid = _int(state, "pid")
     mountpoint = str(state.get("mountpoint") or "")
-    alive = _pid_alive(pid)
-    return {
+    alive = _pid_alive(pid) and not state.get("stopped")
+    pending = _int(state, "pending")
+    failed_files = _dicts(state.get("failed_files"))
+    entry = {
         "mountpoint": mountpoint,
         "pid": pid,
         "alive": alive,
+        "stopping": bool(state.get("stopping")) and alive,
+        "stopped": bool(state.get("stopped")),
         "mounted": bool(mountpoint) and _mount_fstype(mountpoint) is not None,
+        "account": state.get("account"),
         "api_url": state.get("api_url"),
         "remote_root": state.get("remote_root"),
         "cache_dir": state.get("cache_dir"),
-        "pending": _int(state, "pending"),
+        "pending": pending,
+        "pending_files": _dicts(state.get("pending_files")),
+        "failed_files": failed_files,
+        "large_uploads": _dicts(state.get("large_uploads")),
         "uploading": _int(state, "uploading"),
         "failed_attempts": _int(state, "failed_attempts"),
-        "last_error": state.get("last_error"),
+        # an error of an upload that has since gone through is not news
+        "last_error": state.get("last_error") if pending or failed_files else None,
         "updated": state.get("updated"),
         "state_file": str(state_path),
     }
+    for key in ("auth", "freshness"):
+        if isinstance(state.get(key), dict):
+            entry[key] = state[key]
+    return entry
+
+
+def _human_size(n: Any) -> str:
+    try:
+        size = float(n)
+    except (TypeError, ValueError):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+def _since(ts: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _print_mount(m: dict[str, Any]) -> None:
+    if m["stopped"]:
+        daemon = "stopped, with files left in the cache (uploaded by the next mount)"
+    elif not m["alive"]:
+        daemon = "NOT RUNNING (it died; `puterfs umount` cleans up)"
+    elif m["stopping"]:
+        daemon = "running, stopping (uploading what is pending, then exiting)"
+    else:
+        daemon = "running"
+    print(f"mount:    {m['mountpoint']}")
+    print(f"  daemon:   pid {m['pid']} {daemon}")
+    print(f"  account:  {m['account'] or '(unknown)'} on {m['api_url']}")
+    print(f"  remote:   {m['remote_root']}")
+    print(f"  cache:    {m['cache_dir']}")
+    auth = m.get("auth")
+    if auth:
+        line = str(auth.get("state") or "?")
+        if auth.get("token_kind"):
+            line += f" ({auth['token_kind']} token)"
+        if auth.get("message"):
+            line += f": {auth['message']}"
+        print(f"  auth:     {line}")
+    failed = m["failed_files"]
+    print(
+        f"  uploads:  {m['pending']} pending ({m['uploading']} uploading), {len(failed)} failed"
+        + (f", {m['failed_attempts']} retrying after errors" if m["failed_attempts"] else "")
+    )
+    shown = m["pending_files"]
+    for f in shown:
+        print(f"    pending  {f.get('path')}  {_human_size(f.get('size'))}  since {_since(f.get('since'))}")
+    if m["pending"] > len(shown) and shown:
+        print(f"    … and {m['pending'] - len(shown)} more")
+    for f in failed:
+        print(f"    FAILED   {f.get('path')}: {f.get('reason')}  since {_since(f.get('since'))}")
+    for f in m["large_uploads"]:
+        done, total = f.get("done") or 0, f.get("total") or 0
+        pct = f" {100 * done / total:.0f}%" if isinstance(done, (int, float)) and total else ""
+        print(f"    large    {f.get('path')}  {_human_size(done)} of {_human_size(total)}{pct}")
+    if m["last_error"]:
+        print(f"  last error: {m['last_error']}")
+    fresh = m.get("freshness")
+    if fresh:
+        print("  freshness: " + ", ".join(f"{k}={v}" for k, v in fresh.items()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -559,22 +642,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         json.dump({"account": account, "mounts": mounts}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(f"account:  {acc.username or '(not logged in)'} on {acc.api_url}")
+        # The saved login (what the next `puterfs mount` uses); each mount names its own below.
+        if acc.username:
+            print(f"login:    {acc.username} on {acc.api_url}")
+        else:
+            print(f"login:    none saved (`puterfs login`); the default server is {acc.api_url}")
         print(f"token:    {'yes (' + source + ')' if source else 'no'}")
         if not acc.verify_tls:
             print("tls:      verification OFF (--insecure)")
         if not mounts:
             print("mounts:   none")
         for m in mounts:
-            state = "running" if m["alive"] else "NOT RUNNING (stale state)"
-            print(f"mount:    {m['mountpoint']}")
-            print(f"  daemon:   pid {m['pid']} {state}")
-            print(f"  remote:   {m['remote_root']} on {m['api_url']}")
-            print(
-                f"  uploads:  {m['pending']} pending ({m['uploading']} uploading), "
-                f"{m['failed_attempts']} failed attempts"
-            )
-            print(f"  last error: {m['last_error'] or '-'}")
+            _print_mount(m)
     if args.mountpoint and not mounts:
         print(f"puterfs: error: {_mount_path(args.mountpoint)} is not mounted by puterfs", file=sys.stderr)
         return 1

@@ -180,7 +180,7 @@ def test_status_reports_a_running_mount_and_a_stale_one(run_cli, cli_env, tmp_pa
         assert (m["pending"], m["uploading"], m["failed_attempts"]) == (3, 0, 0)
         assert m["mounted"] is False  # the stand-in mounts nothing
         text = run_cli(["status", str(mp)]).stdout
-        assert "3 pending (0 uploading), 0 failed attempts" in text
+        assert "3 pending (0 uploading), 0 failed" in text
     finally:
         daemon.kill()
         daemon.wait()
@@ -284,3 +284,47 @@ def test_a_broken_pyfuse3_only_breaks_mount(cli_env, tmp_path):
     res = run("mount", str(tmp_path), "--token-file", "/dev/null")
     assert res.returncode == 1
     assert "pyfuse3" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_status_reads_the_newer_state_fields(run_cli, cli_env, tmp_path):
+    """The state-file fields other parts of the daemon add (failed files, large uploads,
+    auth, freshness) are shown when present; a stopped daemon's leftovers too."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "puterfs"])
+    try:
+        state = {
+            "pid": daemon.pid, "mountpoint": str(mp), "api_url": "http://127.0.0.1:1", "account": "alice",
+            "remote_root": "/alice", "cache_dir": "/c", "pending": 2, "uploading": 1, "failed_attempts": 0,
+            "last_error": "ServerError: boom",
+            "pending_files": [{"path": "a.txt", "size": 10, "since": 1.0e9}, {"path": "big.iso", "size": 5 << 30, "since": 1.0e9}],
+            "failed_files": [{"path": "huge.bin", "reason": "larger than the server's 100 MiB per-file limit", "since": 1.0e9}],
+            "large_uploads": [{"path": "big.iso", "done": 1 << 30, "total": 4 << 30}],
+            "auth": {"state": "paused", "message": "the server refused the token; run `puterfs login`", "token_kind": "session"},
+            "freshness": {"mode": "events"},
+        }  # fmt: skip
+        path = _state_path(cli_env, mp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state))
+        res = run_cli(["status", str(mp)])
+        assert res.returncode == 0, res.stderr
+        out = res.stdout
+        assert "account:  alice on http://127.0.0.1:1" in out
+        assert "FAILED   huge.bin: larger than the server's 100 MiB per-file limit" in out
+        assert "large    big.iso  1.0 GiB of 4.0 GiB 25%" in out
+        assert "pending  a.txt  10 B" in out
+        assert "auth:     paused (session token): the server refused the token" in out
+        assert "freshness: mode=events" in out
+        got = json.loads(run_cli(["status", "--json", str(mp)]).stdout)["mounts"][0]
+        assert got["failed_files"][0]["path"] == "huge.bin" and got["auth"]["state"] == "paused"
+        assert got["large_uploads"] == state["large_uploads"] and got["account"] == "alice"
+        # Drained: an old error is not shown any more.
+        path.write_text(json.dumps({**state, "pending": 0, "pending_files": [], "failed_files": [], "large_uploads": []}))
+        res = run_cli(["status", "--json", str(mp)])
+        assert json.loads(res.stdout)["mounts"][0]["last_error"] is None
+        # A daemon that stopped with files left: said so.
+        path.write_text(json.dumps({**state, "stopped": True}))
+        assert "stopped, with files left in the cache" in run_cli(["status", str(mp)]).stdout
+    finally:
+        daemon.kill()
+        daemon.wait()

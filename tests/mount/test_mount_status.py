@@ -1,0 +1,59 @@
+"""`puterfs status` of a real mount: the account and server it really uses, the files not
+yet uploaded and why, and no stale error once the queue drained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from mount_testlib import MountedFs, wait_for
+
+UPLOADS_FAIL = {"path": "/batch", "status": 500, "message": "injected: uploads fail"}
+
+
+def status(mount: MountedFs, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "puterfs", "status", *args],
+        env=mount.proc.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def status_json(mount: MountedFs) -> dict[str, Any]:
+    res = status(mount, "--json", str(mount.path))
+    assert res.returncode == 0, res.stderr
+    (entry,) = json.loads(res.stdout)["mounts"]
+    return entry
+
+
+def test_status_names_the_real_server_and_the_pending_files(mount: MountedFs) -> None:
+    # No saved login in this environment: the mount's own account and server are named.
+    res = status(mount)
+    assert res.returncode == 0, res.stderr
+    assert f"account:  {mount.user.username} on {mount.proc.url}" in res.stdout
+    assert "login:    none saved" in res.stdout
+    assert "(not logged in) on https://api.puter.com" not in res.stdout
+    entry = status_json(mount)
+    assert entry["account"] == mount.user.username and entry["api_url"] == mount.proc.url
+    assert entry["alive"] and entry["mounted"] and entry["pending_files"] == []
+
+    mount.emulator.set_faults(UPLOADS_FAIL)
+    try:
+        (mount.path / "notes").mkdir()
+        (mount.path / "notes" / "todo.txt").write_text("x" * 3000)
+        entry = wait_for(
+            lambda: (e := status_json(mount))["failed_attempts"] and e, 30, "a failed upload attempt in status"
+        )
+        assert [f["path"] for f in entry["pending_files"]] == ["notes/todo.txt"]
+        assert entry["pending_files"][0]["size"] == 3000 and entry["pending_files"][0]["since"] > 0
+        assert "injected: uploads fail" in entry["last_error"]
+        text = status(mount, str(mount.path)).stdout
+        assert "pending  notes/todo.txt  2.9 KiB  since " in text
+        assert "last error:" in text and "injected: uploads fail" in text
+    finally:
+        mount.emulator.clear_faults()
+    mount.wait_uploaded(timeout=120)
+    entry = status_json(mount)
+    assert entry["pending"] == 0 and entry["pending_files"] == [] and entry["last_error"] is None
+    assert "last error" not in status(mount).stdout
