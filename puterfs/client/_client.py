@@ -80,6 +80,9 @@ CONNECT_ONLY = Idempotency.CONNECT_ONLY
 MODELS_TTL = 3600.0
 # /batch accepts at most 64 files per request (API reference §5.6).
 BATCH_MAX_FILES = 64
+# Writes that carry entry metadata go as JSON (/fs/write, /fs/batchWrite: /batch has no
+# metadata channel), their bytes base64 in the body; the server's JSON parser takes 50 MB.
+JSON_WRITE_MAX = 8 << 20  # bytes of content per JSON request; bigger files: /batch, then /move new_metadata
 READDIR_PAGE = 1000
 # A directory listing bigger than this many pages means the server loops on cursors.
 READDIR_MAX_PAGES = 100_000
@@ -722,20 +725,28 @@ class PuterClient:
     async def fs_write(
         self, path: str, content: Content, options: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Write a file (multipart ``/batch``) and return its entry.
+        """Write a file and return its entry.
 
         ``content`` is text (UTF-8), bytes, a binary file object (read from its
         current position; streamed, never loaded whole) or a path to a local file.
         Options: ``overwrite`` (default True; False → :class:`AlreadyExists` when the
-        file exists), ``create_missing_parents`` (default False). The name is never
-        deduplicated.
+        file exists), ``create_missing_parents`` (default False), ``metadata`` (a dict
+        stored as the entry's metadata, merged by the server with the content type;
+        RECORDED-2 §7). The name is never deduplicated. Sent as multipart ``/batch``;
+        with ``metadata`` as ``/fs/write`` (files up to 8 MiB) or ``/batch`` followed by
+        ``/move new_metadata``.
         """
         opts = options or {}
         overwrite = bool(opts.get("overwrite", True))
         parents = bool(opts.get("create_missing_parents", opts.get("createMissingParents", False)))
+        metadata = opts.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError("metadata must be a dict")
         target = await self._abs(path)
         source = UploadSource(content)
         try:
+            if metadata is not None and source.size <= JSON_WRITE_MAX:
+                return (await self._json_writes([(target, source, metadata)], overwrite, parents))[0]
             status, results = await self._batch_upload(
                 [(target, source)], overwrite=overwrite, create_missing_parents=parents
             )
@@ -744,7 +755,60 @@ class PuterClient:
         outcome = self._op_result(status, results[0])
         if isinstance(outcome, PuterError):
             raise outcome
+        if metadata is not None:
+            return await self.fs_set_metadata(target, {"contentType": guess_type(target), **metadata})
         return outcome
+
+    async def _json_writes(
+        self, items: Sequence[tuple[str, UploadSource, dict[str, Any]]], overwrite: bool, parents: bool
+    ) -> list[dict[str, Any]]:
+        """Files with metadata, in one ``/fs/write`` (one item) or ``/fs/batchWrite`` request;
+        their entries in legacy form."""
+        reqs = []
+        for target, source, metadata in items:
+            data = b"".join([chunk async for chunk in source.chunks()])
+            reqs.append({
+                "fileMetadata": {
+                    "path": target, "size": len(data), "contentType": guess_type(target),
+                    "overwrite": overwrite, "dedupeName": False, "createMissingParents": parents,
+                    "metadata": metadata,
+                },
+                "fileContent": base64.b64encode(data).decode("ascii"),
+                "encoding": "base64",
+            })
+        idem = IDEMPOTENT if overwrite else SAFE_REJECTIONS
+        if len(reqs) == 1:
+            answers = [await self._post_json("/fs/write", reqs[0], idem=idem)]
+        else:
+            answers = await self._post_json("/fs/batchWrite", reqs, idem=idem)
+        if not isinstance(answers, list) or len(answers) != len(reqs):
+            raise ServerError("unexpected /fs/batchWrite answer")
+        out = []
+        for a in answers:
+            entry = a.get("fsEntry") if isinstance(a, dict) else None
+            if not isinstance(entry, dict):
+                raise ServerError("unexpected /fs/write answer")
+            out.append(legacy_entry(entry))
+        return out
+
+    async def fs_set_metadata(self, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Replace the whole metadata of an entry (contentType included: send it along) and
+        return the entry: a legacy ``/move`` onto its own name with ``new_metadata``
+        (RECORDED-2 §7). It also bumps the entry's ``modified``."""
+        target = await self._abs(path)
+        parent, name = _split(target)
+        if not name:
+            raise BadRequest("cannot set the metadata of /")
+        body = {
+            "source": target, "destination": parent, "new_name": name, "overwrite": False,
+            "dedupe_name": False, "new_metadata": metadata,
+        }
+        # onto its own path: no collision, so a retry after a success is harmless
+        data = await self._post_json("/move", body, idem=IDEMPOTENT)
+        moved = data.get("moved") if isinstance(data, dict) else None
+        if not isinstance(moved, dict):
+            raise ServerError("unexpected /move answer")
+        return moved
 
     async def fs_write_many(
         self,
@@ -752,13 +816,17 @@ class PuterClient:
         *,
         overwrite: bool = True,
         create_missing_parents: bool = False,
+        metadata: Sequence[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any] | PuterError]:
         """Upload several files in one ``/batch`` request (one per 64 files).
 
         Returns one item per file, in order: its entry, or the exception object for
         that file (not raised). When a whole request fails, each of its files gets
-        that request's exception.
+        that request's exception. With ``metadata`` (one dict per file) the files go
+        as ``/fs/batchWrite`` instead (up to 64 files and 8 MiB per request).
         """
+        if metadata is not None:
+            return await self._write_many_with_metadata(files, list(metadata), overwrite, create_missing_parents)
         out: list[dict[str, Any] | PuterError] = []
         for start in range(0, len(files), BATCH_MAX_FILES):
             chunk = files[start : start + BATCH_MAX_FILES]
@@ -778,6 +846,36 @@ class PuterClient:
             finally:
                 for source in sources:
                     source.close()
+        return out
+
+    async def _write_many_with_metadata(
+        self, files: Sequence[tuple[str, Content]], metadata: list[dict[str, Any]], overwrite: bool, parents: bool
+    ) -> list[dict[str, Any] | PuterError]:
+        if len(metadata) != len(files):
+            raise ValueError("one metadata dict per file")
+        out: list[dict[str, Any] | PuterError] = []
+        chunk: list[tuple[str, UploadSource, dict[str, Any]]] = []
+        size = 0
+
+        async def send() -> None:
+            try:
+                out.extend(await self._json_writes(chunk, overwrite, parents))
+            except PuterError as exc:
+                out.extend([exc] * len(chunk))
+            finally:
+                for _, source, _ in chunk:
+                    source.close()
+            chunk.clear()
+
+        for (path, content), md in zip(files, metadata, strict=True):
+            source = UploadSource(content)
+            if chunk and (len(chunk) >= BATCH_MAX_FILES or size + source.size > JSON_WRITE_MAX):
+                await send()
+                size = 0
+            chunk.append((await self._abs(path), source, md))
+            size += source.size
+        if chunk:
+            await send()
         return out
 
     async def _read_range(
@@ -1506,3 +1604,15 @@ def _seekable(fileobj: Any) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
 
+
+
+def legacy_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A v2 entry (``/fs/*`` answers: camelCase) with the legacy keys (``is_dir``, ``id``, ...)
+    added, so callers read one shape."""
+    out = dict(entry)
+    for v2_key, key in (("isDir", "is_dir"), ("parentUid", "parent_uid"), ("isShortcut", "is_shortcut"),
+                        ("isSymlink", "is_symlink"), ("isPublic", "is_public")):
+        if v2_key in entry and key not in out:
+            out[key] = entry[v2_key]
+    out.setdefault("id", entry.get("uid") or entry.get("uuid"))
+    return out

@@ -91,6 +91,9 @@ def fuse_errors(func: F) -> F:
                 log.debug("%s: %s -> %s", func.__name__, exc, errno.errorcode.get(code, code))
             elif isinstance(exc, E.PuterError):
                 log.warning("%s failed: %s", func.__name__, exc)
+            elif isinstance(exc, OSError) and exc.errno:
+                # the cache disk refused (EFBIG, ENOSPC, ...): the caller gets that errno
+                log.warning("%s: %s", func.__name__, exc)
             else:
                 log.exception("%s: unexpected error, reporting EIO", func.__name__)
             raise pyfuse3.FUSEError(code) from None

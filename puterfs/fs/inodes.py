@@ -34,6 +34,7 @@ class Node:
     mtime_local: bool = False  # set by utimens: the server's time does not override it
     # fingerprint of the server's copy as last seen: (uid, size, modified)
     remote_fp: tuple[str | None, int, int | None] | None = None
+    remote_meta: dict | None = None  # the entry's metadata on the server as last seen
     lookups: int = 0
     opens: int = 0
     writers: int = 0

@@ -34,7 +34,7 @@ from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterConne
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
 from puterfs.fs.errors import FsError, fuse_errors
 from puterfs.fs.inodes import InodeTable, Node
-from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, split
+from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, posix_metadata, split
 from puterfs.fs.writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class PuterOperations(pyfuse3.Operations):
         self._locks: dict[int, trio.Lock] = {}
         self._df: tuple[float, int, int] | None = None
         self._last_change: int | None = None
+        self._meta_jobs: dict[int, Node] = {}  # write-back key (-inode) -> node whose attributes go up
 
     # ------------------------------------------------------------------ start-up / shutdown
 
@@ -176,7 +177,7 @@ class PuterOperations(pyfuse3.Operations):
         a.entry_timeout = self.attr_timeout
         a.attr_timeout = self.attr_timeout
         a.st_mode = node.mode
-        a.st_nlink = 2 if node.is_dir else 1
+        a.st_nlink = self._nlink(node)
         a.st_uid = self.uid
         a.st_gid = self.gid
         a.st_rdev = 0
@@ -188,6 +189,16 @@ class PuterOperations(pyfuse3.Operations):
         a.st_mtime_ns = node.mtime_ns
         a.st_ctime_ns = node.ctime_ns or node.mtime_ns
         return a
+
+    def _nlink(self, node: Node) -> int:
+        """POSIX link counts: a directory has 2 + one per subdirectory ("." and each ".."),
+        a file 1 while it has a name, 0 once unlinked (still open)."""
+        if not node.is_dir:
+            return 1 if node.in_tree else 0
+        subdirs = sum(1 for c in (node.children or {}).values() if c.is_dir)
+        if node is self.table.root and self.ai is not None:
+            subdirs += 1  # .ai
+        return 2 + subdirs
 
     @staticmethod
     def _name(name: bytes, *, creating: bool) -> str:
@@ -214,17 +225,90 @@ class PuterOperations(pyfuse3.Operations):
         )
 
     def _touch_dir(self, node: Node) -> None:
+        """An entry was created or removed in directory `node`: its mtime moves, and is kept
+        on the server (the server never changes a directory's own times)."""
         node.local_seq = self.table.next_seq()
-        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.mtime_ns = node.ctime_ns = max(time.time_ns(), node.mtime_ns)
+        self._posix_changed(node)
+
+    # -- mode and mtime on the server (entry metadata, docs/inodes.md)
+
+    def _posix_changed(self, node: Node) -> None:
+        """`node`'s mode or mtime changed here: get it to the server, debounced. A dirty file's
+        pending upload carries it (made to start over if one is in flight); anything else gets
+        a metadata update (a /move onto itself) through the write-back queue under key -inode."""
+        if node is self.table.root or not node.in_tree:
+            return
+        ent = node.entry
+        if ent is not None and ent.dirty and not node.is_dir:
+            ent.version += 1  # an upload in flight carries the old attributes: it must not count
+            if node.writers == 0:
+                self.queue.schedule(ent.id)
+            return
+        self._meta_jobs[-node.inode] = node
+        self.queue.schedule(-node.inode)
+
+    def _meta_pending(self, node: Node) -> bool:
+        return self.queue.pending(-node.inode) or (node.entry is not None and node.entry.dirty and not node.is_dir)
+
+    def _posix_metadata(self, mode: int, mtime_ns: int) -> dict[str, str]:
+        return posix_metadata(None if stat.S_ISLNK(mode) else mode, mtime_ns)
+
+    async def _push_metadata(self, key: int) -> None:
+        node = self._meta_jobs.pop(key, None)  # a change meanwhile puts it back
+        if node is None or not node.in_tree or node is self.table.root:
+            return
+        try:
+            await self._push_metadata_of(node)
+        except BaseException:
+            self._meta_jobs.setdefault(key, node)  # retried by the queue
+            raise
+
+    async def _push_metadata_of(self, node: Node) -> None:
+        if node.entry is not None and node.entry.dirty and not node.is_dir:
+            return  # its upload carries the attributes
+        if node.remote_fp is None and not node.is_dir:
+            return  # not on the server yet; its upload will carry them
+        md = self._posix_metadata(node.mode, node.mtime_ns)
+        path = node.path
+        try:
+            result = await self.remote.set_metadata(path, md, known=node.remote_meta, is_dir=node.is_dir)
+        except NotFound:
+            if node.in_tree and node.path != path:
+                raise  # renamed meanwhile: retried under the new name
+            return  # gone meanwhile
+        node.remote_meta = result.metadata
+        old = node.remote_fp
+        node.remote_fp = result.fingerprint
+        ent = node.entry
+        if ent is not None and not ent.dirty and old is not None and ent.base_uid == old[0]:
+            # the update bumped `modified`: the cached content is still the server's
+            self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified)
+        if node.page_fp == ("remote", old):
+            node.page_fp = ("remote", result.fingerprint)
 
     def _set_remote(self, node: Node, e: RemoteEntry) -> None:
-        """Update `node` from what the server says about it."""
+        """Update `node` from what the server says about it.
+
+        Mode and mtime come from the entry's metadata when it has them (else the mtime is the
+        server's whole-second `modified`), unless changed here and not on the server yet.
+        ctime never goes backwards, nor does a directory's mtime through a refresh (the
+        server never moves a directory's own time when its entries change)."""
         fp = e.fingerprint
-        changed = node.remote_fp is not None and node.remote_fp != fp
+        fresh = node.remote_fp is None
+        changed = not fresh and node.remote_fp != fp
         node.remote_fp = fp
+        node.remote_meta = e.metadata
+        srv_ctime = max(e.created or 0, e.modified or 0) * 1_000_000_000
+        pending = self._meta_pending(node)
         if node.is_dir:
-            if e.modified and not node.mtime_local:
-                node.mtime_ns = e.modified * 1_000_000_000
+            if not pending:
+                mt = e.mtime_ns
+                if mt and (fresh or e.meta_mtime_ns is not None or mt > node.mtime_ns):
+                    node.mtime_ns = mt
+                if e.mode is not None and stat.S_ISDIR(e.mode):
+                    node.mode = stat.S_IFDIR | stat.S_IMODE(e.mode)
+            node.ctime_ns = max(srv_ctime, node.mtime_ns if fresh else node.ctime_ns)
             return
         ent = node.entry
         if ent is not None and not ent.dirty and ent.base_uid is not None and (ent.base_uid, ent.base_size, ent.base_modified) != fp:
@@ -235,11 +319,20 @@ class PuterOperations(pyfuse3.Operations):
             changed = True
         if ent is None or not ent.dirty:
             node.size = e.size
-            if e.modified and (not node.mtime_local or changed):
-                node.mtime_ns = e.modified * 1_000_000_000
-                node.mtime_local = False
-            if e.created:
-                node.ctime_ns = max(e.created, e.modified or 0) * 1_000_000_000
+            if not pending or changed:
+                mt = e.mtime_ns
+                if mt:
+                    node.mtime_ns = mt
+                    node.mtime_local = False
+                if e.mode is not None and not stat.S_ISDIR(e.mode) and not stat.S_ISLNK(node.mode):
+                    node.mode = stat.S_IFREG | stat.S_IMODE(e.mode)
+                    if node.entry is not None and node.entry.mode != node.mode:
+                        node.entry.mode = node.mode
+                        self.cache.save(node.entry)
+            if fresh:
+                node.ctime_ns = max(srv_ctime, node.mtime_ns)
+            else:
+                node.ctime_ns = max(node.ctime_ns, srv_ctime)
 
     def _node_for_entry(self, parent: Node, e: RemoteEntry) -> Node:
         path = join(parent.path, e.name)
@@ -478,6 +571,7 @@ class PuterOperations(pyfuse3.Operations):
         node = self._node_of_entry(ent)
         if node is not None:
             node.remote_fp = result.fingerprint
+            node.remote_meta = result.metadata
             node.attr_epoch = self.epoch
             node.page_fp = ("remote", result.fingerprint) if node.page_fp is not None else None
 
@@ -485,6 +579,13 @@ class PuterOperations(pyfuse3.Operations):
         results: dict[int, BaseException | None] = {}
         batch: list[CacheEntry] = []
         for key in keys:
+            if key < 0:  # a metadata update (see _posix_changed)
+                try:
+                    await self._push_metadata(key)
+                    results[key] = None
+                except PuterError as exc:
+                    results[key] = exc
+                continue
             ent = self.cache.entries.get(key)
             if ent is None or not ent.dirty:
                 results[key] = None
@@ -504,12 +605,14 @@ class PuterOperations(pyfuse3.Operations):
     async def _upload_batch(self, batch: list[CacheEntry]) -> dict[int, BaseException | None]:
         items = []
         versions = []
+        metadata = []
         for ent in batch:
             with open(self.cache.data_path(ent.id), "rb") as f:
                 items.append((ent.path, f.read()))
             versions.append(ent.version)
+            metadata.append(self._posix_metadata(ent.mode, ent.mtime_ns))
         log.debug("uploading %d small files in one request", len(items))
-        outcome = await self._attempt(batch, self.remote.upload_many(items, overwrite=False))
+        outcome = await self._attempt(batch, self.remote.upload_many(items, overwrite=False, metadata=metadata))
         results: dict[int, BaseException | None] = {}
         for ent, version, res in zip(batch, versions, outcome, strict=True):
             if isinstance(res, AlreadyExists):
@@ -569,7 +672,8 @@ class PuterOperations(pyfuse3.Operations):
         with open(self.cache.data_path(ent.id), "rb") as f:
             # small files go up as a snapshot (a write meanwhile need not cancel the upload)
             source: Any = io.BytesIO(f.read()) if ent.size <= SMALL_FILE else f
-            result = await self._attempt([ent], self.remote.upload(path, source, ent.size, overwrite=True))
+            md = self._posix_metadata(ent.mode, ent.mtime_ns)
+            result = await self._attempt([ent], self.remote.upload(path, source, ent.size, overwrite=True, metadata=md))
         self._uploaded(ent, version, result)
 
     # ------------------------------------------------------------------ lookup & attributes
@@ -645,7 +749,10 @@ class PuterOperations(pyfuse3.Operations):
                 self.cache.save(node.entry)
         if fields.update_atime:
             node.atime_ns = attr.st_atime_ns
-        node.ctime_ns = now
+        node.ctime_ns = max(now, node.ctime_ns)
+        if fields.update_mode or fields.update_mtime:
+            self._check_writable()
+            self._posix_changed(node)
         return self._attr(node)
 
     async def _truncate(self, node: Node, size: int) -> None:
@@ -660,7 +767,13 @@ class PuterOperations(pyfuse3.Operations):
         else:
             ent = await self._ensure_complete(node)
         self._dirty(node)
-        os.truncate(self.cache.data_path(ent.id), size)
+        try:
+            os.truncate(self.cache.data_path(ent.id), size)
+        except OSError as exc:
+            # nothing changed (EFBIG, ENOSPC): the file is still to be uploaded as it is
+            if node.writers == 0 and node.in_tree:
+                self.queue.schedule(ent.id)
+            raise FsError(exc.errno or errno.EIO, f"truncate of {node.path} to {size}: {exc.strerror}") from None
         ent.size = size
         node.size = size
         node.mtime_ns = node.ctime_ns = time.time_ns()
@@ -960,7 +1073,16 @@ class PuterOperations(pyfuse3.Operations):
                 node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
                 self.cache.save(node.entry)
             else:
+                old_fp = node.remote_fp
                 node.remote_fp = result.fingerprint
+                node.remote_meta = result.metadata
+                ent = node.entry
+                if ent is not None and old_fp is not None and ent.base_uid == old_fp[0] == result.uid:
+                    # a move bumps `modified`, the content the cache is based on is the same
+                    ent.base_modified = result.modified
+                    self.cache.save(ent)
+                if node.page_fp == ("remote", old_fp):
+                    node.page_fp = ("remote", result.fingerprint)
                 return
         if target_remote:
             # the source exists only here and replaces what the server holds at the new name:

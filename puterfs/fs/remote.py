@@ -7,7 +7,11 @@ cannot interrupt a handler: a hung request would hang the caller's syscall forev
 
 from __future__ import annotations
 
+import calendar
+import json
 import logging
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -15,10 +19,52 @@ from typing import IO, Any
 import trio
 
 from puterfs.client._errors import PuterConnectionError, PuterTimeout
+from puterfs.client._multipart import guess_type
 
 OFFLINE_GRACE = 5.0  # after a failure to reach the server, calls fail at once for this long
 
 log = logging.getLogger(__name__)
+
+
+# The POSIX attributes the mount keeps in an entry's metadata (docs/inodes.md), named as
+# rclone names them: "mode" is st_mode in octal ("100755"), "mtime" RFC 3339 with nanoseconds.
+META_MODE = "mode"
+META_MTIME = "mtime"
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def format_mtime(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+def parse_mtime(text: Any) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 time, None when it is not one."""
+    m = _RFC3339.match(text) if isinstance(text, str) else None
+    if m is None:
+        return None
+    y, mo, d, h, mi, s_, frac, tz = m.groups()
+    try:
+        sec = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(s_), 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        sec -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return sec * 1_000_000_000 + int((frac or "").ljust(9, "0"))
+
+
+def parse_mode(text: Any) -> int | None:
+    if not isinstance(text, str) or not re.fullmatch(r"[0-7]{1,7}", text):
+        return None
+    return int(text, 8)
+
+
+def posix_metadata(mode: int | None, mtime_ns: int) -> dict[str, str]:
+    md = {META_MTIME: format_mtime(mtime_ns)}
+    if mode is not None:
+        md[META_MODE] = f"{mode:o}"
+    return md
 
 
 @dataclass(frozen=True)
@@ -29,13 +75,37 @@ class RemoteEntry:
     modified: int | None  # seconds
     created: int | None
     uid: str | None
+    metadata: dict[str, Any] | None = None  # the entry's metadata when it is a JSON object
 
     @property
     def fingerprint(self) -> tuple[str | None, int, int | None]:
         return (self.uid, self.size, self.modified)
 
+    @property
+    def mode(self) -> int | None:
+        """st_mode kept in the metadata (by this mount or another rclone-style tool)."""
+        return parse_mode((self.metadata or {}).get(META_MODE))
+
+    @property
+    def meta_mtime_ns(self) -> int | None:
+        return parse_mtime((self.metadata or {}).get(META_MTIME))
+
+    @property
+    def mtime_ns(self) -> int | None:
+        """The file's own mtime: from the metadata, else the server's (whole-second) modified."""
+        m = self.meta_mtime_ns
+        if m is not None:
+            return m
+        return self.modified * 1_000_000_000 if self.modified else None
+
     @classmethod
     def from_json(cls, e: dict[str, Any]) -> RemoteEntry:
+        md: Any = e.get("metadata")
+        if isinstance(md, str):
+            try:
+                md = json.loads(md)  # a string, often JSON; any client can store any string
+            except ValueError:
+                md = None
         return cls(
             name=str(e.get("name") or ""),
             is_dir=bool(e.get("is_dir")),
@@ -43,6 +113,7 @@ class RemoteEntry:
             modified=int(e["modified"]) if e.get("modified") is not None else None,
             created=int(e["created"]) if e.get("created") is not None else None,
             uid=e.get("uid") or e.get("id") or e.get("uuid"),
+            metadata=md if isinstance(md, dict) else None,
         )
 
 
@@ -97,21 +168,28 @@ class Remote:
         )
         return data
 
-    async def upload(self, rel: str, source: IO[bytes], size: int, *, overwrite: bool = True) -> RemoteEntry:
+    async def upload(
+        self, rel: str, source: IO[bytes], size: int, *, overwrite: bool = True, metadata: dict[str, Any] | None = None
+    ) -> RemoteEntry:
+        """Upload a file; `metadata` becomes its entry metadata (every upload must carry it:
+        the server drops custom keys on an overwrite)."""
+        opts: dict[str, Any] = {"overwrite": overwrite, "create_missing_parents": True}
+        if metadata is not None:
+            opts["metadata"] = metadata
         entry = await self._call(
-            "upload", self.client.fs_write, self.abspath(rel), source,
-            {"overwrite": overwrite, "create_missing_parents": True},
+            "upload", self.client.fs_write, self.abspath(rel), source, opts,
             timeout=self.timeout + size / (128 * 1024),
         )
         return RemoteEntry.from_json(entry)
 
     async def upload_many(
-        self, items: Sequence[tuple[str, bytes]], *, overwrite: bool
+        self, items: Sequence[tuple[str, bytes]], *, overwrite: bool, metadata: Sequence[dict[str, Any]] | None = None
     ) -> list[RemoteEntry | BaseException]:
         total = sum(len(d) for _, d in items)
+        kw: dict[str, Any] = {} if metadata is None else {"metadata": list(metadata)}
         results = await self._call(
             "batch upload", self.client.fs_write_many, [(self.abspath(rel), data) for rel, data in items],
-            overwrite=overwrite, create_missing_parents=True, timeout=self.timeout + total / (128 * 1024),
+            overwrite=overwrite, create_missing_parents=True, timeout=self.timeout + total / (128 * 1024), **kw,
         )
         return [r if isinstance(r, BaseException) else RemoteEntry.from_json(r) for r in results]
 
@@ -128,6 +206,20 @@ class Remote:
             "move", self.client.fs_move, self.abspath(src), self.abspath(dst), overwrite=overwrite
         )
         return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
+
+    async def set_metadata(
+        self, rel: str, metadata: dict[str, Any], *, known: dict[str, Any] | None, is_dir: bool
+    ) -> RemoteEntry:
+        """Store `metadata`'s keys in the entry's metadata, keeping the other keys of `known`
+        (what the server held as last seen) and a file's content type: the server replaces
+        the whole metadata."""
+        if not rel:
+            raise PermissionError("the mount root's metadata is not kept on the server")
+        md = dict(known or {})
+        md.update(metadata)
+        if "contentType" not in md and not is_dir:
+            md["contentType"] = guess_type(rel.rpartition("/")[2])
+        return RemoteEntry.from_json(await self._call("set metadata", self.client.fs_set_metadata, self.abspath(rel), md))
 
     async def df(self) -> tuple[int, int]:
         d = await self._call("df", self.client.fs_df)
@@ -157,4 +249,4 @@ def conflict_name(name: str, when: float) -> str:
     return f"{name}.conflict-{stamp}"
 
 
-__all__ = ["Remote", "RemoteEntry", "join", "split", "conflict_name"]
+__all__ = ["Remote", "RemoteEntry", "join", "split", "conflict_name", "posix_metadata", "format_mtime", "parse_mtime"]

@@ -320,3 +320,32 @@ async def test_compat_extras_against_emulator(puter: PuterClient, tmp_path: Path
     result = await puter.ai_speech2txt(b"\x00" * 64, test_mode=True)
     assert isinstance(result, dict) and result["text"]
     assert await puter.auth_is_signed_in()
+
+
+async def test_entry_metadata_round_trip(puter: PuterClient, puter_user) -> None:
+    """Metadata rides on writes (/fs/write, /fs/batchWrite, /batch + /move for big files),
+    an overwrite without it drops it, fs_set_metadata replaces it (RECORDED-2 §7)."""
+    import json
+
+    small = await puter.fs_write("m/a.txt", b"abc", {"metadata": {"mode": "100755"}, "create_missing_parents": True})
+    assert small["is_dir"] is False and small["size"] == 3
+    assert json.loads(small["metadata"]) == {"mode": "100755", "contentType": "text/plain"}
+    big = b"x" * ((8 << 20) + 1)
+    entry = await puter.fs_write("m/big.bin", big, {"metadata": {"mtime": "t"}})
+    assert entry["size"] == len(big) and json.loads(entry["metadata"])["mtime"] == "t"
+    many = await puter.fs_write_many(
+        [("m/b.txt", b"b"), ("m/c.txt", b"cc")], metadata=[{"k": 1}, {"k": 2}], create_missing_parents=True
+    )
+    assert [json.loads(e["metadata"])["k"] for e in many] == [1, 2]  # type: ignore[index]
+    stat = await puter.fs_stat("m/c.txt")
+    assert json.loads(stat["metadata"]) == {"k": 2, "contentType": "text/plain"} and stat["size"] == 2
+    listed = {e["name"]: e["metadata"] for e in await puter.fs_readdir("m")}
+    assert json.loads(listed["b.txt"])["k"] == 1
+    await puter.fs_write("m/a.txt", b"new")  # an overwrite without metadata drops the custom keys
+    assert json.loads((await puter.fs_stat("m/a.txt"))["metadata"]) == {"contentType": "text/plain"}
+    moved = await puter.fs_set_metadata("m/a.txt", {"mode": "100600"})
+    assert json.loads(moved["metadata"]) == {"mode": "100600"} and moved["path"].endswith("/m/a.txt")
+    assert await puter.fs_read("m/a.txt") == b"new"
+    d = await puter.fs_set_metadata("m", {"mtime": "1"})
+    assert d["is_dir"] and json.loads((await puter.fs_stat("m"))["metadata"]) == {"mtime": "1"}
+    assert sorted(e["name"] for e in await puter.fs_readdir("m")) == ["a.txt", "b.txt", "big.bin", "c.txt"]
