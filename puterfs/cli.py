@@ -477,7 +477,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float, *, progress: bool = True) -> None:
     deadline = time.monotonic() + timeout
-    shown: tuple[int, int, str | None, int] | None = None
+    shown: tuple[int, int, str | None, int, str | None] | None = None
     while True:
         alive = _pid_alive(pid)
         if not alive:
@@ -494,9 +494,14 @@ def _wait_for_daemon(pid: int, path: str, state_path: Path, timeout: float, *, p
         waiting = _int(state, "pending")
         failed = _int(state, "failed_attempts")
         error = (state or {}).get("last_error")
-        now = (waiting, failed, error, _int(state, "uploading"))
+        auth = (state or {}).get("auth") if isinstance((state or {}).get("auth"), dict) else {}
+        refused = auth.get("message") if auth.get("state") == "refused" else None
+        now = (waiting, failed, error, _int(state, "uploading"), refused)
         if progress and state is not None and now != shown and (waiting or failed):
             msg = f"waiting for {waiting} pending uploads…"
+            if refused:
+                msg += f" ({refused}; the mount uploads them then)"
+                error = None
             if _int(state, "uploading"):
                 msg += f" ({_int(state, 'uploading')} in flight)"
             if failed:

@@ -71,6 +71,8 @@ class _Settings:
     cache_dir: Path
     verify_tls: bool
     args: argparse.Namespace
+    token_file: Path | None = None  # reread when it changes (None: the token came from the environment)
+    token_source: str = ""
 
 
 def _fail(msg: str) -> int:
@@ -99,9 +101,11 @@ def _settings(args: argparse.Namespace) -> _Settings | str:
     api_url = args.api_url or acc.api_url
     web_url = args.web_url or (api_url if args.api_url else acc.web_url)
     cache_dir = Path(args.cache_dir) if args.cache_dir else config.cache_dir() / config.mount_key(mp)
+    token_file = config.token_path(args.token_file)
     return _Settings(
         mountpoint=mp, api_url=api_url, web_url=web_url, token=token, remote_root=args.remote_root,
         cache_dir=cache_dir, verify_tls=acc.verify_tls and not args.insecure, args=args,
+        token_file=token_file, token_source=str(token_file) if token_file is not None else str(config.token_env()),
     )
 
 
@@ -220,6 +224,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
     from puterfs.fs.cache import CacheStore
     from puterfs.fs.operations import PuterOperations
     from puterfs.fs.remote import Remote
+    from puterfs.mount_auth import MountAuth
 
     args = s.args
     state_path = config.mount_state_file(s.mountpoint)
@@ -243,6 +248,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
         remote = Remote(client, root, timeout=args.timeout)
         changed = _Changed(trio.Event)
         on_change = changed.set
+        remote.on_auth_change = on_change
 
         ops = PuterOperations(
             remote, cache, attr_timeout=args.attr_timeout, write_back=args.write_back,
@@ -254,6 +260,13 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             cache.close()
             ready(False, f"cannot use {root} on {s.api_url}: {exc}")
             return 1
+
+        def resumed() -> None:
+            ops.queue.retry_now()  # what failed while the token was refused goes up now
+            ops.epoch += 1  # and listings are read again
+
+        auth = MountAuth(client, remote, token_file=s.token_file, token_source=s.token_source,
+                         on_resume=resumed, on_change=on_change)
         try:
             from puterfs.fs.aifiles import AiFiles
 
@@ -285,10 +298,11 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             async with trio.open_nursery() as nursery:
                 await nursery.start(ops.queue.run)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
-                nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop)
+                nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop, auth)
+                nursery.start_soon(auth.run)
                 if ops.ai is not None:
                     await ops.ai.start(nursery)
-                nursery.start_soon(_signals, ops, stop)
+                nursery.start_soon(_signals, ops, stop, auth)
                 ready(True)
                 await pyfuse3.main()
                 stop.serving = False
@@ -384,7 +398,7 @@ class _Stop:
             self._scopes.discard(scope)
 
 
-async def _signals(ops: Any, stop: _Stop) -> None:
+async def _signals(ops: Any, stop: _Stop, auth: Any) -> None:
     import pyfuse3
     import trio
 
@@ -402,6 +416,7 @@ async def _signals(ops: Any, stop: _Stop) -> None:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     ops.epoch += 1  # re-read listings
+                    auth.reread()  # and the token file (`puterfs login` sends SIGHUP)
                 elif signum == signal.SIGUSR1 or (signum == signal.SIGINT and stop.requested):
                     stop.force()
                 elif stop.request(signal.Signals(signum).name):
@@ -424,7 +439,7 @@ def _pending_files(ops: Any, cap: int | None = PENDING_FILES_CAP) -> list[dict[s
     return [{"path": e.path, "size": e.size, "since": e.mtime_ns / 1e9} for e in entries]
 
 
-def _state(ops: Any, s: _Settings, root: str, account: str | None) -> dict[str, Any]:
+def _state(ops: Any, s: _Settings, root: str, account: str | None, auth: Any = None) -> dict[str, Any]:
     st = ops.statistics()
     return {
         "pid": os.getpid(),
@@ -441,6 +456,8 @@ def _state(ops: Any, s: _Settings, root: str, account: str | None) -> dict[str, 
         "last_error": st["last_error"] if st["pending"] else None,
         "uploaded": st["uploaded"],
         "cache_bytes": st["cache_bytes"],
+        # {"state": "ok"|"refused", "message", "detail", "token_kind", "token_source", "token_file"}
+        "auth": auth.state() if auth is not None else None,
     }
 
 
@@ -473,14 +490,14 @@ def _final_state(
 
 
 async def _state_writer(
-    ops: Any, s: _Settings, root: str, account: str | None, path: Path, changed: Any, stop: _Stop
+    ops: Any, s: _Settings, root: str, account: str | None, path: Path, changed: Any, stop: _Stop, auth: Any
 ) -> None:
     import trio
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     last = None
     while True:
-        state = _state(ops, s, root, account)
+        state = _state(ops, s, root, account, auth)
         if stop.requested:
             state["stopping"] = True
         if state != last:

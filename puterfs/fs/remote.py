@@ -12,16 +12,17 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 import trio
 
-from puterfs.client._errors import PuterConnectionError, PuterTimeout
+from puterfs.client._errors import AuthenticationError, PuterConnectionError, PuterTimeout
 from puterfs.client._multipart import guess_type
 
 OFFLINE_GRACE = 5.0  # after a failure to reach the server, calls fail at once for this long
+TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,25 @@ class Remote:
         # calls fail at once (callers fall back to cached data) until the change poller,
         # which keeps trying, gets through again.
         self._offline_until = 0.0
+        # A 401 is not temporary: until a new token is in place (resume_auth) no call is
+        # sent at all; each fails at once with AuthenticationError (EACCES), and dirty files
+        # stay in the cache. `on_auth_change` is called when this flips either way.
+        self.token_refused: str | None = None  # the server's words, while refused
+        self.on_auth_change: Callable[[], None] | None = None
+
+    def refuse_auth(self, detail: str) -> None:
+        if self.token_refused is None:
+            log.error("%s (the server said: %s); changes stay in the cache until then", TOKEN_REFUSED, detail)
+        self.token_refused = detail
+        if self.on_auth_change is not None:
+            self.on_auth_change()
+
+    def resume_auth(self) -> None:
+        if self.token_refused is not None:
+            log.info("the new token was accepted; reaching the server again")
+        self.token_refused = None
+        if self.on_auth_change is not None:
+            self.on_auth_change()
 
     @property
     def offline(self) -> bool:
@@ -139,6 +159,8 @@ class Remote:
     async def _call(
         self, what: str, coro_fn: Any, *args: Any, timeout: float | None = None, probe: bool = False, **kw: Any
     ) -> Any:
+        if self.token_refused is not None:
+            raise AuthenticationError(f"{what}: {TOKEN_REFUSED}", status=401, code="token_refused")
         if self.offline and not probe:
             raise PuterConnectionError(f"{what}: the server is unreachable (retrying in the background)")
         try:
@@ -149,6 +171,9 @@ class Remote:
             raise PuterTimeout(f"{what} took longer than {self.timeout if timeout is None else timeout:.0f}s") from None
         except PuterConnectionError:
             self._offline_until = trio.current_time() + OFFLINE_GRACE
+            raise
+        except AuthenticationError as exc:
+            self.refuse_auth(exc.message)
             raise
         self._offline_until = 0.0
         return result

@@ -171,6 +171,18 @@ class WriteBackQueue:
                 heapq.heappush(self._heap, (now, item.gen, item.key))
         self._wakeup.set()
 
+    def retry_now(self) -> None:
+        """Make every key whose last upload failed due now, backoff reset (the cause is gone:
+        a new token was accepted). Keys waiting for their quiet period or still open keep
+        their due time."""
+        now = trio.current_time()
+        for item in self._items.values():
+            if item.attempts and math.isfinite(item.due) and item.dispatched_gen != item.gen:
+                item.attempts = 0
+                item.due = now
+                heapq.heappush(self._heap, (now, item.gen, item.key))
+        self._wakeup.set()
+
     def statistics(self) -> dict[str, object]:
         return {
             "pending": len(self._items),
