@@ -1,43 +1,71 @@
-# `make test` does every set-up step a fresh Debian machine lacks, then runs the whole suite.
-# `make mount` mounts ~/puter (against the local emulator when no Puter account is configured).
+# `make mount` mounts ~/puter (against the local emulator when no Puter account is configured),
+# installing only what mounting needs. `make test` installs everything, then runs the whole suite.
 SHELL := /bin/bash
 PY ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/puter
 PYTEST_ARGS ?=
 
-.PHONY: test deps venv mount umount lint bench clean
+# Debian packages: what building and running pyfuse3 needs, and what only the tests use
+# (fio, stress-ng, rsync, git, vim drive the mount; systemd-analyze checks the unit).
+MOUNT_TOOLS := fusermount3:fuse3 gcc:gcc
+TEST_TOOLS := fio:fio stress-ng:stress-ng rsync:rsync git:git vim:vim systemd-analyze:systemd
 
-deps:
-	@# FUSE and what building pyfuse3 needs (it has no wheels): libfuse3 headers, pkg-config,
-	@# a C compiler and the Python headers; venv for the .venv. Installed only when missing.
+.PHONY: test deps deps-mount venv mount-venv mount umount lint bench clean
+
+# $(call install_missing,TOOLS,EXTRA-CHECKS): apt-get install what is missing (root), or say
+# what to run (non-root); silent when nothing is missing.
+define install_missing
 	@need=""; \
-	command -v fusermount3 >/dev/null || need="$$need fuse3"; \
-	pkg-config --exists fuse3 2>/dev/null || need="$$need libfuse3-dev pkg-config"; \
-	command -v gcc >/dev/null || need="$$need gcc"; \
-	[ -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need="$$need python3-dev"; \
-	$(PY) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \
-	for p in fio stress-ng rsync git; do command -v $$p >/dev/null || need="$$need $$p"; done; \
-	command -v vim >/dev/null || need="$$need vim"; \
+	for pair in $(1); do command -v "$${pair%%:*}" >/dev/null || need="$$need $${pair#*:}"; done; \
+	$(2) \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$need (run: sudo apt-get install -y$$need)"; exit 1; fi; \
-	  echo "installing:$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
+	  echo "==> installing Debian packages:$$need"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$need; \
 	fi
+endef
+
+PYFUSE3_BUILD_CHECKS = \
+	pkg-config --exists fuse3 2>/dev/null || need="$$need libfuse3-dev pkg-config"; \
+	[ -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need="$$need python3-dev"; \
+	$(PY) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv";
+
+deps-mount:
+	$(call install_missing,$(MOUNT_TOOLS),$(PYFUSE3_BUILD_CHECKS))
+
+deps: deps-mount
+	$(call install_missing,$(TEST_TOOLS),)
 
 $(BIN)/python:
+	@echo "==> creating the virtualenv $(VENV)"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 
-venv: deps $(BIN)/python
+# Stamps: pip runs again only when pyproject.toml changed (or the venv is new).
+$(VENV)/.installed-mount: pyproject.toml | $(BIN)/python
+	@echo "==> installing puterfs and what mounting needs into $(VENV)"
+	@echo "    (the first time this builds pyfuse3 from source: a minute or two)"
+	$(BIN)/pip install --progress-bar on -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	@echo "==> installing puterfs with the test tools into $(VENV)"
 	$(BIN)/pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed-mount
+
+mount-venv: deps-mount $(VENV)/.installed-mount
+
+venv: deps $(VENV)/.installed-test
 
 test: venv
 	$(BIN)/ruff check puterfs tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-mount: venv
-	mkdir -p $(MOUNTPOINT)
+mount: mount-venv
+	@mkdir -p $(MOUNTPOINT)
+	@echo "==> mounting $(MOUNTPOINT)"
 	$(BIN)/puterfs mount --auto $(MOUNTPOINT)
 
 umount:

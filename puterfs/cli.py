@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUTO_EMULATOR_HOST = "127.0.0.1"
-AUTO_EMULATOR_PORT = 4100
+AUTO_EMULATOR_PORT = 4100  # PUTERFS_EMULATOR_PORT overrides it
+# What `puterfs emulator` creates on its first start when given no --user/--password.
+AUTO_EMULATOR_USER = "puter"
+AUTO_EMULATOR_PASSWORD = "puterpass"
 AUTO_EMULATOR_START_TIMEOUT = 60.0
 DEFAULT_UMOUNT_TIMEOUT = 900.0  # matches TimeoutStopSec=15min in systemd/puterfs@.service
 CLI_MAX_RETRIES = 3
@@ -783,10 +786,47 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def _start_auto_emulator() -> tuple[str, Path]:
-    """Reuse or start the local emulator; returns (api_url, token file)."""
-    url = f"http://{AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT}"
-    data = config.data_dir() / "emulator"
+def _auto_port() -> int:
+    raw = os.environ.get("PUTERFS_EMULATOR_PORT", "").strip()
+    if not raw:
+        return AUTO_EMULATOR_PORT
+    try:
+        port = int(raw)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise CliError(f"PUTERFS_EMULATOR_PORT={raw!r} is not a port number (1-65535)", 2) from None
+    return port
+
+
+def _emulator_data() -> Path:
+    return config.data_dir() / "emulator"
+
+
+def _our_emulator_pid(data: Path) -> int | None:
+    """The pid in DATA/emulator.pid if that process really is `puterfs emulator --data DATA`
+    (a pid file outlives its process, and the pid may belong to something else by now)."""
+    try:
+        pid = int((data / "emulator.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if b"puterfs" not in argv or b"emulator" not in argv or os.fsencode(str(data)) not in argv:
+        return None
+    return pid
+
+
+def _start_auto_emulator() -> tuple[str, Path, bool]:
+    """Reuse or start the local emulator; returns (api_url, token file, ours): `ours` when
+    it runs with our --data (so its user is the default one)."""
+    port = _auto_port()
+    url = f"http://{AUTO_EMULATOR_HOST}:{port}"
+    data = _emulator_data()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     token_path = data / "token"
     log_path = data / "emulator.log"
@@ -794,6 +834,7 @@ def _start_auto_emulator() -> tuple[str, Path]:
     if _healthy(url):
         log.info("reusing the emulator already answering on %s", url)
     else:
+        print(f"starting the local Puter emulator on {url} (log: {log_path})", file=sys.stderr, flush=True)
         with open(log_path, "ab") as logf:
             # A new session: the emulator outlives this command and the terminal.
             proc = subprocess.Popen(
@@ -803,7 +844,7 @@ def _start_auto_emulator() -> tuple[str, Path]:
                     "puterfs",
                     "emulator",
                     "--port",
-                    str(AUTO_EMULATOR_PORT),
+                    str(port),
                     "--data",
                     str(data),
                     "--no-print-token",  # its stdout is a log file: keep the token out of it
@@ -818,20 +859,37 @@ def _start_auto_emulator() -> tuple[str, Path]:
     deadline = time.monotonic() + AUTO_EMULATOR_START_TIMEOUT
     while True:
         if config.read_token_file(token_path) and _healthy(url):
-            return url, token_path
+            return url, token_path, proc is not None or _our_emulator_pid(data) is not None
         if proc is not None and proc.poll() is not None:
-            raise CliError(f"the local emulator exited with code {proc.returncode}; see {log_path}")
+            raise CliError(
+                f"the local emulator exited with code {proc.returncode} (is port {port} taken? "
+                f"set PUTERFS_EMULATOR_PORT); see {log_path}"
+            )
         if time.monotonic() >= deadline:
             if proc is None:
                 raise CliError(
-                    f"something answers on {url} but {token_path} does not appear; "
-                    "is it an emulator started with another --data?"
+                    f"something answers on {url} but {token_path} does not appear: another program "
+                    "(or an emulator with another --data) has that port; stop it, or set "
+                    "PUTERFS_EMULATOR_PORT to another port"
                 )
             raise CliError(
                 f"the local emulator did not become ready within "
                 f"{AUTO_EMULATOR_START_TIMEOUT:g} s; see {log_path}"
             )
         time.sleep(0.2)
+
+
+def _puterfs_command() -> str:
+    """How to run this puterfs again: the console script next to this Python, if any."""
+    import shutil
+
+    script = Path(sys.executable).parent / "puterfs"
+    if script.exists():
+        on_path = shutil.which("puterfs")
+        if on_path and os.path.realpath(on_path) == os.path.realpath(script):
+            return "puterfs"
+        return str(script)
+    return f"{sys.executable} -m puterfs"
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -841,17 +899,72 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise CliError(
             f"mounting needs pyfuse3, which cannot be imported ({exc}); see docs/install.md"
         ) from None
+    emulator_line = None
     if args.auto and getattr(args, "token_file", None) is None and _token_source(args) is None:
-        args.api_url, token_path = _start_auto_emulator()
+        args.api_url, token_path, ours = _start_auto_emulator()
         args.token_file = str(token_path)
+        who = (
+            f"user {AUTO_EMULATOR_USER}, password {AUTO_EMULATOR_PASSWORD}"
+            if ours
+            else "an emulator this command did not start: its own user"
+        )
         print(
             f"No Puter account configured: mounting against the local emulator at {args.api_url} "
-            f"(data in {token_path.parent})",
+            f"({who}; data in {token_path.parent})",
             flush=True,
         )
+        emulator_line = ours
     from puterfs import mount
 
-    return int(mount.main(args) or 0)
+    code = int(mount.main(args) or 0)
+    if code == 0 and args.auto and not args.foreground:
+        cmd = _puterfs_command()
+        mp = _mount_path(args.mountpoint)
+        print(f"Mounted {mp}. Next:")
+        if cmd != "puterfs":
+            print(f"  puterfs is {cmd} (not on your PATH; add {Path(cmd).parent} to PATH, or use the full path)")
+        print(f"  {cmd} status              what is mounted, pending uploads")
+        print(f"  {cmd} umount {mp}   upload what is pending, then unmount")
+        if emulator_line is not None:
+            print(f"  {cmd} emulator --stop     stop the local emulator (its files stay in its data dir)")
+            if emulator_line:
+                print(
+                    f"  {cmd} login --api-url {args.api_url} --username {AUTO_EMULATOR_USER}"
+                    f"   (password {AUTO_EMULATOR_PASSWORD}) to use it from the other commands"
+                )
+    return code
+
+
+def cmd_emulator_stop(argv: list[str]) -> int:
+    """`puterfs emulator --stop`: stop the emulator `mount --auto` started (its pid file,
+    checked against the process's command line)."""
+    data = _emulator_data()
+    rest = [a for a in argv if a != "--stop"]
+    if rest[:1] == ["--data"] and len(rest) == 2:
+        data = Path(rest[1]).expanduser().resolve()
+    elif rest:
+        raise CliError("usage: puterfs emulator --stop [--data DIR]", 2)
+    pid_file = data / "emulator.pid"
+    pid = _our_emulator_pid(data)
+    if pid is None:
+        if pid_file.exists():
+            pid_file.unlink(missing_ok=True)
+            print(f"No emulator of {data} is running (removed the stale {pid_file})")
+        else:
+            print(f"No emulator of {data} is running")
+        url = f"http://{AUTO_EMULATOR_HOST}:{_auto_port()}"
+        if _healthy(url):
+            print(f"note: something else answers on {url}; puterfs did not start it", file=sys.stderr)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            raise CliError(f"the emulator (pid {pid}) did not stop within 15 s; kill -9 {pid} ends it")
+        time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+    print(f"Stopped the emulator (pid {pid}); its files stay in {data}")
+    return 0
 
 
 def _mount_unavailable(error: BaseException) -> Callable[[argparse.Namespace], int]:
@@ -946,7 +1059,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--auto",
         action="store_true",
         help="when no token is configured, start (or reuse) the local emulator on "
-        f"{AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT} and mount against it",
+        f"{AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT} (env PUTERFS_EMULATOR_PORT) and mount against "
+        f"it (user {AUTO_EMULATOR_USER}, password {AUTO_EMULATOR_PASSWORD}); then print the next steps",
     )
     if command == "mount":
         try:
@@ -1016,7 +1130,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     # Parsed by the emulator itself (see cmd_emulator); listed here for `puterfs --help`.
     sub.add_parser(
-        "emulator", help="run a local Puter-compatible server (puterfs emulator --help)", add_help=False
+        "emulator",
+        help="run a local Puter-compatible server (puterfs emulator --help); "
+        "`puterfs emulator --stop` stops the one `mount --auto` started",
+        add_help=False,
     )
     return parser
 
@@ -1038,7 +1155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[idx] if idx is not None else None
     if command == "emulator" and idx is not None:
         try:
+            if "--stop" in argv[idx + 1 :]:
+                return cmd_emulator_stop(argv[idx + 1 :])
             return cmd_emulator(argv[idx + 1 :])
+        except CliError as exc:
+            print(f"puterfs: error: {exc.message}", file=sys.stderr)
+            return exc.code
         except KeyboardInterrupt:
             return 130
     parser = build_parser(command)

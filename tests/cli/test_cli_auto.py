@@ -17,7 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-AUTO_URL = "http://127.0.0.1:4100"
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _fuse_missing() -> str | None:
@@ -29,12 +33,6 @@ def _fuse_missing() -> str | None:
 
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse_missing()))]
-
-
-def _port_4100_in_use() -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", 4100)) == 0
 
 
 def _force_unmount(mp: Path) -> None:
@@ -58,15 +56,19 @@ def _stop_pid(pid: int, timeout: float = 15) -> None:
 
 
 def test_mount_auto_starts_and_uses_the_local_emulator(run_cli, cli_env, tmp_path):
-    if _port_4100_in_use():
-        pytest.skip("port 4100 is in use; --auto would reuse whatever answers there")
+    port = _free_port()
+    cli_env["PUTERFS_EMULATOR_PORT"] = str(port)  # 4100 unless set; a free one here
+    AUTO_URL = f"http://127.0.0.1:{port}"  # noqa: N806
     mp = tmp_path / "mp"
     mp.mkdir()
     data = Path(cli_env["XDG_DATA_HOME"]) / "puterfs" / "emulator"
     try:
         res = run_cli(["mount", "--auto", "--write-back", "0.2", str(mp)], timeout=120)
         assert res.returncode == 0, res.stderr
-        assert "mounting against the local emulator at http://127.0.0.1:4100" in res.stdout
+        assert f"mounting against the local emulator at {AUTO_URL} (user puter, password puterpass;" in res.stdout
+        # The next steps: where puterfs is, how to unmount, how to stop the emulator.
+        assert f"Mounted {mp}. Next:" in res.stdout
+        assert f"umount {mp}" in res.stdout and "emulator --stop" in res.stdout
         assert os.path.ismount(mp)
         token = (data / "token").read_text().strip()
         assert token not in res.stdout + res.stderr
@@ -102,11 +104,36 @@ def test_mount_auto_starts_and_uses_the_local_emulator(run_cli, cli_env, tmp_pat
         assert int((data / "emulator.pid").read_text()) == pid
         assert (mp / "Documents" / "auto.txt").read_text() == "made through --auto\n"
         assert run_cli(["umount", str(mp)], timeout=120).returncode == 0
+
+        # `emulator --stop` stops it, and never a process that merely has its old pid.
+        res = run_cli(["emulator", "--stop"], timeout=60)
+        assert res.returncode == 0 and f"Stopped the emulator (pid {pid})" in res.stdout, res
+        wait_gone = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < wait_gone
+            time.sleep(0.05)
+        other = subprocess.Popen(["sleep", "60"])
+        try:
+            (data / "emulator.pid").write_text(f"{other.pid}\n")
+            res = run_cli(["emulator", "--stop"], timeout=60)
+            assert res.returncode == 0 and "stale" in res.stdout, res
+            assert other.poll() is None and not (data / "emulator.pid").exists()
+        finally:
+            other.kill()
+            other.wait()
     finally:
         _force_unmount(mp)
         pid_file = data / "emulator.pid"
         if pid_file.exists():
             _stop_pid(int(pid_file.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_mount_auto_with_a_token_uses_the_account(run_cli, cli_env, tmp_path, puter_user):
