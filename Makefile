@@ -8,9 +8,14 @@ MOUNTPOINT ?= $(HOME)/puter
 PYTEST_ARGS ?=
 
 # Debian packages: what building and running pyfuse3 needs, and what only the tests use
-# (fio, stress-ng, rsync, git, vim drive the mount; systemd-analyze checks the unit).
+# (fio, stress-ng, rsync, git, vim drive the mount; systemd-analyze checks the unit; Chromium
+# and Node run `puterfs login` in a real headless browser).
 MOUNT_TOOLS := fusermount3:fuse3 gcc:gcc
-TEST_TOOLS := fio:fio stress-ng:stress-ng rsync:rsync git:git vim:vim systemd-analyze:systemd
+TEST_TOOLS := fio:fio stress-ng:stress-ng rsync:rsync git:git vim:vim systemd-analyze:systemd \
+	chromium:chromium node:nodejs npm:npm
+# playwright-core drives the system Chromium (no browser download); project-local, gitignored.
+PLAYWRIGHT_VERSION := 1.65.1
+PLAYWRIGHT := .tools/node/node_modules/playwright-core
 
 .PHONY: test deps deps-mount venv mount-venv mount umount lint bench clean
 
@@ -37,6 +42,9 @@ deps-mount:
 
 deps: deps-mount
 	$(call install_missing,$(TEST_TOOLS),)
+	@[ -d $(PLAYWRIGHT) ] || { echo "==> installing playwright-core $(PLAYWRIGHT_VERSION) into .tools/node"; \
+	  npm install --prefix .tools/node --no-save --no-audit --no-fund --loglevel=error \
+	    playwright-core@$(PLAYWRIGHT_VERSION); }
 
 $(BIN)/python:
 	@echo "==> creating the virtualenv $(VENV)"
