@@ -143,3 +143,34 @@ def test_puterfs_login_renews_the_mount_and_logout_warns(mount_factory: MountFac
     res = _cli(env, "logout", "--api-url", mount_factory.url)
     assert res.returncode == 0
     assert f"warning: the mount on {m.path} uses this token" in res.stderr
+
+
+def test_umount_of_a_paused_mount_says_why_and_finishes_after_login(
+    mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    saved = tmp_path / "xdg" / "config" / "puterfs" / "token"
+    m, token = _mount_with(mount_factory, saved)
+    _revoke_and_pause(m, token)
+    env = dict(m.proc.env)
+    m.proc.expected_exit = True
+    umount = subprocess.Popen([sys.executable, "-m", "puterfs", "umount", str(m.path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert umount.stderr is not None
+        seen = ""
+        while "the token was refused: run `puterfs login`" not in seen:
+            line = umount.stderr.readline()
+            assert line, f"umount ended without saying why it waits: {seen}"
+            seen += line
+        assert umount.poll() is None  # still waiting: nothing is given up
+        res = _cli(env, "login", "--token-stdin", "--api-url", mount_factory.url,
+                   stdin=_access_token(mount_factory.url, m.user.token) + "\n")
+        assert res.returncode == 0, res.stderr
+        out, err = umount.communicate(timeout=120)
+    finally:
+        if umount.poll() is None:
+            umount.kill()
+    assert umount.returncode == 0, seen + err
+    assert not os.path.ismount(m.path)
+    for i in range(3):
+        assert m.remote.read(f"pending-{i}.txt") == f"written while refused {i}\n".encode() * 100
