@@ -14,6 +14,7 @@ from puterfs.client._errors import (
     AuthenticationError,
     BadRequest,
     Conflict,
+    EventsRefused,
     IsADirectory,
     ModelSubstituted,
     NotADirectory,
@@ -33,6 +34,15 @@ from puterfs.client._errors import (
     error_from_response,
     is_temporary,
 )
+from puterfs.client._events import (
+    CacheUpdated,
+    Connected,
+    Disconnected,
+    EventStream,
+    ItemEvent,
+    Resync,
+    SocketEvent,
+)
 from puterfs.client._tokens import token_kind
 
 __all__ = [
@@ -40,9 +50,15 @@ __all__ = [
     "AuthenticationError",
     "BadRequest",
     "BrowserLogin",
+    "CacheUpdated",
     "ChatEvent",
     "Conflict",
+    "Connected",
+    "Disconnected",
+    "EventStream",
+    "EventsRefused",
     "IsADirectory",
+    "ItemEvent",
     "ModelSubstituted",
     "NotADirectory",
     "NotEmpty",
@@ -56,7 +72,9 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "ScriptedLoginRefused",
+    "Resync",
     "ServerError",
+    "SocketEvent",
     "StreamError",
     "authme_url",
     "browser_login",

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import anyio
@@ -62,6 +62,9 @@ from puterfs.client._errors import (
     parse_retry_after,
 )
 from puterfs.client._models import CHAT_DRIVER, SEED_MODEL_IDS
+
+if TYPE_CHECKING:
+    from puterfs.client._events import EventStream
 from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
 from puterfs.client._retry import NOT_SENT_ERRORS, Idempotency, RetryPolicy, may_retry
 
@@ -1092,6 +1095,17 @@ class PuterClient:
         return data
 
     fs_space = fs_df
+
+    def events(self, *, transport: str = "auto", reconnect: bool = True, max_backoff: float = 30.0) -> EventStream:
+        """Puter's change notifications: ``async for event in client.events(): ...``.
+
+        Yields `Connected`/`Resync`, `ItemEvent` (``item.added|updated|moved|removed|pending``
+        with the entry), `CacheUpdated` and `Disconnected`; reconnects with backoff; raises
+        `EventsRefused` for a token the socket refuses (full-api-access tokens are).
+        See ``puterfs/client/_events.py``."""
+        from puterfs.client._events import EventStream
+
+        return EventStream(self, transport=transport, reconnect=reconnect, max_backoff=max_backoff)
 
     async def fs_last_change(self) -> int:
         """Milliseconds timestamp of the user's last change (cheap to poll)."""

@@ -17,6 +17,7 @@
     ├── RateLimited                 429; .retry_after (seconds or None)
     ├── ServerError                 5xx, a 2xx body that says success:false with a 5xx meaning
     │   └── StreamError             an NDJSON ``error`` line after a stream started
+    ├── EventsRefused               socket.io refused this client (a ``44`` for the token kind, host, protocol)
     └── PuterConnectionError        the server could not be reached or the connection broke
         └── PuterTimeout            a request exceeded its deadline
 
@@ -143,6 +144,60 @@ class ServerError(PuterError):
 
 class StreamError(ServerError):
     pass
+
+
+class EventsRefused(PuterError):
+    """The socket.io endpoint will not serve this client: the token is of a kind it refuses
+    (a full-api-access or app token gets ``44 only user tokens accepted``), is missing or
+    invalid, or the host or protocol is not allowed.  Retrying cannot help; ``.code`` says why:
+    ``user_token_required``, ``reauth_required``, ``token_missing``, ``auth_failed``,
+    ``host_not_allowed``, ``unsupported_protocol``."""
+
+
+_SOCKET_REFUSALS = {
+    "socket auth: only user tokens accepted": "user_token_required",
+    "socket auth token missing": "token_missing",
+    "socket auth token empty": "token_missing",
+    "reauth_required": "reauth_required",
+}
+
+
+def events_refusal(data: Any) -> EventsRefused:
+    """The error for a socket.io CONNECT_ERROR (``44``) payload."""
+    message = data.get("message") if isinstance(data, dict) else None
+    message = message if isinstance(message, str) and message else "socket.io refused the connection"
+    code = _SOCKET_REFUSALS.get(message, "auth_failed")
+    text = {
+        "user_token_required": "the socket refuses this token: only a user (session) token gets change "
+                               "events; a full-api-access or app token does not",
+        "token_missing": "the socket needs a token",
+        "reauth_required": "the socket refuses this token: sign in again",
+    }.get(code, f"the socket refused the connection: {message}")
+    return EventsRefused(text, code=code, body=data)
+
+
+def engineio_error(status: int, content: bytes) -> PuterError:
+    """An Engine.IO HTTP error (``{"code": n, "message": ...}``): permanent ones are
+    `EventsRefused`; a lost session and anything else are `ServerError`/`PuterConnectionError`
+    (the caller reconnects)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    eio_code = body.get("code") if isinstance(body, dict) else None
+    message = body.get("message") if isinstance(body, dict) and isinstance(body.get("message"), str) else None
+    message = message or f"socket.io answered HTTP {status}"
+    if status == 403 and eio_code == 4:
+        return EventsRefused(f"the socket refuses this host: {message}", status=status, code="host_not_allowed",
+                             body=body)
+    if status == 400 and eio_code == 5:
+        return EventsRefused(message, status=status, code="unsupported_protocol", body=body)
+    if status == 400 and eio_code == 1:
+        return PuterConnectionError(f"socket session lost: {message}", status=status, code="session_unknown",
+                                    body=body)
+    if status == 429:
+        return RateLimited(message, status=status, code="too_many_requests", body=body)
+    return ServerError(message, status=status, body=body)
 
 
 class PuterConnectionError(PuterError):

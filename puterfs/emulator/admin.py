@@ -1,4 +1,5 @@
-"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, captcha, revoke, request log."""
+"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, captcha, revoke, clock,
+sockets, request log."""
 
 from __future__ import annotations
 
@@ -75,6 +76,13 @@ async def _handle(emu: Emulator, request: Request) -> Response:
                 raise ApiError(400, "bad_request", "'advance' must be a number of seconds >= 0")
             emu.clock_offset += float(adv)
         return JSONResponse({"offset": emu.clock_offset, "now": emu.now()})
+    elif path == "/_emulator/sockets":
+        if method == "GET":
+            return JSONResponse({"sessions": [
+                {"transport": s.transport, "connected": s.user_id is not None} for s in emu.sockets.sessions.values()
+            ]})
+        if method == "DELETE":  # drop every socket.io connection (fault injection)
+            return JSONResponse({"dropped": emu.sockets.drop_all()})
     elif path == "/_emulator/log":
         if method == "GET":
             bodies = request.query_params.get("bodies", "") not in ("", "0", "false")

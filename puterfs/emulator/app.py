@@ -210,6 +210,9 @@ class Emulator:
         self.captchas: dict[str, tuple[str, float]] = {}
         self.started = time.time()
         self.clock_offset = 0.0  # moved by /_emulator/clock: lets tests see expiries and windows pass
+        from puterfs.emulator.sockets import SocketHub
+
+        self.sockets = SocketHub(self)
         user = self.store.user_by_name(username)
         if user is None:
             user = self.store.create_user(username, password)
@@ -281,6 +284,8 @@ class Emulator:
                 elif msg["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return None
+        if scope["type"] == "websocket":
+            return await self._serve_websocket(scope, receive, send)
         if scope["type"] != "http":
             return None
         path = scope["path"]
@@ -326,7 +331,28 @@ class Emulator:
         finally:
             self.log.add(record)
 
+    async def _serve_websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """WebSockets exist only for socket.io; logged as one GET request (status 101 when accepted)."""
+        from puterfs.emulator.sockets import PATH
+
+        record: dict[str, Any] = {"method": "GET", "path": scope["path"], "status": None, "bytes_in": 0,
+                                  "bytes_out": 0, "t": time.time(), "websocket": True}
+        self.log.add(record)
+        rule = self.faults.take("GET", scope["path"])
+        if scope["path"] != PATH or (rule is not None and (rule.drop or rule.status is not None)):
+            msg = await receive()
+            if msg["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})
+            record["status"] = 0 if rule is not None and rule.drop else (rule.status if rule else 404) or 403
+            if rule is not None:
+                record["fault"] = True
+            return None
+        record["status"] = await self.sockets.handle_ws(scope, receive, send, record)
+        return None
+
     async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        from puterfs.emulator.sockets import PATH
+
         method, path = scope["method"], scope["path"]
         rule = self.faults.take(method, path)
         if rule is not None:
@@ -335,7 +361,10 @@ class Emulator:
                 return None if outcome is True else outcome
         request = Request(scope, receive)
         try:
-            response = await self.dispatch(request, rule)
+            if path == PATH:
+                response = await self.sockets.handle_http(request)
+            else:
+                response = await self.dispatch(request, rule)
         except ApiError as exc:
             response = exc.response()
         except DroppedConnection:
@@ -343,7 +372,8 @@ class Emulator:
         except Exception:
             log.exception("unhandled error in %s %s", method, path)
             response = api_error(500, "internal_error", "Internal Server Error")
-        _weak_etag(response)
+        if path != PATH:  # engine.io answers outside Express: no ETag
+            _weak_etag(response)
         await response(scope, receive, send)
         return None
 

@@ -47,6 +47,7 @@ from puterfs.emulator.app import Call, JSONResponse, route
 from puterfs.emulator.errors import ApiError
 from puterfs.emulator.routes_fs import (
     bump,
+    changed,
     check_access,
     check_name,
     check_quota,
@@ -55,6 +56,7 @@ from puterfs.emulator.routes_fs import (
     norm_path,
     v2,
 )
+from puterfs.emulator.sockets import announce, echo_ids
 from puterfs.emulator.store import dedupe, split_path
 
 Row = sqlite3.Row
@@ -333,6 +335,11 @@ def _open(call: Call, plan: dict[str, Any], expires_in: int) -> dict[str, Any]:
         out["url"] = _url(call, data["object_key"], plan["size"], expires_in)
     _save(call, data)
     bump(call)  # the item.pending event moves the change timestamp (fs-extra.jsonl)
+    key = data["object_key"]
+    announce(call, "item.pending", {"id": key, "uid": key, "uuid": key, "path": data["path"], "name": data["name"],
+                                    "is_dir": False, "content_type": data["content_type"], "size": data["size"],
+                                    "upload_id": data["id"], "pending_upload": True, "status": "pending"},
+             data["owner_id"], echo=echo_ids(call.body))
     return out
 
 
@@ -471,6 +478,7 @@ def _complete(call: Call, data: dict[str, Any], parts: Any) -> dict[str, Any]:
     assert row is not None
     _set_status(call, data, "completed")
     bump(call, row["owner_id"])
+    changed(call, "item.updated" if was else "item.added", row, v2_route=True)
     return {"sessionId": data["id"], "fsEntry": v2(call, row), "wasOverwrite": was, "requestedThumbnail": None}
 
 

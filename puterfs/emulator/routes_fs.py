@@ -27,6 +27,7 @@ from puterfs.emulator import multipart
 from puterfs.emulator.app import Call, JSONResponse, parse_json_bytes, route
 from puterfs.emulator.errors import ApiError
 from puterfs.emulator.hosting import subdomains_of
+from puterfs.emulator.sockets import announce, echo_ids, raw_entry
 from puterfs.emulator.store import EMPTY_MD5, dedupe, join, metadata_json, mime_for, now_s, split_path
 
 Row = sqlite3.Row
@@ -409,14 +410,31 @@ def _mkdir_target(body: dict[str, Any]) -> Any:
     return path
 
 
+def changed(call: Call, event: str, e: Row, *, v2_route: bool = False, raw: bool = False,
+            body: dict[str, Any] | None = None, **extra: Any) -> None:
+    """A mutation happened: announce it on socket.io (legacy entry, or the raw FSEntry of
+    /fs/move and /fs/delete; /fs/* routes echo the GUI's ids).  /touch calls nothing."""
+    payload = raw_entry(call, e) if raw else legacy(call, e)
+    after = {}
+    if raw and "descendants_only" in extra:
+        after["descendants_only"] = extra.pop("descendants_only")
+    payload.update(extra)
+    announce(call, event, payload, e["owner_id"], echo=echo_ids(call.body if body is None else body) if v2_route else None,
+             after=after.items())
+
+
 @route("POST", "/mkdir")
 async def mkdir(call: Call) -> Response:
-    return JSONResponse(legacy(call, do_mkdir(call, _mkdir_target(call.body), call.body)))
+    row = do_mkdir(call, _mkdir_target(call.body), call.body)
+    changed(call, "item.added", row)
+    return JSONResponse(legacy(call, row))
 
 
 @route("POST", "/fs/mkdir")
 async def fs_mkdir(call: Call) -> Response:
-    return JSONResponse(v2(call, do_mkdir(call, _mkdir_target(call.body), call.body)))
+    row = do_mkdir(call, _mkdir_target(call.body), call.body)
+    changed(call, "item.added", row, v2_route=True)
+    return JSONResponse(v2(call, row))
 
 
 def do_touch(call: Call, body: dict[str, Any]) -> Row:
@@ -542,16 +560,19 @@ def run_op(call: Call, op: dict[str, Any], files: list[multipart.Part], infos: l
         row, _ = store_upload(call, parent, str(name), part.path, part.size, part.md5, ctype,
                               overwrite=flag(op, "overwrite"), dedupe_name=flag(op, "dedupe_name", "change_name",
                                                                                 default=True))
+        changed(call, "item.added", row)  # an overwrite too (recorded)
         return legacy(call, row)
     if kind == "mkdir":
-        return legacy(call, do_mkdir(call, _mkdir_target(op), op))
+        row = do_mkdir(call, _mkdir_target(op), op)
+        changed(call, "item.added", row)
+        return legacy(call, row)
     if kind == "delete":
         e = resolve(call, op, write=True)
         uid = e["uid"]
-        do_delete(call, e, flag(op, "recursive", default=True), flag(op, "descendants_only"))
+        _delete_announced(call, e, flag(op, "recursive", default=True), flag(op, "descendants_only"))
         return {"ok": True, "uid": uid}
     if kind == "move":
-        return move_body(call, op, new_metadata=False)  # the batch op passes no new_metadata on
+        return _move_announced(call, op, new_metadata=False)  # the batch op passes no new_metadata on
     raise ApiError(400, "bad_request", f"Unsupported batch op: '{kind}'")
 
 
@@ -658,6 +679,7 @@ def do_fs_write(call: Call, body: Any) -> dict[str, Any]:
                                 metadata=meta.get("metadata"))
     finally:
         tmp.unlink(missing_ok=True)
+    changed(call, "item.updated" if was else "item.added", row, v2_route=True, body=body)
     return {"fsEntry": v2(call, row), "wasOverwrite": was, "requestedThumbnail": None,
             "contentHashSha256": hashlib.sha256(data).hexdigest()}
 
@@ -803,12 +825,16 @@ def do_rename(call: Call, body: dict[str, Any]) -> Row:
 
 @route("POST", "/rename")
 async def rename(call: Call) -> Response:
-    return JSONResponse(legacy(call, do_rename(call, call.body)))
+    row = do_rename(call, call.body)
+    changed(call, "item.updated", row)
+    return JSONResponse(legacy(call, row))
 
 
 @route("POST", "/fs/rename")
 async def fs_rename(call: Call) -> Response:
-    return JSONResponse(v2(call, do_rename(call, call.body)))
+    row = do_rename(call, call.body)
+    changed(call, "item.updated", row, v2_route=True)
+    return JSONResponse(v2(call, row))
 
 
 def _is_inside(store: Any, inner: Row, outer: Row) -> bool:
@@ -888,14 +914,27 @@ def move_body(call: Call, body: dict[str, Any], v2_style: bool = False, new_meta
     return out
 
 
+def _move_announced(call: Call, body: dict[str, Any], new_metadata: bool = True) -> dict[str, Any]:
+    out = move_body(call, body, new_metadata=new_metadata)
+    row = call.store.by_uid(out["moved"]["uid"])
+    if row is not None:
+        changed(call, "item.moved", row, is_empty=False, old_path=out["old_path"])
+    return out
+
+
 @route("POST", "/move")
 async def move(call: Call) -> Response:
-    return JSONResponse(move_body(call, call.body))
+    return JSONResponse(_move_announced(call, call.body))
 
 
 @route("POST", "/fs/move")
 async def fs_move(call: Call) -> Response:
-    return JSONResponse(move_body(call, call.body, v2_style=True))
+    from_path = resolve(call, call.body.get("source"), write=True)["path"]
+    out = move_body(call, call.body, v2_style=True)
+    row = call.store.by_uid(out["uid"])
+    if row is not None:
+        changed(call, "item.moved", row, v2_route=True, raw=True, from_path=from_path)
+    return JSONResponse(out)
 
 
 def copy_body(call: Call, body: dict[str, Any], default_dedupe: bool) -> tuple[Row, Row | None, dict | None]:
@@ -918,6 +957,7 @@ def copy_body(call: Call, body: dict[str, Any], default_dedupe: bool) -> tuple[R
 @route("POST", "/copy")
 async def copy(call: Call) -> Response:
     copied, _, overwritten = copy_body(call, call.body, default_dedupe=False)
+    changed(call, "item.added", copied)
     item: dict[str, Any] = {"copied": legacy(call, copied, full=True)}
     if overwritten is not None:
         item["overwritten"] = overwritten
@@ -927,6 +967,7 @@ async def copy(call: Call) -> Response:
 @route("POST", "/fs/copy")
 async def fs_copy(call: Call) -> Response:
     copied, _, _ = copy_body(call, call.body, default_dedupe=True)
+    changed(call, "item.added", copied, v2_route=True)
     return JSONResponse(v2(call, copied))
 
 
@@ -937,6 +978,15 @@ def do_delete(call: Call, e: Row, recursive: bool, descendants_only: bool = Fals
     # Deleting the home is accepted by the real server (and breaks the account); so here.
     store.delete_tree(e, descendants_only=descendants_only)
     bump(call, e["owner_id"])
+
+
+def _delete_announced(call: Call, e: Row, recursive: bool, descendants_only: bool, *, v2_route: bool = False) -> None:
+    """One item.removed for the entry itself, none for its descendants (recorded)."""
+    do_delete(call, e, recursive, descendants_only)
+    if v2_route:
+        changed(call, "item.removed", e, v2_route=True, raw=True, descendants_only=descendants_only)
+    else:
+        changed(call, "item.removed", e, descendants_only=descendants_only)
 
 
 @route("POST", "/delete")
@@ -950,11 +1000,11 @@ async def delete(call: Call) -> Response:
         for p in paths:  # not atomic: stops at the first missing path (recorded)
             e = resolve(call, p, write=True)
             removed.append(legacy(call, e))
-            do_delete(call, e, recursive, descendants_only)
+            _delete_announced(call, e, recursive, descendants_only)
         return JSONResponse(removed)
     e = resolve(call, body, write=True)
     uid = e["uid"]
-    do_delete(call, e, recursive, descendants_only)
+    _delete_announced(call, e, recursive, descendants_only)
     return JSONResponse({"ok": True, "uid": uid})
 
 
@@ -962,7 +1012,8 @@ async def delete(call: Call) -> Response:
 async def fs_delete(call: Call) -> Response:
     body = call.body
     e = resolve(call, body, write=True)
-    do_delete(call, e, flag(body, "recursive", default=False), flag(body, "descendants_only"))
+    _delete_announced(call, e, flag(body, "recursive", default=False), flag(body, "descendants_only"),
+                      v2_route=True)
     return JSONResponse({"ok": True})
 
 

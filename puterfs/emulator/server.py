@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     url = f"http://{host}:{port}"
 
-    cfg = uvicorn.Config(emu.app, log_level=args.log_level.lower(), access_log=False, http="h11", interface="asgi3",
+    cfg = uvicorn.Config(emu.app, log_level=args.log_level.lower(), access_log=False, http="h11", ws="wsproto",
+                         interface="asgi3",
                          proxy_headers=False, server_header=False,
                          lifespan="off", timeout_graceful_shutdown=3)
     server = uvicorn.Server(cfg)

@@ -182,6 +182,14 @@ class EmulatorProcess:
     def clear_log(self) -> None:
         self._admin("DELETE", "log")
 
+    def sockets(self) -> list[dict[str, Any]]:
+        """The emulator's socket.io sessions (transport, connected)."""
+        return self._admin("GET", "sockets")["sessions"]
+
+    def drop_sockets(self) -> int:
+        """Drop every socket.io connection at once; returns how many there were."""
+        return self._admin("DELETE", "sockets")["dropped"]
+
     def new_user(self) -> tuple[str, str]:
         """A fresh temp user (``/signup {"is_temp": true}``): (username, token)."""
         resp = self.http.post("/signup", json={"is_temp": True})
