@@ -967,6 +967,123 @@ def cmd_emulator_stop(argv: list[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------
+# install-service
+
+
+SHIPPED_UNIT = Path(__file__).resolve().parent / "data" / "puterfs@.service"
+UNIT_NAME = "puterfs@.service"
+
+
+def systemd_escape_path(path: str) -> str:
+    """`systemd-escape --path PATH`: the instance name of a mountpoint."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return "-"
+    out = []
+    raw = "/".join(parts).encode()
+    for i, byte in enumerate(raw):
+        ch = chr(byte)
+        if ch == "/":
+            out.append("-")
+        elif (ch.isascii() and (ch.isalnum() or ch in ":_.")) and not (ch == "." and i == 0):
+            out.append(ch)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def _unit_quote(word: str) -> str:
+    """One word of an Exec= line (systemd's quoting; % doubled)."""
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and all(c.isalnum() or c in "/._-+:=@" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _service_argv() -> list[str]:
+    """The absolute command that runs this puterfs (for a unit: no PATH there)."""
+    script = Path(sys.executable).parent / "puterfs"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "puterfs"]
+
+
+def render_unit(argv: list[str]) -> str:
+    """The shipped unit with its `/usr/bin/env puterfs` replaced by `argv`."""
+    command = " ".join(_unit_quote(w) for w in argv)
+    text = SHIPPED_UNIT.read_text()
+    return text.replace("=/usr/bin/env puterfs ", f"={command} ")
+
+
+def _user_unit_dir() -> Path:
+    value = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(value) if value and os.path.isabs(value) else Path.home() / ".config"
+    return base / "systemd" / "user"
+
+
+def _systemctl_user_works() -> str | None:
+    """None when `systemctl --user` can talk to a user manager, else why not."""
+    import shutil
+
+    if shutil.which("systemctl") is None:
+        return "systemctl is not installed"
+    try:
+        proc = subprocess.run(
+            ["systemctl", "--user", "show-environment"], capture_output=True, text=True, timeout=15
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if proc.returncode != 0:
+        return proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else f"exit {proc.returncode}"
+    return None
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    import shlex
+
+    mp = _mount_path(args.mountpoint)
+    unit_dir = _user_unit_dir()
+    unit_path = unit_dir / UNIT_NAME
+    text = render_unit(_service_argv())
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    old = unit_path.read_text() if unit_path.exists() else None
+    if old != text:
+        tmp = unit_path.with_name(unit_path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, unit_path)
+        print(f"{'Updated' if old is not None else 'Wrote'} {unit_path} (runs {' '.join(_service_argv())})")
+    else:
+        print(f"{unit_path} is up to date")
+    instance = f"puterfs@{systemd_escape_path(mp)}.service"
+    if _token_source(args) is None:
+        print(
+            f"note: no saved token: run `puterfs login` first, or the service fails to start "
+            f"(it reads {config.token_file()})",
+            file=sys.stderr,
+        )
+    steps = [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "--now", instance],
+    ]
+    why = "--no-enable was given" if args.no_enable else _systemctl_user_works()
+    if why is not None:
+        print(f"Not enabled ({why}). To start it at login, run in your session:")
+        for step in steps:
+            print("  " + shlex.join(step))
+        print("  loginctl enable-linger $USER   # to keep it running while you are logged out")
+        return 0
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True, timeout=180)
+        if proc.returncode != 0:
+            raise CliError(f"{shlex.join(step)} failed: {proc.stderr.strip() or proc.returncode}")
+    print(f"Enabled and started {instance}: {mp} is mounted now and at every login")
+    print(f"  status: systemctl --user status {shlex.quote(instance)}")
+    print(f"  logs:   journalctl --user -u {shlex.quote(instance)}")
+    print(f"  stop:   systemctl --user disable --now {shlex.quote(instance)}")
+    return 0
+
+
 def _mount_unavailable(error: BaseException) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise CliError(
@@ -1105,6 +1222,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "the daemon keeps running and uploading",
     )
     p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser(
+        "install-service",
+        parents=[tokenopt],
+        help="mount at every login: install and enable the systemd user unit",
+        description="Write ~/.config/systemd/user/puterfs@.service running this puterfs "
+        "(its absolute path), then `systemctl --user enable --now puterfs@MOUNTPOINT.service` "
+        "where a user manager is running; elsewhere print those commands. Log in first.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", default="~/puter", help="default ~/puter")
+    p.add_argument("--no-enable", action="store_true", help="only write the unit; print the commands")
+    p.set_defaults(func=cmd_install_service)
 
     p = sub.add_parser("status", parents=[server, tokenopt], help="show the account and the running mounts")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="only this mount")

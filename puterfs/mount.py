@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
     p.add_argument("--ai-all-users", action="store_true", help="with --allow-other, let every local user use .ai/ (billed to this account; each user has their own answers). Default: only you")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--log-file", metavar="FILE", help="write the log to FILE (default: stderr with --foreground, else CACHE_DIR/puterfs.log)")
     p.add_argument("--debug", action="store_true", help="verbose logging")
 
 
@@ -114,8 +115,16 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(s, str):
         return _fail(s)
     s.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_file = Path(args.log_file).expanduser().resolve() if args.log_file else None
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "a"):
+                pass
+        except OSError as exc:
+            return _fail(f"cannot write the log file {log_file}: {exc.strerror}")
     if args.foreground:
-        _setup_logging(args.debug, None)
+        _setup_logging(args.debug, log_file)
         return _serve(s, ready=_notify_systemd)
     return _daemonize(s)
 
@@ -151,7 +160,7 @@ def _daemonize(s: _Settings) -> int:
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 status = 0
-            msg = f"the mount daemon exited (status {status}) before the mount was ready; see {s.cache_dir / 'puterfs.log'}"
+            msg = f"the mount daemon exited (status {status}) before the mount was ready; see {s.args.log_file or s.cache_dir / 'puterfs.log'}"
         print(f"puterfs mount: {msg.strip()}", file=sys.stderr)
         return 1
     # child
@@ -164,7 +173,7 @@ def _daemonize(s: _Settings) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    _setup_logging(s.args.debug, s.cache_dir / "puterfs.log")
+    _setup_logging(s.args.debug, Path(s.args.log_file).expanduser().resolve() if s.args.log_file else s.cache_dir / "puterfs.log")
 
     def ready(ok: bool = True, message: str = "") -> None:
         try:
