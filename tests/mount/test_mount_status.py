@@ -10,7 +10,8 @@ from typing import Any
 
 from mount_testlib import MountedFs, wait_for
 
-UPLOADS_FAIL = {"path": "/batch", "status": 500, "message": "injected: uploads fail"}
+UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/completeWrite", "/writeFile")
+UPLOADS_FAIL = [{"path": p, "status": 500, "message": "injected: uploads fail"} for p in UPLOAD_PATHS]
 
 
 def status(mount: MountedFs, *args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +39,7 @@ def test_status_names_the_real_server_and_the_pending_files(mount: MountedFs) ->
     assert entry["account"] == mount.user.username and entry["api_url"] == mount.proc.url
     assert entry["alive"] and entry["mounted"] and entry["pending_files"] == []
 
-    mount.emulator.set_faults(UPLOADS_FAIL)
+    mount.emulator.set_faults(*UPLOADS_FAIL)
     try:
         (mount.path / "notes").mkdir()
         (mount.path / "notes" / "todo.txt").write_text("x" * 3000)

@@ -9,7 +9,8 @@ from typing import Any
 
 from mount_testlib import MountProcess
 
-UPLOADS_FAIL = {"path": "/batch", "status": 500, "message": "injected: uploads fail"}
+UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/completeWrite", "/writeFile")
+UPLOADS_FAIL = [{"path": p, "status": 500, "message": "injected: uploads fail"} for p in UPLOAD_PATHS]
 
 
 def _messages(sock: socket.socket, until: str, timeout: float = 30) -> list[str]:
@@ -37,7 +38,7 @@ def test_ready_status_while_draining_and_stopping(mount_factory: Any, tmp_path: 
         proc.start().wait_ready()
         assert any("READY=1" in m for m in _messages(sock, "READY=1"))
         (proc.mountpoint / "slow.txt").write_text("wait for me\n")
-        emulator.set_faults(UPLOADS_FAIL)
+        emulator.set_faults(*UPLOADS_FAIL)
         assert proc.proc is not None
         proc.expected_exit = True
         proc.proc.send_signal(signal.SIGTERM)

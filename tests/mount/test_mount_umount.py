@@ -17,7 +17,8 @@ from typing import Any
 from mount_testlib import MountedFs, MountProcess, wait_for
 
 # Every upload fails (a transient 500), so a drain cannot finish until the rule is cleared.
-UPLOADS_FAIL = {"path": "/batch", "status": 500, "message": "injected: uploads fail"}
+UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/completeWrite", "/writeFile")
+UPLOADS_FAIL = [{"path": p, "status": 500, "message": "injected: uploads fail"} for p in UPLOAD_PATHS]
 
 HOLDER = (
     "import sys\n"
@@ -95,7 +96,7 @@ def test_lazy_detaches_and_the_writer_keeps_working(mount: MountedFs) -> None:
 
 def test_second_umount_keeps_waiting_and_force_stops(mount: MountedFs, mount_factory: Any) -> None:
     (mount.path / "stuck.txt").write_text("cannot go up yet\n")
-    mount.emulator.set_faults(UPLOADS_FAIL)
+    mount.emulator.set_faults(*UPLOADS_FAIL)
     first = None
     try:
         mount.proc.expected_exit = True
@@ -133,7 +134,7 @@ def test_second_umount_keeps_waiting_and_force_stops(mount: MountedFs, mount_fac
 def test_a_daemon_dying_in_the_flush_is_reported(mount: MountedFs) -> None:
     (mount.path / "a.txt").write_text("a\n")
     (mount.path / "b.txt").write_text("b\n")
-    mount.emulator.set_faults(UPLOADS_FAIL)
+    mount.emulator.set_faults(*UPLOADS_FAIL)
     try:
         mount.proc.expected_exit = True
         um = umount_bg(mount.proc)
