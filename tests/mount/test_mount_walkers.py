@@ -60,6 +60,7 @@ def test_tree_walkers_over_the_root_while_an_answer_is_pending(mount: MountedFs,
         d = mount.path / f"d{i % 3}"
         d.mkdir(exist_ok=True)
         (d / f"f{i}.txt").write_text(f"needle {i}\n")
+    mount.wait_uploaded()  # a tree still being uploaded is another matter than .ai/
     reader = held_reader(mount)
     try:
         # Not listed; still there by name.
