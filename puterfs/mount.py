@@ -276,6 +276,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
         auth = MountAuth(client, remote, token_file=s.token_file, token_source=s.token_source,
                          on_resume=resumed, on_change=on_change)
+        ops.queue.blocked = auth.upload_block  # no uploads sent while the token is refused
         try:
             from puterfs.fs.aifiles import AiFiles
 

@@ -82,6 +82,12 @@ class MountAuth:
             "token_file": str(self.token_file) if self.token_file is not None else None,
         }
 
+    def upload_block(self) -> BaseException | None:
+        """For the upload queue: why no upload can succeed now, or None."""
+        if self.remote.token_refused is None:
+            return None
+        return AuthenticationError(f"upload: {TOKEN_REFUSED}", status=401, code="token_refused")
+
     def reread(self) -> None:
         """SIGHUP: look at the token file now."""
         self._wake.set()

@@ -84,6 +84,9 @@ class WriteBackQueue:
         self._idle.set()
         self.last_error: str | None = None
         self.uploaded = 0
+        # While this returns an exception, nothing is dispatched (every upload would be refused:
+        # the server refused the token) and upload_now raises it; call retry_now when it clears.
+        self.blocked: Callable[[], BaseException | None] = lambda: None
 
     # -- producer side --------------------------------------------------------------------
 
@@ -138,6 +141,9 @@ class WriteBackQueue:
 
     async def upload_now(self, key: int) -> None:
         """Upload `key` at once and wait for the outcome (fsync). Raises the upload error."""
+        blocked = self.blocked()
+        if blocked is not None:
+            raise blocked  # the data stays dirty in the cache and goes up once unblocked
         item = self._items.get(key)
         if item is None:
             self.schedule(key, 0)  # dirty but not queued yet (still open for writing)
@@ -172,9 +178,9 @@ class WriteBackQueue:
         self._wakeup.set()
 
     def retry_now(self) -> None:
-        """Make every key whose last upload failed due now, backoff reset (the cause is gone:
-        a new token was accepted). Keys waiting for their quiet period or still open keep
-        their due time."""
+        """Make every key whose last upload failed due now, backoff reset, and dispatch again
+        after a block (the cause is gone: a new token was accepted). Keys waiting for their
+        quiet period or still open keep their due time."""
         now = trio.current_time()
         for item in self._items.values():
             if item.attempts and math.isfinite(item.due) and item.dispatched_gen != item.gen:
@@ -204,6 +210,10 @@ class WriteBackQueue:
 
     async def _scheduler(self, send: trio.MemorySendChannel[list[tuple[int, int]]]) -> None:
         while True:
+            if self.blocked() is not None:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()  # retry_now (or any schedule) looks again
+                continue
             now = trio.current_time()
             due: list[tuple[int, int]] = []
             while self._heap and self._heap[0][0] <= now:

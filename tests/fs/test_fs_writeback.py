@@ -290,3 +290,34 @@ async def test_hold_lets_the_flight_count_and_starts_no_new_one(autojump_clock):
         assert sum(c[1].count(2) for c in up.calls) == 2
 
     await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_blocked_queue_sends_nothing_fsync_fails_at_once_and_retry_now_resumes(autojump_clock):
+    from puterfs.client._errors import AuthenticationError
+
+    up = Uploader()
+    up.fail[1] = 1
+    q = WriteBackQueue(up, delay=1.0)
+    refused: list[BaseException] = []
+    q.blocked = lambda: refused[0] if refused else None
+
+    async def body():
+        q.schedule(1)
+        await trio.sleep(1.5)
+        assert len(up.calls) == 1  # failed once (the refusal arrives with a failure)
+        refused.append(AuthenticationError("the token was refused", status=401))
+        q.schedule(2)
+        await trio.sleep(3600)  # an hour of backoffs and quiet periods: nothing is sent
+        assert len(up.calls) == 1
+        assert q.statistics()["pending"] == 2
+        with pytest.raises(AuthenticationError):
+            await q.upload_now(2)  # fsync answers at once instead of hanging
+        t0 = trio.current_time()
+        refused.clear()
+        q.retry_now()
+        await q.wait_idle()
+        assert trio.current_time() - t0 < 1.0  # no backoff left over from the failure
+        assert sorted(k for _, keys in up.calls[1:] for k in keys) == [1, 2]
+
+    await _with_queue(q, body)

@@ -76,6 +76,13 @@ def test_a_revoked_token_pauses_the_mount_and_sighup_resumes_it(mount_factory: M
     assert info.value.errno == errno.EACCES
     assert sorted(os.listdir(m.path))  # the cached listing still answers
     assert (m.path / "pending-1.txt").read_bytes().startswith(b"written while refused 1")
+    fd = os.open(m.path / "pending-1.txt", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as info:
+            os.fsync(fd)  # cannot reach the server: says so at once, the data stays
+        assert info.value.errno == errno.EACCES
+    finally:
+        os.close(fd)
     time.sleep(3)  # the change poller (0.5 s) and the upload retries would show up in the log
     sent = [e for e in m.emulator.log() if not e["path"].startswith("/_emulator")]
     assert sent == [], sent
