@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from puterfs import config
 
@@ -60,19 +59,6 @@ class CliError(Exception):
 # account, token and client
 
 
-def _derive_web_url(api_url: str) -> str:
-    """The GUI/login host that goes with an API host.
-
-    ``https://api.puter.com`` -> ``https://puter.com``; a self-hosted ``api.<domain>:<port>``
-    -> ``<domain>:<port>``. A bare address (the emulator on 127.0.0.1) serves both.
-    """
-    parts = urlsplit(api_url)
-    host = parts.netloc
-    if host.startswith("api."):
-        host = host[len("api.") :]
-    return urlunsplit((parts.scheme, host, "", "", ""))
-
-
 def _account(args: argparse.Namespace) -> config.Account:
     """The saved account with ``--api-url``/``--web-url``/``--insecure`` and env applied."""
     acc = config.load_account()  # already applies PUTER_API_URL / PUTER_WEB_URL
@@ -82,7 +68,7 @@ def _account(args: argparse.Namespace) -> config.Account:
         acc.api_url = api_url
     # A new API host without a matching web host would send /login to puter.com.
     if (api_url or os.environ.get("PUTER_API_URL")) and not (web_url or os.environ.get("PUTER_WEB_URL")):
-        acc.web_url = _derive_web_url(acc.api_url)
+        acc.web_url = config.derive_web_url(acc.api_url)
     if web_url:
         acc.web_url = web_url
     acc.api_url = acc.api_url.rstrip("/")
@@ -1247,7 +1233,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Send PROMPT (the arguments, or standard input) to Puter's AI chat.",
     )
     p.add_argument("prompt", nargs="*", metavar="PROMPT")
-    p.add_argument("--model", "-m", metavar="M", help="model id (see `puterfs models`)")
+    p.add_argument(
+        "--model", "-m", metavar="M", help=f"model id (default {config.DEFAULT_CHAT_MODEL}; see `puterfs models`)"
+    )
     p.add_argument("--system", "-s", metavar="S", help="system message")
     p.add_argument("--no-stream", action="store_true", help="print the answer only when it is complete")
     p.add_argument("--temperature", type=float, metavar="T")

@@ -11,9 +11,25 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_API_URL = "https://api.puter.com"
 DEFAULT_WEB_URL = "https://puter.com"
+# The chat model when none is given (putergenai 3.5.0's default), in the library and the CLI.
+DEFAULT_CHAT_MODEL = "gpt-5-nano"
+
+
+def derive_web_url(api_url: str) -> str:
+    """The GUI/login host that goes with an API host (the library and the CLI both use this).
+
+    ``https://api.puter.com`` -> ``https://puter.com``; a self-hosted ``api.<domain>:<port>``
+    -> ``<domain>:<port>``. A bare address (the emulator on 127.0.0.1) serves both.
+    """
+    parts = urlsplit(api_url.strip())
+    host = parts.netloc
+    if host.startswith("api."):
+        host = host[len("api."):]
+    return urlunsplit((parts.scheme, host, "", "", ""))
 
 
 def _xdg(var: str, fallback: str) -> Path:

@@ -61,12 +61,19 @@ from puterfs.client._errors import (
     error_from_response,
     parse_retry_after,
 )
+from puterfs.client._facade import PutergenaiFacade
 from puterfs.client._models import CHAT_DRIVER, SEED_MODEL_IDS
 
 if TYPE_CHECKING:
     from puterfs.client._events import EventStream
 from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
 from puterfs.client._retry import NOT_SENT_ERRORS, Idempotency, RetryPolicy, may_retry
+from puterfs.client.apps import Apps
+from puterfs.client.auth import Auth
+from puterfs.client.hosting import Hosting
+from puterfs.client.kv import KV
+from puterfs.client.workers import Workers
+from puterfs.config import DEFAULT_CHAT_MODEL, derive_web_url
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +127,32 @@ def _map_transport_error(exc: httpx.RequestError) -> PuterConnectionError:
     if isinstance(exc, httpx.TimeoutException):
         return PuterTimeout(f"request timed out ({type(exc).__name__}: {detail})")
     return PuterConnectionError(f"connection to Puter failed ({type(exc).__name__}: {detail})")
+
+
+_OPTION_SPELLINGS = {
+    "overwrite": "overwrite",
+    "dedupeName": "dedupe_name",
+    "dedupe_name": "dedupe_name",
+    "createMissingParents": "create_missing_parents",
+    "create_missing_parents": "create_missing_parents",
+}
+
+
+def _fs_options(options: dict[str, Any] | None, allowed: tuple[str, ...], what: str) -> dict[str, bool]:
+    """putergenai/puter.js-style options (camelCase or snake_case) as snake_case booleans;
+    an unknown option is a :class:`BadRequest` rather than silently ignored."""
+    out: dict[str, bool] = {}
+    for key, value in (options or {}).items():
+        name = _OPTION_SPELLINGS.get(key)
+        if name is None or name not in allowed:
+            known = ", ".join(k for k, v in _OPTION_SPELLINGS.items() if v in allowed)
+            raise BadRequest(f"{what}: unknown option {key!r} (known: {known})")
+        if not isinstance(value, bool):
+            raise BadRequest(f"{what}: option {key!r} must be True or False")
+        out[name] = value
+    if out.get("overwrite") and out.get("dedupe_name"):
+        raise BadRequest(f"{what}: overwrite and dedupeName cannot both be set")
+    return out
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -181,7 +214,7 @@ def _ocr_text(result: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
-class PuterClient:
+class PuterClient(PutergenaiFacade):
     """Async client for Puter (filesystem, account, AI drivers).
 
     Use it as ``async with PuterClient(token=...) as client:``. ``token``, ``api_url``
@@ -215,7 +248,8 @@ class PuterClient:
         self.ignore_ssl = ignore_ssl
         self.auto_update_models = auto_update_models
         self.api_url = (api_url or os.environ.get("PUTER_API_URL") or DEFAULT_API_URL).rstrip("/")
-        self.web_url = (web_url or os.environ.get("PUTER_WEB_URL") or DEFAULT_WEB_URL).rstrip("/")
+        # Without a web URL, the one that goes with the API URL (as the CLI derives it).
+        self.web_url = (web_url or os.environ.get("PUTER_WEB_URL") or derive_web_url(self.api_url)).rstrip("/")
         self.username: str | None = None
         self.model_to_driver: dict[str, str] = dict.fromkeys(SEED_MODEL_IDS, CHAT_DRIVER)
         self._timeout = httpx.Timeout(timeout)
@@ -230,6 +264,13 @@ class PuterClient:
         if ignore_ssl:
             _warn_insecure_once()
         self._transport = transport
+        # Puter's areas, as puter.js has them (the richer API; the flat putergenai
+        # methods call into these).
+        self.kv = KV(self)
+        self.apps = Apps(self)
+        self.hosting = Hosting(self)
+        self.workers = Workers(self)
+        self.auth = Auth(self)
         self._http = httpx.AsyncClient(
             transport=transport,
             verify=not ignore_ssl,
@@ -263,7 +304,7 @@ class PuterClient:
                 log.warning("could not refresh the model list: %s", exc)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: object, exc_val: object, exc_tb: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -389,8 +430,10 @@ class PuterClient:
         response = await self._send("POST", base + path, idem=idem, json_body=body, auth=auth)
         return self._json(response)
 
-    async def _get_json(self, path: str, *, idem: Idempotency = IDEMPOTENT, auth: bool = True) -> Any:
-        response = await self._send("GET", self.api_url + path, idem=idem, auth=auth)
+    async def _get_json(
+        self, path: str, *, idem: Idempotency = IDEMPOTENT, auth: bool = True, params: dict[str, Any] | None = None
+    ) -> Any:
+        response = await self._send("GET", self.api_url + path, idem=idem, auth=auth, params=params)
         return self._json(response)
 
     # ------------------------------------------------------------------ account
@@ -417,7 +460,7 @@ class PuterClient:
             self.username = user["username"]
         return token
 
-    async def login(self, username: str, password: str, otp: str | None = None) -> str:
+    async def login(self, username: str, password: str, *, otp: str | None = None) -> str:
         """Log in on the web host; store and return the session token.
 
         With two-factor authentication the server answers ``202 next_step:"otp"``: the
@@ -674,7 +717,9 @@ class PuterClient:
         idem = SAFE_REJECTIONS if body.get("dedupe_name") else IDEMPOTENT
         return await self._post_json("/mkdir", body, idem=idem)
 
-    def _write_op(self, index: int, path: str, overwrite: bool, create_missing_parents: bool) -> dict[str, Any]:
+    def _write_op(
+        self, index: int, path: str, overwrite: bool, create_missing_parents: bool, dedupe_name: bool = False
+    ) -> dict[str, Any]:
         parent, name = _split(path)
         if not name:
             raise BadRequest("cannot write to /")
@@ -684,8 +729,8 @@ class PuterClient:
             "name": name,
             "item_upload_id": index,
             "overwrite": overwrite,
-            # /batch renames on collision unless told not to (§5.6): never do that.
-            "dedupe_name": False,
+            # /batch renames on collision unless told not to (§5.6): only when asked.
+            "dedupe_name": dedupe_name,
             "create_missing_parents": create_missing_parents,
         }
 
@@ -695,10 +740,13 @@ class PuterClient:
         *,
         overwrite: bool,
         create_missing_parents: bool,
+        dedupe_name: bool = False,
     ) -> tuple[int, list[Any]]:
         """One multipart ``/batch`` request; (status, per-op results)."""
         body = MultipartBody()
-        ops = [self._write_op(i, p, overwrite, create_missing_parents) for i, (p, _) in enumerate(items)]
+        ops = [
+            self._write_op(i, p, overwrite, create_missing_parents, dedupe_name) for i, (p, _) in enumerate(items)
+        ]
         # puter.js order: every fileinfo, then every write op, then every file (§5.6).
         for op, (_, source) in zip(ops, items, strict=True):
             body.add_json("fileinfo", {"name": op["name"], "type": guess_type(op["name"]), "size": source.size})
@@ -732,26 +780,29 @@ class PuterClient:
 
         ``content`` is text (UTF-8), bytes, a binary file object (read from its
         current position; streamed, never loaded whole) or a path to a local file.
-        Options: ``overwrite`` (default True; False → :class:`AlreadyExists` when the
-        file exists), ``create_missing_parents`` (default False), ``metadata`` (a dict
-        stored as the entry's metadata, merged by the server with the content type;
-        RECORDED-2 §7). The name is never deduplicated. Sent as multipart ``/batch``;
-        with ``metadata`` as ``/fs/write`` (files up to 8 MiB) or ``/batch`` followed by
-        ``/move new_metadata``.
+        Options (putergenai's camelCase or snake_case): ``overwrite`` (default True;
+        False → :class:`AlreadyExists` when the file exists), ``dedupeName`` (default
+        False; True writes ``name (1).ext`` when the name is taken, and the returned
+        entry has the name used), ``createMissingParents`` (default False), ``metadata``
+        (a dict stored as the entry's metadata, merged by the server with the content
+        type; RECORDED-2 §7). Sent as multipart ``/batch``; with ``metadata`` as
+        ``/fs/write`` (files up to 8 MiB) or ``/batch`` followed by ``/move new_metadata``.
         """
-        opts = options or {}
-        overwrite = bool(opts.get("overwrite", True))
-        parents = bool(opts.get("create_missing_parents", opts.get("createMissingParents", False)))
-        metadata = opts.get("metadata")
+        opts = dict(options or {})
+        metadata = opts.pop("metadata", None)
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError("metadata must be a dict")
+        flags = _fs_options(opts, ("overwrite", "dedupe_name", "create_missing_parents"), "fs_write")
+        dedupe = flags.get("dedupe_name", False)
+        overwrite = flags.get("overwrite", not dedupe)
+        parents = flags.get("create_missing_parents", False)
         target = await self._abs(path)
         source = UploadSource(content)
         try:
             if metadata is not None and source.size <= JSON_WRITE_MAX:
-                return (await self._json_writes([(target, source, metadata)], overwrite, parents))[0]
+                return (await self._json_writes([(target, source, metadata)], overwrite, parents, dedupe))[0]
             status, results = await self._batch_upload(
-                [(target, source)], overwrite=overwrite, create_missing_parents=parents
+                [(target, source)], overwrite=overwrite, create_missing_parents=parents, dedupe_name=dedupe
             )
         finally:
             source.close()
@@ -759,11 +810,16 @@ class PuterClient:
         if isinstance(outcome, PuterError):
             raise outcome
         if metadata is not None:
-            return await self.fs_set_metadata(target, {"contentType": guess_type(target), **metadata})
+            written = str(outcome.get("path") or target)  # the deduplicated name, if it was
+            return await self.fs_set_metadata(written, {"contentType": guess_type(target), **metadata})
         return outcome
 
     async def _json_writes(
-        self, items: Sequence[tuple[str, UploadSource, dict[str, Any]]], overwrite: bool, parents: bool
+        self,
+        items: Sequence[tuple[str, UploadSource, dict[str, Any]]],
+        overwrite: bool,
+        parents: bool,
+        dedupe: bool = False,
     ) -> list[dict[str, Any]]:
         """Files with metadata, in one ``/fs/write`` (one item) or ``/fs/batchWrite`` request;
         their entries in legacy form."""
@@ -773,7 +829,7 @@ class PuterClient:
             reqs.append({
                 "fileMetadata": {
                     "path": target, "size": len(data), "contentType": guess_type(target),
-                    "overwrite": overwrite, "dedupeName": False, "createMissingParents": parents,
+                    "overwrite": overwrite, "dedupeName": dedupe, "createMissingParents": parents,
                     "metadata": metadata,
                 },
                 "fileContent": base64.b64encode(data).decode("ascii"),
@@ -911,7 +967,7 @@ class PuterClient:
         return target, (start, end), False
 
     async def fs_read(
-        self, path: str, offset: int | None = None, length: int | None = None, *, size: int | None = None
+        self, path: str, *, offset: int | None = None, length: int | None = None, size: int | None = None
     ) -> bytes:
         """The bytes of a file, or ``length`` bytes from ``offset`` (b"" at/after EOF).
 
@@ -994,7 +1050,7 @@ class PuterClient:
         if target == "/" or target == await self.home():
             raise PermissionDenied(f"refusing to {what} {target}: it is the root or your home directory")
 
-    async def fs_delete(self, path: str, recursive: bool = True) -> None:
+    async def fs_delete(self, path: str, *, recursive: bool = True) -> None:
         """Delete a file or directory (recursively by default).
 
         The home directory and ``/`` are refused without sending anything. Retried
@@ -1013,13 +1069,35 @@ class PuterClient:
             gone_ok_on_retry=True,
         )
 
-    async def fs_rename(self, path: str, new_name: str) -> dict[str, Any]:
-        """Rename in place (``/rename {path, new_name}``); returns the renamed entry."""
-        if not new_name or "/" in new_name:
-            raise BadRequest("new_name must be a plain name; use fs_move to change directories")
+    async def fs_rename(
+        self, source: str, destination: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Rename ``source`` to ``destination`` and return the renamed entry.
+
+        ``destination`` is a full path (absolute, ``~/...`` or home-relative, as
+        putergenai passes it), or a bare name (no ``/``) for a new name in the same
+        directory. Within one directory this is ``/rename``; to another directory, or
+        with options, it is :meth:`fs_move`. Options as :meth:`fs_move`; an existing
+        destination is never replaced unless ``{"overwrite": True}``.
+        """
+        opts = _fs_options(options, ("overwrite", "dedupe_name", "create_missing_parents"), "fs_rename")
+        src = await self._abs(source)
+        if not destination or not isinstance(destination, str):
+            raise BadRequest("fs_rename needs a destination")
+        if "/" not in destination and not destination.startswith("~"):
+            if destination in (".", ".."):
+                raise BadRequest(f"cannot rename to {destination!r}")
+            dst = posixpath.join(_split(src)[0], destination)
+        else:
+            dst = await self._abs(destination)
+        if _split(dst)[0] != _split(src)[0] or any(opts.values()):
+            return await self.fs_move(src, dst, options)
+        await self._refuse_dangerous(src, "rename")
+        if dst == src:
+            return await self.fs_stat(src)
         # Not idempotent: a retry after success would find no source.
         return await self._post_json(
-            "/rename", {"path": await self._abs(path), "new_name": new_name}, idem=SAFE_REJECTIONS
+            "/rename", {"path": src, "new_name": _split(dst)[1]}, idem=SAFE_REJECTIONS
         )
 
     async def _source_and_target(self, source: str, destination: str, what: str) -> tuple[str, str, str, str]:
@@ -1034,27 +1112,35 @@ class PuterClient:
         parent, name = _split(dst)
         return src, dst, parent, name
 
-    async def fs_move(
-        self,
-        source: str,
-        destination: str,
-        overwrite: bool = False,
-        create_missing_parents: bool = False,
-    ) -> dict[str, Any]:
-        """Move ``source`` to the full path ``destination``; returns the moved entry.
-
-        Sent as ``destination=<parent>, new_name=<basename>``. With ``overwrite`` the
-        server replaces whatever is there without checking types (§5.10).
-        """
-        src, _dst, parent, name = await self._source_and_target(source, destination, "move")
+    async def _copy_move_body(
+        self, source: str, destination: str, options: dict[str, Any] | None, what: str
+    ) -> tuple[dict[str, Any], dict[str, bool]]:
+        opts = _fs_options(options, ("overwrite", "dedupe_name", "create_missing_parents"), f"fs_{what}")
+        src, _dst, parent, name = await self._source_and_target(source, destination, what)
+        if opts.get("create_missing_parents"):
+            # The server ignores create_missing_parents on /move (errata): make them first.
+            await self.fs_mkdir(parent, {"create_missing_parents": True})
         body = {
             "source": src,
             "destination": parent,
             "new_name": name,
-            "overwrite": bool(overwrite),
-            "dedupe_name": False,
-            "create_missing_parents": bool(create_missing_parents),
+            "overwrite": opts.get("overwrite", False),
+            "dedupe_name": opts.get("dedupe_name", False),
         }
+        return body, opts
+
+    async def fs_move(
+        self, source: str, destination: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Move ``source`` to the full path ``destination``; returns the moved entry.
+
+        Options (putergenai's camelCase or snake_case): ``overwrite`` (default False: an
+        existing destination is :class:`AlreadyExists`; True replaces it, whatever its
+        type, §5.10), ``dedupeName`` (default False: True moves to ``name (1)`` when the
+        name is taken), ``createMissingParents`` (default False). Sent as
+        ``destination=<parent>, new_name=<basename>``.
+        """
+        body, _opts = await self._copy_move_body(source, destination, options, "move")
         # A retried move whose first attempt succeeded finds no source: never retried
         # once sent.
         data = await self._post_json("/move", body, idem=SAFE_REJECTIONS)
@@ -1063,18 +1149,14 @@ class PuterClient:
             raise ServerError("unexpected /move answer")
         return moved
 
-    async def fs_copy(self, source: str, destination: str, overwrite: bool = False) -> dict[str, Any]:
-        """Copy ``source`` to the full path ``destination``; returns the new entry."""
-        src, _dst, parent, name = await self._source_and_target(source, destination, "copy")
-        body = {
-            "source": src,
-            "destination": parent,
-            "new_name": name,
-            "overwrite": bool(overwrite),
-            "dedupe_name": False,
-        }
+    async def fs_copy(
+        self, source: str, destination: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Copy ``source`` (a file or a whole directory) to the full path ``destination``;
+        returns the new entry. Options as :meth:`fs_move` (no silent overwrite)."""
+        body, opts = await self._copy_move_body(source, destination, options, "copy")
         # Copying again over its own earlier result is harmless with overwrite.
-        data = await self._post_json("/copy", body, idem=IDEMPOTENT if overwrite else SAFE_REJECTIONS)
+        data = await self._post_json("/copy", body, idem=IDEMPOTENT if opts.get("overwrite") else SAFE_REJECTIONS)
         item = data[0] if isinstance(data, list) and data else data
         copied = item.get("copied") if isinstance(item, dict) else None
         if not isinstance(copied, dict):
@@ -1165,12 +1247,34 @@ class PuterClient:
         response = await self._driver_response(interface, method, args, idem=idem, driver=driver)
         return self._envelope_result(response.status_code, self._json(response))
 
+    async def _driver_envelope(
+        self,
+        interface: str,
+        method: str,
+        args: dict[str, Any] | None,
+        *,
+        idem: Idempotency,
+        driver: str | None = None,
+        result: bool = True,
+    ) -> dict[str, Any]:
+        """The whole JSON envelope of a driver call; with ``result=False`` an envelope
+        without ``result`` (KV ``expire``) is a success too."""
+        response = await self._driver_response(interface, method, args, idem=idem, driver=driver)
+        data = self._json(response)
+        if result:
+            self._envelope_result(response.status_code, data)
+        elif not isinstance(data, dict) or data.get("success") is False:
+            raise error_from_body(502 if not isinstance(data, dict) else response.status_code, data,
+                                  default_message="the driver call failed")
+        return data
+
     async def drivers_call(
         self,
         interface: str,
         driver: str | None,
         method: str,
         args: dict[str, Any] | None = None,
+        *,
         stream: bool = False,
         test_mode: bool = False,
     ) -> Any:
@@ -1245,6 +1349,8 @@ class PuterClient:
         if test_mode and not model:
             # 26.07 ignores test_mode for chat (§7.2); its offline model is "fake".
             model = "fake"
+        if not model:
+            model = DEFAULT_CHAT_MODEL  # the server has no default ("Model not found: undefined")
         if model:
             args["model"] = model
         if stream:
@@ -1280,6 +1386,7 @@ class PuterClient:
         test_mode: bool = False,
         image_url: str | list[str] | None = None,
         messages: list[dict[str, Any]] | None = None,
+        retry_count: int = 0,
         strict_model: bool = False,
     ) -> Any:
         """Chat completion through the ``ai-chat`` driver.
@@ -1396,11 +1503,11 @@ class PuterClient:
         result = await self._driver_result("puter-ocr", "recognize", args, idem=SAFE_REJECTIONS)
         return _ocr_text(result)
 
-    async def ai_txt2img(self, prompt: str, model: str = DEFAULT_IMAGE_MODEL, test_mode: bool = False) -> str:
+    async def ai_txt2img(self, prompt: str, model: str = "pollinations-image", test_mode: bool = False) -> str:
         """Generate an image; returns its URL or a ``data:`` URL.
 
-        putergenai's driver names given as ``model`` (e.g. ``"pollinations-image"``)
-        select the default model instead.
+        putergenai's driver names given as ``model`` (its default ``"pollinations-image"``,
+        which is no model on 26.07) select the default model, ``gpt-image-1``.
         """
         response = await self._image_response(prompt, model, test_mode)
         ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -1584,22 +1691,6 @@ class PuterClient:
         )
         return {"results": results}
 
-    async def auth_is_signed_in(self) -> bool:
-        """Whether the token is valid (``GET /whoami``)."""
-        if not self._token:
-            return False
-        try:
-            await self.whoami()
-        except AuthenticationError:
-            return False
-        return True
-
-    async def auth_get_user(self) -> dict[str, Any]:
-        return await self.whoami()
-
-    async def auth_sign_out(self) -> dict[str, Any]:
-        await self.logout()
-        return {"success": True}
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -1,15 +1,15 @@
 """The exception hierarchy of the Puter client, and the one place that maps HTTP to it.
 
-    PuterError                      base; .status, .code, .message, .body (never the token)
-    ├── AuthenticationError         401, bad credentials, token_missing/reauth_required (also ValueError)
-    │   ├── OTPRequired             login needs a second factor: .otp_token (also ValueError)
+    PuterError (a ValueError)       base; .status, .code, .message, .body (never the token)
+    ├── AuthenticationError         401, bad credentials, token_missing/reauth_required
+    │   ├── OTPRequired             login needs a second factor: .otp_token
     │   └── ScriptedLoginRefused    /login wants a captcha (puter.com): use the browser flow
     ├── PermissionDenied            403
     ├── NotFound                    404 (subject_does_not_exist, not_found)
     ├── AlreadyExists               409 item_with_same_name_exists / "already exists" conflicts
     ├── NotEmpty                    409 "Directory is not empty"
     ├── Conflict                    other 409s
-    ├── BadRequest                  400 and other 4xx (also ValueError)
+    ├── BadRequest                  400 and other 4xx
     │   ├── NotADirectory           dest_is_not_a_directory / readdir_of_non_directory
     │   ├── IsADirectory            cannot_read_a_directory
     │   └── ModelSubstituted        strict_model and the server used another model
@@ -20,6 +20,13 @@
     ├── EventsRefused               socket.io refused this client (a ``44`` for the token kind, host, protocol)
     └── PuterConnectionError        the server could not be reached or the connection broke
         └── PuterTimeout            a request exceeded its deadline
+
+Every class is a ``ValueError``: putergenai 3.5.0 raised ``ValueError`` for each of these
+failures somewhere (login wraps every HTTP and connection error in one; any driver or
+API answer with ``success: false``, which the old backend gives for every kind of error,
+raises one; so do bad input, a missing token and unparsable answers), so code written
+for it with ``except ValueError`` still catches them. The mount tells them apart by
+class (``puterfs/fs/errors.py``), never by ``ValueError``.
 
 `error_from_response` understands both error styles of the API reference (§3): the 26.07
 ``{"error","message","code"}`` with the real status, and the old backend's plain-text
@@ -32,8 +39,8 @@ import json
 from typing import Any
 
 
-class PuterError(Exception):
-    """Base class of every error the client raises."""
+class PuterError(ValueError):
+    """Base class of every error the client raises (a ``ValueError``, as putergenai's were)."""
 
     status: int | None
     code: str | None
@@ -68,7 +75,7 @@ class PuterError(Exception):
         return f"{type(self).__name__}({self.message!r}, status={self.status!r}, code={self.code!r})"
 
 
-class AuthenticationError(PuterError, ValueError):
+class AuthenticationError(PuterError):
     pass
 
 
@@ -109,7 +116,7 @@ class Conflict(PuterError):
     pass
 
 
-class BadRequest(PuterError, ValueError):
+class BadRequest(PuterError):
     pass
 
 
@@ -231,6 +238,7 @@ _CODE_MAP: dict[str, type[PuterError]] = {
     "interface_not_found": NotFound,
     "method_not_found": NotFound,
     "item_with_same_name_exists": AlreadyExists,
+    "app_name_already_in_use": AlreadyExists,
     "not_empty": NotEmpty,
     "dest_is_not_a_directory": NotADirectory,
     "readdir_of_non_directory": NotADirectory,

@@ -1,6 +1,7 @@
 """``puter-apps`` (``es:app``), ``puter-subdomains`` (``es:subdomain``) and ``workers``
 (``worker-service``), as a self-hosted Puter 26.07 answers them (``exchanges/apps.jsonl``,
-RECORDED-2.md §5), plus ``GET /apps/nameAvailable`` and ``GET /get-dev-profile``.
+RECORDED-2.md §5), plus ``GET /apps/nameAvailable``, ``GET /get-dev-profile`` and the
+metering extension's ``GET /metering/usage[/<app>]`` (source, not recorded).
 
 Workers are answered like a self-host without Cloudflare: ``create`` checks its
 arguments, then 503 "Cloudflare Workers not configured" (code ``response_timeout``,
@@ -251,6 +252,39 @@ async def dev_profile(call: Call) -> Response:
         },
         media_type=_JSON,
     )
+
+
+# --------------------------------------------------------------------------- metering
+
+# The free policies' monthly allowance in microcents ($0.01 = 1,000,000): registered
+# users $0.50, temp users $0.25 (data/subPolicies/*FreePolicy.ts). The emulator meters
+# nothing, so usage is always 0 and all of the allowance remains.
+ALLOWANCE = {False: 50_000_000, True: 25_000_000}
+
+
+@route("GET", "/metering/usage", auth="user")
+async def metering_usage(call: Call) -> Response:
+    allowance = ALLOWANCE[bool(call.me.user["is_temp"])]
+    return JSONResponse(
+        {
+            "usage": {"total": 0},
+            "appTotals": {},
+            "allowanceInfo": {"remaining": allowance, "monthUsageAllowance": allowance, "addons": {}},
+        },
+        media_type=_JSON,
+    )
+
+
+@route("GET", "/metering/usage/", auth="user", prefix=True)
+async def metering_app_usage(call: Call) -> Response:
+    app = call.request.url.path[len("/metering/usage/"):]
+    if not app or "/" in app:
+        raise ApiError(404, "not_found", "Not Found")
+    if not app.startswith("app-"):
+        hosting.ensure_schema(call.store)
+        if call.store.db.execute("SELECT 1 FROM apps WHERE name=?", (app,)).fetchone() is None:
+            raise ApiError(404, "not_found", "App not found")
+    return JSONResponse({"total": 0}, media_type=_JSON)
 
 
 # --------------------------------------------------------------------------- subdomains

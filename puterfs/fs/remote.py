@@ -228,7 +228,7 @@ class Remote:
 
     async def move(self, src: str, dst: str, *, overwrite: bool) -> RemoteEntry:
         moved = await self._call(
-            "move", self.client.fs_move, self.abspath(src), self.abspath(dst), overwrite=overwrite
+            "move", self.client.fs_move, self.abspath(src), self.abspath(dst), {"overwrite": overwrite}
         )
         return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
 

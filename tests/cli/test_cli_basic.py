@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from puterfs import cli
+from puterfs import cli, config
 
 COMMANDS = ["login", "logout", "mount", "umount", "status", "chat", "models", "emulator"]
 
@@ -259,9 +259,9 @@ def test_mountinfo_escapes_are_decoded():
 
 
 def test_web_url_is_derived_from_the_api_host():
-    assert cli._derive_web_url("https://api.puter.com") == "https://puter.com"
-    assert cli._derive_web_url("http://api.puter.localhost:4100/") == "http://puter.localhost:4100"
-    assert cli._derive_web_url("http://127.0.0.1:4100") == "http://127.0.0.1:4100"
+    assert config.derive_web_url("https://api.puter.com") == "https://puter.com"
+    assert config.derive_web_url("http://api.puter.localhost:4100/") == "http://puter.localhost:4100"
+    assert config.derive_web_url("http://127.0.0.1:4100") == "http://127.0.0.1:4100"
 
 
 def test_a_broken_pyfuse3_only_breaks_mount(cli_env, tmp_path):

@@ -107,10 +107,10 @@ async def test_filesystem_round_trip(puter: PuterClient, puter_user, tmp_path: P
         await puter.fs_stat("work/renamed.txt")
     with pytest.raises(AlreadyExists):
         await puter.fs_move("work/bytes.bin", "work/a/b/moved.txt")
-    replaced = await puter.fs_move("work/bytes.bin", "work/a/b/moved.txt", overwrite=True)
+    replaced = await puter.fs_move("work/bytes.bin", "work/a/b/moved.txt", {"overwrite": True})
     assert replaced["name"] == "moved.txt"
     assert await puter.fs_read("work/a/b/moved.txt") == bytes(range(256))
-    await puter.fs_move("work/fileobj.bin", "work/new/parent/f.bin", create_missing_parents=True)
+    await puter.fs_move("work/fileobj.bin", "work/new/parent/f.bin", {"createMissingParents": True})
     assert await puter.fs_read("work/new/parent/f.bin") == b"from a file object"
 
     copied = await puter.fs_copy("work/a/b/moved.txt", "work/copy.txt")
@@ -118,7 +118,7 @@ async def test_filesystem_round_trip(puter: PuterClient, puter_user, tmp_path: P
     assert await puter.fs_read("work/copy.txt") == bytes(range(256))
     with pytest.raises(AlreadyExists):
         await puter.fs_copy("work/local.dat", "work/copy.txt")
-    await puter.fs_copy("work/local.dat", "work/copy.txt", overwrite=True)
+    await puter.fs_copy("work/local.dat", "work/copy.txt", {"overwrite": True})
     assert (await puter.fs_stat("work/copy.txt"))["size"] == 100_000
     tree = await puter.fs_copy("work/a", "work/a-copy")
     assert tree["is_dir"] and await puter.fs_read("work/a-copy/b/moved.txt") == bytes(range(256))

@@ -487,9 +487,15 @@ async def test_move_into_itself_refused_without_sending(
 async def test_move_overwrite_flag(client: PuterClient, router: respx.MockRouter) -> None:
     rec = exchange("fs-more.jsonl", "move with overwrite:true onto existing file")
     route = router.post(f"{API}/move").mock(return_value=recorded_response(rec))
-    moved = await client.fs_move("/u/a.txt", "/u/b.txt", overwrite=True, create_missing_parents=True)
+    mkdir = router.post(f"{API}/mkdir").mock(
+        return_value=recorded_response(exchange("fs-more.jsonl", "mkdir create_missing_parents"))
+    )
+    moved = await client.fs_move("/u/a.txt", "/u/new/b.txt", {"overwrite": True, "createMissingParents": True})
     body = _json(route.calls.last.request)
-    assert body["overwrite"] is True and body["create_missing_parents"] is True
+    assert body["overwrite"] is True and body["destination"] == "/u/new" and body["new_name"] == "b.txt"
+    # /move ignores create_missing_parents (errata): the parents are made first
+    assert "create_missing_parents" not in body
+    assert _json(mkdir.calls.last.request) == {"path": "/u/new", "dedupe_name": False, "create_missing_parents": True}
     assert moved == rec["response"]["moved"]
 
 

@@ -1,0 +1,183 @@
+"""putergenai 3.5.0's flat methods (``kv_set``, ``apps_create``, ...), each a thin call
+into the area objects (``client.kv``, ``client.apps``, ...), keeping putergenai's names,
+parameter order, defaults and return shapes. puterfs additions are keyword-only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from puterfs.client._errors import BadRequest
+from puterfs.client._retry import Idempotency
+from puterfs.client.apps import app_object
+from puterfs.client.hosting import root_dir_of
+from puterfs.client.kv import _key
+from puterfs.client.workers import worker_spec
+
+if TYPE_CHECKING:
+    from puterfs.client.apps import Apps
+    from puterfs.client.auth import Auth
+    from puterfs.client.hosting import Hosting
+    from puterfs.client.kv import KV
+    from puterfs.client.workers import Workers
+
+IDEMPOTENT = Idempotency.IDEMPOTENT
+
+
+class PutergenaiFacade:
+    """Mixed into :class:`~puterfs.client.PuterClient`."""
+
+    kv: KV
+    apps: Apps
+    hosting: Hosting
+    workers: Workers
+    auth: Auth
+
+    # ------------------------------------------------------------------ auth
+
+    async def auth_is_signed_in(self) -> bool:
+        """Whether the token is valid (``GET /whoami``)."""
+        return await self.auth.is_signed_in()
+
+    async def auth_get_user(self) -> dict[str, Any]:
+        return await self.auth.user()
+
+    async def auth_sign_out(self) -> dict[str, Any]:
+        await self.auth.sign_out()
+        return {"success": True}
+
+    async def auth_get_monthly_usage(self) -> dict[str, Any]:
+        """This month's usage (``GET /metering/usage``): ``usage``, ``appTotals``, ``allowanceInfo``."""
+        return await self.auth.monthly_usage()
+
+    async def auth_get_detailed_app_usage(self, *, app_id: str | None = None) -> dict[str, Any]:
+        """Usage per app: with ``app_id`` (puterfs addition) that app's usage per API
+        (``GET /metering/usage/<app>``), without it every app's totals (``appTotals``)."""
+        if app_id is not None:
+            return await self.auth.app_usage(app_id)
+        usage = await self.auth.monthly_usage()
+        totals = usage.get("appTotals")
+        return totals if isinstance(totals, dict) else {}
+
+    # ------------------------------------------------------------------ kv
+
+    async def kv_set(self, key: str, value: Any) -> Any:
+        """Store ``value``; returns the server's answer ``{"success": True, "result": True, ...}``."""
+        return await self.kv._envelope("set", {"key": _key(key), "value": value}, IDEMPOTENT, None)
+
+    async def kv_get(self, key: str) -> Any:
+        """The value, or None when the key is missing."""
+        return await self.kv.get(key)
+
+    async def kv_delete(self, key: str) -> bool:
+        return await self.kv.delete(key)
+
+    async def kv_list(
+        self,
+        pattern: str = "*",
+        return_values: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> list[str] | list[dict[str, Any]] | dict[str, Any]:
+        """Keys matching ``pattern`` (``"prefix*"`` or a glob); ``{"key", "value"}`` entries with
+        ``return_values``. With ``limit`` or ``cursor``: one page ``{"items", "cursor"?}``."""
+        if limit is not None or cursor is not None:
+            return await self.kv.page(pattern, values=return_values, limit=limit, cursor=cursor)
+        return await self.kv.list(pattern, values=return_values)
+
+    async def kv_add(self, key: str, value: Any) -> Any:
+        """Append to the list at ``key`` (``value``: an item, a list, or ``{path: items}``)."""
+        return await self.kv.add(key, value)
+
+    async def kv_incr(self, key: str, value: Any) -> Any:
+        """Add ``value`` (a number, or ``{path: number}``); returns the new value."""
+        return await self.kv.incr(key, value)
+
+    async def kv_decr(self, key: str, value: Any) -> Any:
+        return await self.kv.decr(key, value)
+
+    async def kv_update(self, key: str, value: Any) -> Any:
+        """Set paths in the object at ``key``: ``value`` is ``{"dot.path": value}``."""
+        if not isinstance(value, dict):
+            raise BadRequest("kv_update takes a {path: value} dict")
+        return await self.kv.update(key, value)
+
+    async def kv_remove(self, key: str, *paths: str) -> Any:
+        return await self.kv.remove(key, *paths)
+
+    async def kv_expire(self, key: str, seconds: int | float) -> dict[str, Any]:
+        return await self.kv.expire(key, seconds)
+
+    async def kv_expire_at(self, key: str, timestamp: int | float | str | datetime) -> dict[str, Any]:
+        return await self.kv.expire_at(key, timestamp)
+
+    async def kv_flush(self, pattern: str = "*") -> dict[str, Any]:
+        """Delete every key, or those matching ``pattern`` (then ``"deleted"`` counts them)."""
+        if pattern in (None, "", "*"):
+            return await self.kv._envelope("flush", {}, IDEMPOTENT, None)
+        deleted = await self.kv.flush(pattern)
+        return {"success": True, "result": True, "deleted": deleted}
+
+    # ------------------------------------------------------------------ apps
+
+    async def apps_create(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Create an app from ``{"name", "indexURL" | "index_url", "title"?, ..., "dedupeName"?}``."""
+        obj, opts = app_object(options or {})
+        name = obj.pop("name", None)
+        if not name:
+            raise BadRequest("an app needs a name")
+        index_url = obj.pop("index_url", None)
+        return await self.apps.create(name, index_url, dedupe_name=bool(opts.get("dedupe_name")), **obj)
+
+    async def apps_get(self, app_id: str) -> dict[str, Any]:
+        return await self.apps.get(app_id)
+
+    async def apps_list(self) -> dict[str, Any]:
+        """``{"items": [every app the user can edit]}``."""
+        return {"items": await self.apps.list()}
+
+    async def apps_update(self, app_id: str, options: dict[str, Any]) -> dict[str, Any]:
+        return await self.apps.update(app_id, **(options or {}))
+
+    async def apps_delete(self, app_id: str) -> dict[str, Any]:
+        return await self.apps.delete(app_id)
+
+    # ------------------------------------------------------------------ hosting
+
+    async def hosting_create(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Serve a directory: ``{"subdomain", "root_dir" | "dirPath" | "path"}``."""
+        opts = options or {}
+        return await self.hosting.create(opts.get("subdomain"), root_dir_of(opts))
+
+    async def hosting_get(self, subdomain: str) -> dict[str, Any]:
+        return await self.hosting.get(subdomain)
+
+    async def hosting_list(self) -> dict[str, Any]:
+        """``{"items": [every site of the user]}``."""
+        return {"items": await self.hosting.list()}
+
+    async def hosting_update(self, subdomain: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Serve another directory: ``{"root_dir" | "dirPath" | "path"}``."""
+        return await self.hosting.update(subdomain, root_dir_of(options or {}))
+
+    async def hosting_delete(self, subdomain: str) -> dict[str, Any]:
+        return await self.hosting.delete(subdomain)
+
+    # ------------------------------------------------------------------ workers
+
+    async def workers_create(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Deploy a worker: ``{"name" | "workerName", "filePath" | "path"}``."""
+        name, path = worker_spec(options or {})
+        return await self.workers.create(name, path)
+
+    async def workers_get(self, worker_name: str) -> dict[str, Any]:
+        return await self.workers.get(worker_name)
+
+    async def workers_list(self) -> dict[str, Any]:
+        """``{"items": [every worker of the user]}``."""
+        return {"items": await self.workers.list()}
+
+    async def workers_delete(self, worker_name: str) -> dict[str, Any]:
+        return await self.workers.delete(worker_name)
+
