@@ -72,6 +72,7 @@ from puterfs.client.apps import Apps
 from puterfs.client.auth import Auth
 from puterfs.client.hosting import Hosting
 from puterfs.client.kv import KV
+from puterfs.client.net import Net
 from puterfs.client.workers import Workers
 from puterfs.config import DEFAULT_CHAT_MODEL, derive_web_url
 
@@ -271,6 +272,7 @@ class PuterClient(PutergenaiFacade):
         self.hosting = Hosting(self)
         self.workers = Workers(self)
         self.auth = Auth(self)
+        self.net = Net(self)
         self._http = httpx.AsyncClient(
             transport=transport,
             verify=not ignore_ssl,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from puterfs.client.auth import Auth
     from puterfs.client.hosting import Hosting
     from puterfs.client.kv import KV
+    from puterfs.client.net import Net
     from puterfs.client.workers import Workers
 
 IDEMPOTENT = Idempotency.IDEMPOTENT
@@ -33,6 +34,7 @@ class PutergenaiFacade:
     hosting: Hosting
     workers: Workers
     auth: Auth
+    net: Net
 
     # ------------------------------------------------------------------ auth
 
@@ -180,4 +182,41 @@ class PutergenaiFacade:
 
     async def workers_delete(self, worker_name: str) -> dict[str, Any]:
         return await self.workers.delete(worker_name)
+
+    async def workers_exec(
+        self,
+        worker_url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        data: Any = None,
+        return_json: bool = False,
+    ) -> bytes | dict[str, Any]:
+        """Call a worker's URL as the user (token in ``puter-auth``); bytes or JSON."""
+        return await self.workers.exec(
+            worker_url, method=method, headers=headers, params=params, json_body=json_body, data=data,
+            return_json=return_json,
+        )
+
+    # ------------------------------------------------------------------ net
+
+    async def net_fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        data: Any = None,
+        return_json: bool = False,
+        include_auth: bool = False,
+    ) -> bytes | dict[str, Any]:
+        """Fetch any URL; the token is sent only with ``include_auth=True``."""
+        return await self.net.fetch(
+            url, method=method, headers=headers, params=params, json_body=json_body, data=data,
+            return_json=return_json, include_auth=include_auth,
+        )
 

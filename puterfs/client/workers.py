@@ -103,6 +103,28 @@ class Workers:
         args = {"authorization": self._client.token, "workerName": _name(name)}
         return await self._call("destroy", args, Idempotency.SAFE_REJECTIONS)
 
+    async def exec(
+        self,
+        worker_url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        data: Any = None,
+        return_json: bool = False,
+    ) -> Any:
+        """Call a worker's URL with the user's token in ``puter-auth`` (as puter.js does, so the
+        worker acts for the user; a ``puter-auth`` or ``x-puter-no-auth`` header of your own
+        wins). Returns the body: bytes, or JSON with ``return_json``."""
+        hdrs = dict(headers or {})
+        no_auth = any(k.lower() == "x-puter-no-auth" for k in hdrs)
+        hdrs = {k: v for k, v in hdrs.items() if k.lower() != "x-puter-no-auth"}
+        return await self._client.net.fetch(
+            worker_url, method=method, headers=hdrs, params=params, json_body=json_body, data=data,
+            return_json=return_json, puter_auth_header=None if no_auth else "puter-auth",
+        )
+
     async def logging_url(self, name: str) -> str | None:
         """Where the worker's logs stream (None when the server has none)."""
         # puter.js passes this one positionally, so the server sees args {"0": ..., "1": ...}.

@@ -290,3 +290,46 @@ async def test_workers_create_replays_the_puter_js_sequence(client: PuterClient,
     assert [b["method"] for b in bodies] == ["read", "create", "create"]
     last = recs[-1]["request"]["args"]
     assert bodies[-1]["args"] == {**last, "authorization": TOKEN, "appId": recs[1]["response"]["result"]["uid"]}
+
+
+# ------------------------------------------------------------------ net_fetch and workers_exec
+
+
+async def test_net_fetch_keeps_the_token_unless_asked(client: PuterClient, router: respx.MockRouter) -> None:
+    route = router.get("https://example.org/data").mock(return_value=httpx.Response(200, json={"a": 1}))
+    assert await client.net_fetch("https://example.org/data", params={"q": "1"}, return_json=True) == {"a": 1}
+    request = route.calls.last.request
+    assert "authorization" not in request.headers and request.url.params["q"] == "1"
+    assert json.loads(await client.net_fetch("https://example.org/data")) == {"a": 1}  # bytes
+    await client.net_fetch("https://example.org/data", include_auth=True)
+    assert route.calls.last.request.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_net_fetch_retries_only_safe_methods(client: PuterClient, router: respx.MockRouter) -> None:
+    busy = httpx.Response(503, text="busy")
+    get = router.get("https://example.org/x").mock(side_effect=[busy, httpx.Response(200, text="ok")])
+    assert await client.net_fetch("https://example.org/x") == b"ok" and get.call_count == 2
+    post = router.post("https://example.org/x").mock(side_effect=[busy, httpx.Response(200, text="ok")])
+    with pytest.raises(ServerError) as info:
+        await client.net_fetch("https://example.org/x", method="POST", data=b"\x00raw")
+    assert post.call_count == 1 and post.calls.last.request.content == b"\x00raw"
+    assert isinstance(info.value, ValueError) and info.value.status == 503
+    with pytest.raises(BadRequest):
+        await client.net_fetch("file:///etc/passwd")
+
+
+async def test_workers_exec_sends_puter_auth(client: PuterClient, router: respx.MockRouter) -> None:
+    route = router.post("https://w1.puter.work/api").mock(return_value=httpx.Response(200, json={"ok": True}))
+    out = await client.workers_exec("https://w1.puter.work/api", method="POST", json_body={"x": 1}, return_json=True)
+    request = route.calls.last.request
+    assert out == {"ok": True} and request.headers["puter-auth"] == TOKEN
+    assert json.loads(request.content) == {"x": 1} and "authorization" not in request.headers
+    await client.workers_exec("https://w1.puter.work/api", method="POST", headers={"x-puter-no-auth": "1"})
+    assert "puter-auth" not in route.calls.last.request.headers
+    assert "x-puter-no-auth" not in route.calls.last.request.headers
+
+
+async def test_net_fetch_over_real_http(puter: PuterClient, emulator) -> None:
+    assert await puter.net_fetch(emulator.url + "/healthcheck", return_json=True) == {"ok": True}
+    with pytest.raises(NotFound):
+        await puter.workers_exec(emulator.url + "/", headers={"Host": "w1.workers.puter.localhost"})

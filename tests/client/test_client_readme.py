@@ -2,9 +2,11 @@
 
 Each example below is copied from the putergenai README (METADATA lines 80-215). Only
 the import line differs (``from puterfs import PuterClient``), and the credentials and
-URLs come from the environment (PUTER_API_URL / PUTER_WEB_URL / PUTER_USERNAME /
-PUTER_PASSWORD, set here to the emulator). Each runs as the README runs it,
-``asyncio.run(main())``, and again under ``trio.run``: the client is backend-neutral.
+URL come from the environment (PUTER_USERNAME / PUTER_PASSWORD and PUTER_API_URL only:
+the login URL is derived from it, set here to the emulator). Each runs as the README runs
+it, ``asyncio.run(main())``, and again under ``trio.run``: the client is backend-neutral.
+The README's vision and OCR snippets fetch images from example.com, which a test run
+offline cannot reach; the same calls with local images are in test_client_ai.py.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from puterfs import PuterClient
 @pytest.fixture(autouse=True)
 def _env(emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PUTER_API_URL", emulator.url)
-    monkeypatch.setenv("PUTER_WEB_URL", emulator.url)
+    # only the API URL: the client derives the web (login) URL from it, as the CLI does
+    monkeypatch.delenv("PUTER_WEB_URL", raising=False)
     monkeypatch.setenv("PUTER_USERNAME", emulator.username)
     monkeypatch.setenv("PUTER_PASSWORD", emulator.password)
     monkeypatch.delenv("PUTER_TOKEN", raising=False)
@@ -66,6 +69,15 @@ async def file_example():
         content = await client.fs_read("test.txt")
         print(content.decode('utf-8'))
         await client.fs_delete("test.txt")
+
+
+async def kv_example():
+    async with PuterClient() as client:
+        await client.login(os.environ["PUTER_USERNAME"], os.environ["PUTER_PASSWORD"])
+
+        await client.kv_set("my_key", "my_value")
+        value = await client.kv_get("my_key")
+        print(value)
 
 
 async def image_example():
@@ -116,6 +128,11 @@ def test_readme_streaming_chat(run, capsys: pytest.CaptureFixture[str]) -> None:
 def test_readme_file_operations(run, capsys: pytest.CaptureFixture[str], emulator) -> None:
     run(file_example)
     assert capsys.readouterr().out == "Hello, Puter!\n"
+
+
+def test_readme_key_value_store(run, capsys: pytest.CaptureFixture[str]) -> None:
+    run(kv_example)
+    assert capsys.readouterr().out == "my_value\n"
 
 
 def test_readme_image_generation(run, capsys: pytest.CaptureFixture[str]) -> None:
