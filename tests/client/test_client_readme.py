@@ -6,7 +6,8 @@ URL come from the environment (PUTER_USERNAME / PUTER_PASSWORD and PUTER_API_URL
 the login URL is derived from it, set here to the emulator). Each runs as the README runs
 it, ``asyncio.run(main())``, and again under ``trio.run``: the client is backend-neutral.
 The README's vision and OCR snippets fetch images from example.com, which a test run
-offline cannot reach; the same calls with local images are in test_client_ai.py.
+offline cannot reach; those calls are tested with data: URLs and recorded exchanges in
+test_client_ai.py.
 """
 
 from __future__ import annotations
