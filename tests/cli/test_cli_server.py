@@ -244,6 +244,15 @@ def test_chat_error_in_the_middle_of_a_stream(run_cli, user_env, emulator):
     assert "provider went away" in res.stderr
 
 
+def test_chat_without_a_model_uses_gpt_5_nano(run_cli, user_env, emulator):
+    emulator.clear_log()
+    res = _chat(run_cli, user_env, "no model given")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "no model given\n"  # the emulator's gpt-5-nano stand-in echoes
+    calls = [r for r in emulator.log(bodies=True) if r["path"] == "/drivers/call"]
+    assert calls and calls[-1]["body"]["args"]["model"] == "gpt-5-nano"
+
+
 def test_chat_with_an_unknown_model(run_cli, user_env):
     res = _chat(run_cli, user_env, "-m", "no-such-model-xyz", "hi")
     assert res.returncode == 1

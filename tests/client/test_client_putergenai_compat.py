@@ -67,3 +67,50 @@ def test_same_signature_as_putergenai(name: str) -> None:
         assert o_kw[pname].default == param.default, f"default of {pname!r} differs"
     for pname in o_kw.keys() - t_kw.keys():
         assert o_kw[pname].default is not inspect.Parameter.empty, f"added keyword {pname!r} needs a default"
+
+
+# ------------------------------------------------------------------ behaviour a putergenai caller relies on
+
+
+def test_every_client_error_is_a_value_error() -> None:
+    import puterfs.client as pc
+
+    classes = [v for v in vars(pc).values() if isinstance(v, type) and issubclass(v, pc.PuterError)]
+    assert len(classes) >= 18
+    for cls in classes:
+        assert issubclass(cls, ValueError), cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("api_url", "web_url"),
+    [
+        ("https://api.puter.com", "https://puter.com"),
+        ("http://api.puter.localhost:4100", "http://puter.localhost:4100"),
+        ("http://127.0.0.1:4100/", "http://127.0.0.1:4100"),
+    ],
+)
+def test_web_url_follows_api_url_like_the_cli(monkeypatch: pytest.MonkeyPatch, api_url: str, web_url: str) -> None:
+    from puterfs import config
+
+    monkeypatch.delenv("PUTER_WEB_URL", raising=False)
+    monkeypatch.setenv("PUTER_API_URL", api_url)
+    assert PuterClient().web_url == web_url == config.derive_web_url(api_url).rstrip("/")
+    monkeypatch.delenv("PUTER_API_URL")
+    assert PuterClient(api_url=api_url).web_url == web_url
+    assert PuterClient(api_url=api_url, web_url="https://gui.example").web_url == "https://gui.example"
+
+
+@pytest.mark.anyio
+async def test_chat_without_a_model_asks_for_gpt_5_nano(client, router) -> None:
+    import json
+
+    import httpx
+    from test_client_support import API
+
+    route = router.post(f"{API}/drivers/call").mock(
+        return_value=httpx.Response(200, json={"success": True, "result": {"message": {"content": "hi"}}})
+    )
+    await client.ai_chat("hello")
+    assert json.loads(route.calls.last.request.content)["args"]["model"] == "gpt-5-nano"
+    await client.ai_chat("hello", test_mode=True)  # test mode without a model: the offline model
+    assert json.loads(route.calls.last.request.content)["args"]["model"] == "fake"
