@@ -64,6 +64,15 @@ def _account(args: argparse.Namespace) -> config.Account:
     acc = config.load_account()  # already applies PUTER_API_URL / PUTER_WEB_URL
     api_url = getattr(args, "api_url", None)
     web_url = getattr(args, "web_url", None)
+    for what, url in (
+        ("--api-url", api_url),
+        ("--web-url", web_url),
+        ("PUTER_API_URL" if os.environ.get("PUTER_API_URL") else "the saved API URL", None if api_url else acc.api_url),
+        ("PUTER_WEB_URL" if os.environ.get("PUTER_WEB_URL") else "the saved web URL", None if web_url else acc.web_url),
+    ):
+        problem = config.url_problem(url, what) if url else None
+        if problem:
+            raise CliError(problem, 2)
     if api_url:
         acc.api_url = api_url
     # A new API host without a matching web host would send /login to puter.com.
@@ -131,14 +140,30 @@ def _run_raw(fn: Callable[[], Awaitable[T]]) -> T:
     return trio.run(fn)
 
 
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
+def _refused(exc: Any, args: argparse.Namespace) -> CliError:
+    """A 401 in one line: what the server said, where the token came from, what to do."""
+    source = _token_source(args)
+    if source in config.TOKEN_ENV_VARS:
+        todo = f"unset {source} or set a valid token (`puterfs login` saves one to {config.token_file()})"
+    elif source:
+        todo = f"run `puterfs login` (or fix {source})"
+    else:
+        todo = "run `puterfs login`"
+    return CliError(f"the server refused the token from {source or 'nowhere'} ({exc.message}): {todo}")
+
+
+def _run(fn: Callable[[], Awaitable[T]], args: argparse.Namespace | None = None) -> T:
     """:func:`_run_raw`, mapping client errors to CLI errors."""
-    from puterfs.client._errors import PuterConnectionError, PuterError
+    from puterfs.client._errors import AuthenticationError, PuterConnectionError, PuterError
 
     try:
         return _run_raw(fn)
     except PuterConnectionError as exc:
         raise CliError(f"cannot reach the Puter server: {exc.message}") from None
+    except AuthenticationError as exc:
+        if args is None:
+            raise CliError(exc.message) from None
+        raise _refused(exc, args) from None
     except PuterError as exc:
         raise CliError(exc.message) from None
 
@@ -702,10 +727,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     last = event.text
         return last
 
-    from puterfs.client._errors import BadRequest, PuterConnectionError, PuterError
+    from puterfs.client._errors import AuthenticationError, BadRequest, PuterConnectionError, PuterError
 
     try:
         last = _run_raw(chat)
+    except AuthenticationError as exc:
+        raise _refused(exc, args) from None
     except BadRequest as exc:
         hint = "" if args.model else " (choose one with --model; `puterfs models` lists them)"
         raise CliError(f"{exc.message}{hint}") from None
@@ -742,7 +769,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 ids = _model_ids(await client.chat_models())
             return ids
 
-    for model_id in _run(models):
+    for model_id in _run(models, args):
         print(model_id)
     return 0
 

@@ -39,6 +39,21 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path.home() / fallback
 
 
+def url_problem(url: str, what: str) -> str | None:
+    """Why `url` cannot be a server URL (one line saying what to write instead), or None."""
+    text = url.strip()
+    if "://" not in text:
+        host = text.split("/", 1)[0].split(":", 1)[0]
+        local = host in ("localhost", "127.0.0.1", "::1", "[::1]") or host.endswith(".localhost")
+        return f"{what} {text!r} has no scheme: write {'http' if local else 'https'}://{text.lstrip('/')}"
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in ("http", "https"):
+        return f"{what} {text!r}: only http:// and https:// URLs are supported"
+    if not rest.split("/", 1)[0]:
+        return f"{what} {text!r} names no host: write e.g. https://api.puter.com"
+    return None
+
+
 def config_dir() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "puterfs"
 

@@ -40,7 +40,8 @@ def _size(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("mountpoint", help="an existing empty directory")
+    p.add_argument("mountpoint", help="an existing empty directory (see --nonempty)")
+    p.add_argument("--nonempty", action="store_true", help="mount even over a directory that has files (they are hidden while mounted)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (for systemd and debugging)")
     p.add_argument("--api-url", help="Puter API URL (default: the saved account, $PUTER_API_URL, or https://api.puter.com)")
     p.add_argument("--web-url", help="Puter web URL (login host)")
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of one filesystem request to the server (default 60)")
     p.add_argument("--ai-model", help="chat model the .ai/ files start with (default: picked from the server's list)")
     p.add_argument("--ai-timeout", type=float, default=600.0, metavar="SECONDS", help="deadline of one AI request made through .ai/ (default 600)")
-    p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--read-only", action="store_true", help="mount read-only; .ai/ then takes no prompts (a prompt is a write)")
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
     p.add_argument("--ai-all-users", action="store_true", help="with --allow-other, let every local user use .ai/ (billed to this account; each user has their own answers). Default: only you")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
@@ -81,14 +82,59 @@ def _fail(msg: str) -> int:
     return 1
 
 
+def _mountpoint_problem(mp: str, *, nonempty: bool) -> str | None:
+    """Why `mp` cannot be mounted on, in one line that says what to do; None when it can."""
+    try:
+        st = os.stat(mp)
+    except FileNotFoundError:
+        return f"{mp} does not exist: create it (mkdir -p {mp}) or choose another directory"
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return (
+                f"{mp} is a dead FUSE mount (its daemon is gone): run `puterfs umount {mp}` "
+                f"(or `fusermount3 -u -z {mp}`), then mount again"
+            )
+        return f"cannot use {mp}: {exc.strerror}"
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode):
+        return f"{mp} is not a directory: mount on an empty directory"
+    dead = (
+        f"{mp} is a dead FUSE mount (its daemon is gone): run `puterfs umount {mp}` "
+        f"(or `fusermount3 -u -z {mp}`), then mount again"
+    )
+    if os.path.ismount(mp):
+        try:
+            os.listdir(mp)  # not answered from the kernel's attribute cache, unlike stat
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                return dead
+        return f"{mp} is already a mount point (see `puterfs status` or `findmnt {mp}`): unmount it first"
+    if not nonempty:
+        try:
+            names = sorted(os.listdir(mp))
+        except OSError as exc:
+            return f"cannot list {mp}: {exc.strerror}"
+        if names:
+            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+            return (
+                f"{mp} is not empty ({len(names)} entries: {shown}); the mount would hide them: "
+                "choose an empty directory, or pass --nonempty to mount over them"
+            )
+    return None
+
+
 def _settings(args: argparse.Namespace) -> _Settings | str:
     from puterfs import config
 
     mp = os.path.abspath(os.path.expanduser(args.mountpoint))
-    if not os.path.isdir(mp):
-        return f"{mp} is not a directory"
-    if os.path.ismount(mp):
-        return f"{mp} is already a mount point"
+    problem = _mountpoint_problem(mp, nonempty=args.nonempty)
+    if problem:
+        return problem
+    for opt, url in (("--api-url", args.api_url), ("--web-url", args.web_url)):
+        bad = config.url_problem(url, opt) if url else None
+        if bad:
+            return bad
     try:
         token = config.load_token(args.token_file)
     except FileNotFoundError as exc:
@@ -99,6 +145,10 @@ def _settings(args: argparse.Namespace) -> _Settings | str:
             "or use `puterfs mount --auto` to try it against the local emulator"
         )
     acc = config.load_account()
+    for var, url in (("PUTER_API_URL", acc.api_url), ("PUTER_WEB_URL", acc.web_url)):
+        bad = config.url_problem(url, var if os.environ.get(var) else f"the saved account's {var[6:].lower()}")
+        if bad and not (args.api_url if var == "PUTER_API_URL" else args.web_url):
+            return bad
     api_url = args.api_url or acc.api_url
     web_url = args.web_url or (api_url if args.api_url else acc.web_url)
     cache_dir = Path(args.cache_dir) if args.cache_dir else config.cache_dir() / config.mount_key(mp)
@@ -115,6 +165,8 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(s, str):
         return _fail(s)
     s.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if args.read_only:
+        print("puterfs mount: note: --read-only: .ai/ takes no prompts (writing one is a write)", file=sys.stderr)
     log_file = Path(args.log_file).expanduser().resolve() if args.log_file else None
     if log_file is not None:
         try:
@@ -248,7 +300,12 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             if not client.username:
                 await client.whoami()  # the account's name for `puterfs status`
         except AuthenticationError as exc:
-            ready(False, f"the server refused the token ({exc.message}); run `puterfs login` again")
+            source = s.token_source
+            if source in config.TOKEN_ENV_VARS:
+                todo = f"unset {source} or set a valid token (`puterfs login` saves one to {config.token_file()})"
+            else:
+                todo = f"run `puterfs login` (or fix {source})"
+            ready(False, f"the server refused the token from {source} ({exc.message}): {todo}")
             return 1
         except PuterError as exc:
             ready(False, f"cannot reach Puter at {s.api_url}: {exc}")
