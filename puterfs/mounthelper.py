@@ -1,13 +1,13 @@
 """``mount.fuse.puterfs``: what mount(8) runs for ``mount -t fuse.puterfs`` and fstab lines.
 
 mount(8) calls ``mount.fuse.puterfs SOURCE MOUNTPOINT [-o OPTIONS] [-n] [-s] [-v]``. SOURCE
-is ``puterfs`` (your Puter home) or a Puter path such as ``/alice/Documents`` (the folder
-to mount). OPTIONS are ``puterfs mount``'s long options with ``_`` (or ``-``) for the dashes
+is ``puterfs:`` (your Puter home) or ``puterfs:/alice/Documents`` (that folder), as rclone
+names its remotes; the colon keeps mount(8) from taking it for a local path. OPTIONS are ``puterfs mount``'s long options with ``_`` (or ``-``) for the dashes
 inside a name, as sshfs and rclone take theirs::
 
-    mount -t fuse.puterfs puterfs ~/puter -o write_back=5,ai_timeout=120
+    mount -t fuse.puterfs puterfs: ~/puter -o write_back=5,ai_timeout=120
     # /etc/fstab
-    puterfs  /home/alice/puter  fuse.puterfs  noauto,user,_netdev,setuid=alice  0 0
+    puterfs:  /home/alice/puter  fuse.puterfs  noauto,_netdev,setuid=alice  0 0
 
 The helper translates them and runs ``puterfs mount`` (daemon mode: it returns once the
 mount is usable). Generic mount options (``rw``, ``noauto``, ``user``, ``_netdev``,
@@ -66,10 +66,13 @@ def translate(source: str, mountpoint: str, options: Sequence[str]) -> tuple[lis
     """(the `puterfs mount` arguments, the user of `setuid=` or None)."""
     args: list[str] = []
     setuid: str | None = None
-    if source.startswith("/"):
-        args += ["--remote-root", source]
-    elif source not in ("puterfs", ""):
-        raise UsageError(f"source {source!r}: use `puterfs` (your home) or a Puter path like /alice/Documents")
+    name, colon, folder = source.partition(":")
+    if name != "puterfs" or (folder and not folder.startswith("/")):
+        raise UsageError(
+            f"source {source!r}: use `puterfs:` (your home) or `puterfs:/alice/Documents` (a folder)"
+        )
+    if folder.strip("/"):
+        args += ["--remote-root", folder]
     for opt in options:
         if not opt:
             continue
