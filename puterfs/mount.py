@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ai-model", help="chat model the .ai/ files start with (default: picked from the server's list)")
     p.add_argument("--ai-timeout", type=float, default=600.0, metavar="SECONDS", help="deadline of one AI request made through .ai/ (default 600)")
     p.add_argument("--read-only", action="store_true", help="mount read-only; .ai/ then takes no prompts (a prompt is a write)")
+    p.add_argument("--no-links", action="store_true",
+                   help="no symbolic links: NAME.rclonelink files show as they are, symlink() is EPERM")
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
     p.add_argument("--ai-all-users", action="store_true", help="with --allow-other, let every local user use .ai/ (billed to this account; each user has their own answers). Default: only you")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
@@ -319,6 +321,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
         ops = PuterOperations(
             remote, cache, attr_timeout=args.attr_timeout, write_back=args.write_back,
             cache_size=args.cache_size, read_only=args.read_only, on_change=on_change,
+            links=not getattr(args, "no_links", False),
         )
         try:
             await ops.prepare()

@@ -20,6 +20,10 @@ import pyfuse3
 
 from puterfs.fs.cache import CacheEntry
 
+# A symbolic link is kept on Puter as a file NAME.rclonelink holding the target (rclone's
+# --links convention; docs/inodes.md). Its node's path is that file's path.
+LINK_SUFFIX = ".rclonelink"
+
 
 @dataclass(eq=False)
 class Node:
@@ -50,10 +54,21 @@ class Node:
     tombstones: dict[str, int] | None = None
     in_tree: bool = True
     page_fp: object = None  # what the kernel's page cache holds (see Operations.open)
+    link_target: bytes | None = None  # a symlink's target, once known
 
     @property
     def name(self) -> str:
         return self.path.rpartition("/")[2]
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def display_name(self) -> str:
+        """The name in the directory listing: a link's file name without its suffix."""
+        name = self.name
+        return name[: -len(LINK_SUFFIX)] if self.is_link and name.endswith(LINK_SUFFIX) else name
 
     @property
     def parent_path(self) -> str:

@@ -33,7 +33,7 @@ import trio
 from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterConnectionError, PuterError
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
 from puterfs.fs.errors import FsError, fuse_errors
-from puterfs.fs.inodes import InodeTable, Node
+from puterfs.fs.inodes import LINK_SUFFIX, InodeTable, Node
 from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, posix_metadata, split
 from puterfs.fs.writeback import WriteBackQueue
 
@@ -82,8 +82,10 @@ class PuterOperations(pyfuse3.Operations):
         read_only: bool = False,
         upload_workers: int = 4,
         on_change: Callable[[], None] | None = None,
+        links: bool = True,
     ) -> None:
         super().__init__()
+        self.links = links  # symlinks as NAME.rclonelink files (docs/inodes.md)
         self.remote = remote
         self.cache = cache
         self.uid = os.getuid() if uid is None else uid
@@ -200,8 +202,7 @@ class PuterOperations(pyfuse3.Operations):
             subdirs += 1  # .ai
         return 2 + subdirs
 
-    @staticmethod
-    def _name(name: bytes, *, creating: bool) -> str:
+    def _name(self, name: bytes, *, creating: bool) -> str:
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
         try:
@@ -211,6 +212,9 @@ class PuterOperations(pyfuse3.Operations):
         if creating and (text != text.rstrip() or "\x00" in text or text in (".", "..") or not text):
             # the server trims trailing whitespace on lookup: such a name could never be found again
             raise FsError(errno.EINVAL, f"the server cannot hold the name {text!r}")
+        if creating and self.links and text.endswith(LINK_SUFFIX):
+            # such a file is how a symlink is kept: it would turn into one (see --no-links)
+            raise FsError(errno.EINVAL, f"names ending in {LINK_SUFFIX} are reserved for symbolic links")
         return text
 
     def _check_writable(self) -> None:
@@ -317,6 +321,8 @@ class PuterOperations(pyfuse3.Operations):
                 self.cache.delete(ent)
                 node.entry = None
             changed = True
+        if changed and node.is_link and (ent is None or not ent.dirty):
+            node.link_target = None  # changed elsewhere: read it again
         if ent is None or not ent.dirty:
             node.size = e.size
             if not pending or changed:
@@ -336,19 +342,21 @@ class PuterOperations(pyfuse3.Operations):
 
     def _node_for_entry(self, parent: Node, e: RemoteEntry) -> Node:
         path = join(parent.path, e.name)
+        is_link = self._link_name(e) is not None
         node = self.table.by_path.get(path)
-        if node is not None and node.is_dir != e.is_dir:
+        if node is not None and (node.is_dir != e.is_dir or node.is_link != is_link):
             if node.entry is not None and node.entry.dirty:
                 return node  # local data wins; the upload will meet the server's type
             self.table.detach(node)
             node = None
         if node is None:
-            node = self.table.new(path, is_dir=e.is_dir)
+            node = self.table.new(path, is_dir=e.is_dir, mode=(stat.S_IFLNK | 0o777) if is_link else None)
             if not e.is_dir:
                 ent = self.cache.paths.get(path)
                 if ent is not None:
                     node.entry = ent
-                    node.mode = ent.mode
+                    if not is_link:
+                        node.mode = stat.S_IFREG | stat.S_IMODE(ent.mode)
         self._set_remote(node, e)
         node.attr_epoch = self.epoch
         return node
@@ -384,18 +392,24 @@ class PuterOperations(pyfuse3.Operations):
         old = dirnode.children or {}
         new: dict[str, Node] = {}
         tombs = dirnode.tombstones or {}
+        plain = {e.name for e in entries}
         for e in entries:
             if not e.name or "/" in e.name:
                 continue
-            if tombs.get(e.name, 0) > seq:
+            name = self._link_name(e)
+            if name is None:
+                name = e.name
+            elif name in plain:
+                continue  # a file of that name exists too: it wins, the link is not shown
+            if tombs.get(name, 0) > seq:
                 continue  # removed here after this listing was requested
-            if dirnode is self.table.root and e.name == ".ai" and self.ai is not None:
+            if dirnode is self.table.root and name == ".ai" and self.ai is not None:
                 continue  # shadowed by the virtual .ai directory (docs/ai-files.md)
-            cur = old.get(e.name)
+            cur = old.get(name)
             if cur is not None and cur.local_seq > seq:
-                new[e.name] = cur  # changed here after the listing was requested
+                new[name] = cur  # changed here after the listing was requested
                 continue
-            new[e.name] = self._node_for_entry(dirnode, e)
+            new[name] = self._node_for_entry(dirnode, e)
         for name, node in old.items():
             if name in new:
                 continue
@@ -408,6 +422,8 @@ class PuterOperations(pyfuse3.Operations):
         for path, ent in self.cache.paths.items():
             if ent.dirty and path.startswith(prefix) and "/" not in path[len(prefix):]:
                 name = path[len(prefix):]
+                if stat.S_ISLNK(ent.mode) and name.endswith(LINK_SUFFIX):
+                    name = name[: -len(LINK_SUFFIX)]
                 if name not in new or new[name].entry is not ent:
                     node = self.table.by_path.get(path)
                     if node is None or node.is_dir:
@@ -422,6 +438,12 @@ class PuterOperations(pyfuse3.Operations):
             # a listing requested after a removal already reflects it
             dirnode.tombstones = {n: t for n, t in tombs.items() if t > seq} or None
 
+    def _link_name(self, e: RemoteEntry) -> str | None:
+        """The link name a server entry stands for (NAME.rclonelink -> NAME), else None."""
+        if self.links and not e.is_dir and e.name.endswith(LINK_SUFFIX) and len(e.name) > len(LINK_SUFFIX):
+            return e.name[: -len(LINK_SUFFIX)]
+        return None
+
     async def _child(self, parent: Node, name: str) -> Node | None:
         return (await self._children(parent)).get(name)
 
@@ -434,7 +456,7 @@ class PuterOperations(pyfuse3.Operations):
         if parent is None:
             return
         children = await self._children(parent)
-        if children.get(node.name) is not node:
+        if children.get(node.display_name) is not node:
             if node.opens == 0 and node.lookups >= 0:
                 raise FsError(errno.ENOENT, f"{node.path} is gone")
         node.attr_epoch = self.epoch
@@ -1014,9 +1036,11 @@ class PuterOperations(pyfuse3.Operations):
             raise FsError(errno.ENOENT)
         if not new_parent.is_dir:
             raise FsError(errno.ENOTDIR)
-        new_path = join(new_parent.path, new_name)
+        new_path = join(new_parent.path, new_name + (LINK_SUFFIX if node.is_link else ""))
         if new_path == node.path:
             return
+        if node.is_link and len((new_name + LINK_SUFFIX).encode()) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"a link is kept as NAME{LINK_SUFFIX}: {new_name!r} is too long")
         if node.is_dir and (new_path + "/").startswith(node.path + "/"):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
         target = await self._child(new_parent, new_name)
@@ -1029,6 +1053,12 @@ class PuterOperations(pyfuse3.Operations):
                 raise FsError(errno.EISDIR)
             if target.is_dir and await self._children(target):
                 raise FsError(errno.ENOTEMPTY)
+            if target.path != new_path:
+                # a link replaced by a file or the other way round: they are kept under different
+                # names on the server (NAME.rclonelink), so the old one goes first, as rename(2)
+                # replaces it
+                await self._delete_file(new_parent, new_name, target)
+                target = None
 
         # uploads of anything under the source must not run while paths change
         moving = [e for p, e in self.cache.paths.items() if e.dirty and (p == node.path or p.startswith(node.path + "/"))]
@@ -1107,7 +1137,34 @@ class PuterOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise FsError(errno.EPERM, "puterfs cannot create symbolic links")
+        """A link is a small file NAME.rclonelink holding the target, uploaded like any file."""
+        if not self.links:
+            raise FsError(errno.EPERM, "symbolic links are turned off (--no-links)")
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=True)
+        if len((text + LINK_SUFFIX).encode()) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"a link is kept as NAME{LINK_SUFFIX}: {text!r} is too long")
+        if not target:
+            raise FsError(errno.ENOENT)
+        if await self._child(parent, text) is not None:
+            raise FsError(errno.EEXIST)
+        path = join(parent.path, text + LINK_SUFFIX)
+        node = self.table.new(path, is_dir=False, mode=stat.S_IFLNK | 0o777)
+        node.link_target = bytes(target)
+        ent = node.entry = self.cache.create(path, mode=node.mode, mtime_ns=node.mtime_ns)
+        self._dirty(node)
+        with open(self.cache.data_path(ent.id), "r+b") as f:
+            f.write(node.link_target)
+        ent.size = node.size = len(node.link_target)
+        self.cache.save(ent)
+        assert parent.children is not None
+        parent.children[text] = node
+        self._touch_dir(parent)
+        node.lookups += 1
+        self.queue.schedule(ent.id)
+        return self._attr(node)
 
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -1119,7 +1176,14 @@ class PuterOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        raise FsError(errno.EINVAL)
+        node = self._node(inode)
+        if not node.is_link:
+            raise FsError(errno.EINVAL)
+        if node.link_target is None:
+            ent = await self._ensure_complete(node)
+            with open(self.cache.data_path(ent.id), "rb") as f:
+                node.link_target = f.read()
+        return node.link_target
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -1190,7 +1254,7 @@ class PuterOperations(pyfuse3.Operations):
         text = self._name(name, creating=True)
         existing = await self._child(parent, text)
         if existing is not None:
-            if flags & os.O_EXCL:
+            if flags & os.O_EXCL or existing.is_link:
                 raise FsError(errno.EEXIST)
             if existing.is_dir:
                 raise FsError(errno.EISDIR)
