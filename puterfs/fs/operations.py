@@ -312,7 +312,10 @@ class PuterOperations(pyfuse3.Operations):
                     node.mtime_ns = mt
                 if e.mode is not None and stat.S_ISDIR(e.mode):
                     node.mode = stat.S_IFDIR | stat.S_IMODE(e.mode)
-            node.ctime_ns = max(srv_ctime, node.mtime_ns if fresh else node.ctime_ns)
+            if fresh:
+                node.ctime_ns = max(srv_ctime, node.mtime_ns)
+            elif changed:  # changed elsewhere (our own changes set remote_fp as they land)
+                node.ctime_ns = max(node.ctime_ns, srv_ctime)
             return
         ent = node.entry
         if ent is not None and not ent.dirty and ent.base_uid is not None and (ent.base_uid, ent.base_size, ent.base_modified) != fp:
@@ -337,7 +340,7 @@ class PuterOperations(pyfuse3.Operations):
                         self.cache.save(node.entry)
             if fresh:
                 node.ctime_ns = max(srv_ctime, node.mtime_ns)
-            else:
+            elif changed:
                 node.ctime_ns = max(node.ctime_ns, srv_ctime)
 
     def _node_for_entry(self, parent: Node, e: RemoteEntry) -> Node:
@@ -887,6 +890,8 @@ class PuterOperations(pyfuse3.Operations):
         assert parent.children is not None
         parent.children[text] = node
         self._touch_dir(parent)
+        if stat.S_IMODE(node.mode) != 0o755:
+            self._posix_changed(node)  # the server's directories have no mode: keep this one's
         node.lookups += 1
         return self._attr(node)
 
