@@ -45,6 +45,7 @@ FLAG_OPTIONS = {
     "allow_other": "--allow-other",
     "ai_all_users": "--ai-all-users",
     "nonempty": "--nonempty",
+    "no_links": "--no-links",
     "insecure": "--insecure",
     "debug": "--debug",
 }
