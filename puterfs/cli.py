@@ -637,6 +637,16 @@ def _print_mount(m: dict[str, Any]) -> None:
         print("  freshness: " + ", ".join(f"{k}={v}" for k, v in fresh.items()))
 
 
+def _token_kind(args: argparse.Namespace) -> str | None:
+    """The kind of the token commands would use (docs/cli.md#token-kinds); never the token."""
+    from puterfs.client import token_kind
+
+    try:
+        return token_kind(config.load_token(getattr(args, "token_file", None)))
+    except (OSError, ValueError):
+        return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     acc = _account(args)
     source = _token_source(args)
@@ -656,6 +666,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "verify_tls": acc.verify_tls,
         "token_present": source is not None,
         "token_source": source,
+        "token_kind": _token_kind(args) if source is not None else None,
     }
     if args.json:
         json.dump({"account": account, "mounts": mounts}, sys.stdout, indent=2)
@@ -666,7 +677,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"login:    {acc.username} on {acc.api_url}")
         else:
             print(f"login:    none saved (`puterfs login`); the default server is {acc.api_url}")
-        print(f"token:    {'yes (' + source + ')' if source else 'no'}")
+        known = account["token_kind"] not in (None, "unknown")
+        kind = f"{account['token_kind']} token, " if known else ""
+        print(f"token:    {'yes (' + kind + source + ')' if source else 'no'}")
         if not acc.verify_tls:
             print("tls:      verification OFF (--insecure)")
         if not mounts:

@@ -4,6 +4,7 @@ that refuses scripted logins, PUTER_AUTH_TOKEN, and logout's warning about runni
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -124,6 +125,9 @@ def test_token_stdin_checks_and_saves_the_token(run_cli, cli_env, emulator) -> N
     assert res.stdout.strip() == f"Logged in as {emulator.username} on {emulator.url} (full-api-access token)"
     assert _saved(cli_env).read_text().strip() == token
     assert token not in res.stdout + res.stderr
+    status = run_cli(["status"])
+    assert "full-api-access token" in status.stdout and token not in status.stdout
+    assert json.loads(run_cli(["status", "--json"]).stdout)["account"]["token_kind"] == "full-api-access"
 
 
 def test_token_stdin_refuses_a_bad_token_and_saves_nothing(run_cli, cli_env, emulator) -> None:  # noqa: ANN001
