@@ -718,6 +718,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.model:
         options["model"] = args.model
+    chosen: list[str] = []
     if args.temperature is not None:
         options["temperature"] = args.temperature
     if args.max_tokens is not None:
@@ -727,6 +728,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     async def chat() -> str:
         last = ""
         async with _client(acc, token) as client:
+            if "model" not in options:
+                # The server has no default model: pick one it lists, as .ai/ does.
+                ids = _model_ids(await client.get_available_models()) or _model_ids(await client.chat_models())
+                model = config.pick_default_model(ids)
+                if model is None:
+                    raise CliError("the server lists no chat model: choose one with --model")
+                options["model"] = model
+                chosen.append(model)
+                log.info("no --model: using %s", model)
             if args.no_stream:
                 reply = await client.ai_chat(messages=messages, options=dict(options))
                 text = _reply_text(reply)
@@ -747,7 +757,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except AuthenticationError as exc:
         raise _refused(exc, args) from None
     except BadRequest as exc:
-        hint = "" if args.model else " (choose one with --model; `puterfs models` lists them)"
+        hint = "" if args.model else f" (with {chosen[0] if chosen else 'no model'}: choose one with --model; `puterfs models` lists them)"
         raise CliError(f"{exc.message}{hint}") from None
     except PuterConnectionError as exc:
         raise CliError(f"cannot reach the Puter server: {exc.message}") from None

@@ -15,6 +15,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_API_URL = "https://api.puter.com"
 DEFAULT_WEB_URL = "https://puter.com"
+
+# Chat models tried, in order, when none is given (`puterfs chat`, `.ai/`): cheap and widely
+# enabled. The real server has no default model (it answers "Model not found: undefined").
+PREFERRED_CHAT_MODELS = ("gpt-5-nano", "gpt-4o-mini", "gpt-5-mini", "claude-haiku-4-5", "gemini-2.5-flash")
+# The fake provider's test models that must never be picked as a default.
+NEVER_DEFAULT_MODELS = frozenset({"abuse", "costly"})
+
+
+def pick_default_model(ids: list[str]) -> str | None:
+    """The model to use when none was chosen: the first preferred one listed, else the
+    first listed that is not a test model."""
+    lowered = {i.lower(): i for i in ids}
+    choice = next((lowered[p] for p in PREFERRED_CHAT_MODELS if p in lowered), None)
+    if choice is None:
+        choice = next((i for i in ids if i.lower() not in NEVER_DEFAULT_MODELS), None)
+    return choice
 # The chat model when none is given (putergenai 3.5.0's default), in the library and the CLI.
 DEFAULT_CHAT_MODEL = "gpt-5-nano"
 

@@ -46,6 +46,7 @@ import pyfuse3
 import trio
 
 from puterfs.client._errors import PuterError, PuterTimeout
+from puterfs.config import pick_default_model
 from puterfs.fs.errors import FsError, to_errno
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,6 @@ WAIT_SLACK = 5.0  # a read never waits longer than the mount's --ai-timeout plus
 MODELS_TTL = 60.0  # seconds a fetched model list is trusted
 LIST_TIMEOUT = 30.0  # deadline of model and voice listings (short: they block a syscall)
 
-# Models tried, in order, when the mount has no default model: cheap and widely enabled.
-PREFERRED_DEFAULT_MODELS = ("gpt-5-nano", "gpt-4o-mini", "gpt-5-mini", "claude-haiku-4-5", "gemini-2.5-flash")
-# The fake provider's test models that must never be picked as a default.
-_NEVER_DEFAULT = {"abuse", "costly"}
 
 _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -1255,10 +1252,7 @@ class AiFiles:
         if self._resolved_default is None:
             models = await self._models()
             ids = [str(m.get("id")) for m in models if m.get("id")]
-            lowered = {i.lower(): i for i in ids}
-            choice = next((lowered[p] for p in PREFERRED_DEFAULT_MODELS if p in lowered), None)
-            if choice is None:
-                choice = next((i for i in ids if i.lower() not in _NEVER_DEFAULT), None)
+            choice = pick_default_model(ids)
             if choice is None:
                 raise FsError(errno.EIO, "the server lists no chat model; write one to .ai/model")
             self._resolved_default = choice

@@ -116,3 +116,15 @@ def test_read_only_says_that_ai_takes_no_prompts(run_cli, tmp_path, puter_user):
         assert (Path(mp) / ".ai" / "help").read_bytes()
     finally:
         run_cli(["umount", str(mp)], timeout=120)
+
+
+def test_chat_without_model_picks_one_the_server_lists(run_cli, emulator, puter_user):
+    # The real server has no default model ("Model not found: undefined"): the CLI picks one.
+    res = run_cli(["chat", "what model?", "--api-url", emulator.url], env={"PUTER_TOKEN": puter_user.token})
+    assert res.returncode == 0 and res.stdout == "what model?\n", res.stderr
+    sent = [
+        e["body"]["args"]
+        for e in emulator.log(bodies=True)
+        if isinstance(e.get("body"), dict) and e["body"].get("method") == "complete"
+    ]
+    assert sent and sent[-1].get("model") == "gpt-5-nano"
