@@ -14,7 +14,8 @@ MOUNT_TOOLS := fusermount3:fuse3 gcc:gcc
 TEST_TOOLS := fio:fio stress-ng:stress-ng rsync:rsync git:git vim:vim systemd-analyze:systemd \
 	chromium:chromium node:nodejs npm:npm
 # playwright-core drives the system Chromium (no browser download); project-local, gitignored.
-PLAYWRIGHT_VERSION := 1.65.1
+# 1.61 is the newest that still runs on Debian 12's Node 18 (1.62 wants Node 20).
+PLAYWRIGHT_VERSION := 1.61.0
 PLAYWRIGHT := .tools/node/node_modules/playwright-core
 
 .PHONY: test deps deps-mount venv mount-venv mount umount lint bench clean
@@ -42,7 +43,8 @@ deps-mount:
 
 deps: deps-mount
 	$(call install_missing,$(TEST_TOOLS),)
-	@[ -d $(PLAYWRIGHT) ] || { echo "==> installing playwright-core $(PLAYWRIGHT_VERSION) into .tools/node"; \
+	@grep -qs '"version": "$(PLAYWRIGHT_VERSION)"' $(PLAYWRIGHT)/package.json || { \
+	  echo "==> installing playwright-core $(PLAYWRIGHT_VERSION) into .tools/node"; \
 	  npm install --prefix .tools/node --no-save --no-audit --no-fund --loglevel=error \
 	    playwright-core@$(PLAYWRIGHT_VERSION); }
 
