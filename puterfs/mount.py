@@ -166,7 +166,12 @@ def main(args: argparse.Namespace) -> int:
     s = _settings(args)
     if isinstance(s, str):
         return _fail(s)
-    s.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from puterfs.fs.cache import CacheDirError, check_cache_dir
+
+    try:
+        check_cache_dir(s.cache_dir)  # owned by us, 0700, no planted links (docs/reliability.md)
+    except (CacheDirError, OSError) as exc:
+        return _fail(str(exc))
     if args.read_only:
         print("puterfs mount: note: --read-only: .ai/ takes no prompts (writing one is a write)", file=sys.stderr)
     log_file = Path(args.log_file).expanduser().resolve() if args.log_file else None
@@ -284,7 +289,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
     from puterfs import config
     from puterfs.client import PuterClient
     from puterfs.client._errors import AuthenticationError, PuterError
-    from puterfs.fs.cache import CacheStore
+    from puterfs.fs.cache import CacheDirError, CacheStore
     from puterfs.fs.operations import PuterOperations
     from puterfs.fs.remote import Remote
     from puterfs.mount_auth import MountAuth
@@ -312,7 +317,11 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
         except PuterError as exc:
             ready(False, f"cannot reach Puter at {s.api_url}: {exc}")
             return 1
-        cache = CacheStore(s.cache_dir)
+        try:
+            cache = CacheStore(s.cache_dir)
+        except (CacheDirError, OSError) as exc:
+            ready(False, f"cannot use the cache dir: {exc}")
+            return 1
         remote = Remote(client, root, timeout=args.timeout)
         changed = _Changed(trio.Event)
         on_change = changed.set
@@ -526,6 +535,9 @@ def _state(ops: Any, s: _Settings, root: str, account: str | None, auth: Any = N
         "last_error": st["last_error"] if st["pending"] else None,
         "uploaded": st["uploaded"],
         "cache_bytes": st["cache_bytes"],
+        # what the start-up recovery of a damaged cache journal did (docs/reliability.md)
+        "recovered": st.get("recovered", 0),
+        "lost_found": st.get("lost_found", []),
         # {"state": "ok"|"refused", "message", "detail", "token_kind", "token_source", "token_file"}
         "auth": auth.state() if auth is not None else None,
     }

@@ -1,16 +1,30 @@
 """The local cache directory: file contents on disk and a journal of what is dirty.
 
-Layout of a cache dir::
+Layout of a cache dir (see docs/write-back.md and docs/reliability.md)::
 
     journal.sqlite3     one row per cached file (see `CacheEntry`)
     data/<id>           the file's bytes (sparse while only some blocks are present)
+    data/<id>.id        the file's identity: its path, whether it is dirty, the server
+                        version it is based on (a fixed-size JSON record, rewritten in place)
+    lost+found/         data files nothing could place (reported in the log and state file)
 
-Rules (see docs/write-back.md):
+Rules:
 
-* A row with ``dirty = 1`` holds data the server does not have yet. It is never evicted,
-  and it survives daemon crashes and restarts: the next mount re-queues its upload.
-  The transition clean -> dirty is committed to the journal *before* the write that
-  caused it returns.
+* The journal is the truth for dirty state. The clean -> dirty transition is committed to
+  it *before* memory says dirty (and before the write that caused it returns); if the
+  journal cannot be written, the operation fails (ENOSPC on a full disk) and the entry stays
+  clean in memory.
+* Every data file carries its identity beside it (``<id>.id``), written before the journal
+  when the data becomes more precious (dirty) and after it otherwise, with a generation
+  number both sides share. A damaged journal (lost ``-wal``, truncated ``-wal``, missing rows,
+  an unreadable database) is repaired from these records at start: the newer side wins.
+* A data file is deleted only when the journal (or its identity record) says its data is on
+  the server, or when the user deleted the file. Anything else is re-associated with its
+  path or moved to ``lost+found/`` and reported, never silently deleted.
+* The cache dir must belong to the user and not be writable by others (`open_cache_dir`);
+  every file in it is opened relative to a directory descriptor with ``O_NOFOLLOW``, so a
+  planted symlink is refused, never followed. Journal rows whose path could leave the mount
+  (``..``, absolute, NUL) are refused.
 * Clean rows are a read cache. Only ``complete`` clean files are kept across restarts;
   partially fetched ones are dropped at start (their block map lives in memory only).
 * The journal is keyed by a stable id, not the path: renames update ``path`` in place.
@@ -21,17 +35,29 @@ two awaits is atomic, so callers never see a half-updated journal.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import sqlite3
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20  # unit of partial caching and ranged reads
+ID_RECORD_SIZE = 4096  # an identity record is rewritten in place: its block stays allocated
+JOURNAL = "journal.sqlite3"
+LOST_FOUND = "lost+found"
 
+_COLUMNS = (
+    "id", "path", "dirty", "size", "mtime_ns", "mode", "base_uid", "base_size", "base_modified", "complete",
+    "last_used", "gen", "base_etag", "attempt_at", "sent_md5",
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,6 +74,18 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
 """
+_ADDED_COLUMNS = {
+    "gen": "INTEGER NOT NULL DEFAULT 0",
+    "base_etag": "TEXT",
+    "attempt_at": "REAL",
+    "sent_md5": "TEXT",
+}
+# the fields an identity record holds (what recovery needs without the journal)
+_IDENTITY = ("path", "dirty", "mode", "mtime_ns", "base_uid", "base_size", "base_modified", "base_etag", "sent_md5")
+
+
+class CacheDirError(Exception):
+    """The cache dir cannot be trusted or used (wrong owner, writable by others, a symlink...)."""
 
 
 @dataclass(eq=False)
@@ -62,8 +100,15 @@ class CacheEntry:
     base_uid: str | None = None
     base_size: int | None = None
     base_modified: int | None = None
+    # the server's content tag (ETag: an MD5 of the content) of that copy, when known
+    base_etag: str | None = None
     complete: bool = False
     last_used: float = 0.0
+    # generation of the identity (path, dirty, base...) shared by the journal row and data/<id>.id
+    gen: int = 0
+    # MD5s of the content of upload attempts whose outcome is unknown (newest last, journaled):
+    # a server copy with one of them is ours, not another client's
+    sent_md5: list[str] = field(default_factory=list)
     # blocks present on disk while not complete (memory only)
     blocks: set[int] = field(default_factory=set)
     # bumped by every local change of the content (memory only): an upload counts as the
@@ -90,68 +135,467 @@ class CacheEntry:
             return []
         return [b for b in range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1) if b not in self.blocks]
 
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _IDENTITY}
+
+
+def valid_path(path: str) -> bool:
+    """Whether `path` is a mount-relative path that stays inside the mount."""
+    if not path or path.startswith("/") or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") and len(part.encode("utf-8", "surrogatepass")) <= 255
+               for part in path.split("/"))
+
+
+# ------------------------------------------------------------------ the cache dir itself
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents with mode 0700, whatever the umask."""
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700, follow_symlinks=False)
+
+
+def open_cache_dir(path: str | os.PathLike[str]) -> int:
+    """Create (0700) or check the cache dir and return a descriptor of it.
+
+    Refused (CacheDirError): a symlink, not a directory, owned by another user, or writable
+    by group/others. A directory of ours that others may read is tightened to 0700.
+    """
+    p = Path(os.path.abspath(path))
+    make_private_dirs(p)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise CacheDirError(f"cache dir {p} is a symlink or not a directory; refusing it") from None
+        raise CacheDirError(f"cannot open cache dir {p}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        euid = os.geteuid()
+        if st.st_uid != euid:
+            raise CacheDirError(
+                f"cache dir {p} belongs to uid {st.st_uid}, not to you (uid {euid}); refusing it "
+                "(another user could read or plant files there)"
+            )
+        if st.st_mode & 0o022:
+            raise CacheDirError(
+                f"cache dir {p} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); refusing it"
+            )
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+        _check_ancestors(p.parent, euid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_ancestors(p: Path, euid: int) -> None:
+    """Every ancestor must belong to root or us and be unwritable by others (unless sticky):
+    otherwise another user could swap the cache dir for one of theirs."""
+    for d in [p, *p.parents]:
+        st = os.stat(d)
+        if st.st_uid not in (0, euid):
+            raise CacheDirError(f"{d} (a parent of the cache dir) belongs to uid {st.st_uid}; refusing it")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise CacheDirError(
+                f"{d} (a parent of the cache dir) is writable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):o}); refusing it"
+            )
+
+
+def _check_own_file(dir_fd: int, name: str, where: str) -> None:
+    """A file the cache uses by name (the journal, the log) must be ours and not a link."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        raise CacheDirError(
+            f"{where}/{name} is not a plain file of yours (a symlink, a hard link or another user's); refusing the cache dir"
+        )
+
+
+def check_cache_dir(path: str | os.PathLike[str]) -> None:
+    """Create or check the cache dir before anything (the log file) is opened in it."""
+    fd = open_cache_dir(path)
+    try:
+        for name in (JOURNAL, JOURNAL + "-wal", JOURNAL + "-shm", JOURNAL + "-journal", "puterfs.log"):
+            _check_own_file(fd, name, str(path))
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ the store
+
 
 class CacheStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.root = Path(os.path.abspath(root))
+        self._root_fd = open_cache_dir(self.root)
+        for name in (JOURNAL, JOURNAL + "-wal", JOURNAL + "-shm", JOURNAL + "-journal", "puterfs.log"):
+            _check_own_file(self._root_fd, name, str(self.root))
         self.data_dir = self.root / "data"
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
-        self._db = sqlite3.connect(self.root / "journal.sqlite3", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._data_fd = self._open_subdir("data")
+        self.lost_found = self.root / LOST_FOUND
+        self.lost: list[dict[str, str]] = []  # what went to lost+found at start (reported)
+        self.recovered: list[str] = []  # paths re-associated from identity records at start
+        # called when the cache disk is full: frees clean cached data, returns bytes freed
+        self.reclaim: Callable[[], int] | None = None
+        self._db = self._open_journal()
         self.entries: dict[int, CacheEntry] = {}
         self.paths: dict[str, CacheEntry] = {}  # path -> entry, kept in step with `entries`
         self._load()
-        self.paths = {e.path: e for e in self.entries.values()}
+
+    def _open_subdir(self, name: str) -> int:
+        try:
+            os.mkdir(name, 0o700, dir_fd=self._root_fd)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._root_fd)
+        except OSError:
+            raise CacheDirError(f"{self.root}/{name} is a symlink or not a directory; refusing the cache dir") from None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise CacheDirError(f"{self.root}/{name} is another user's or writable by others; refusing the cache dir")
+        return fd
+
+    def _open_journal(self) -> sqlite3.Connection:
+        path = self.root / JOURNAL
+        try:
+            db = self._connect(path)
+            db.execute("SELECT count(*) FROM files").fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            log.error(
+                "cache: the journal %s cannot be read (%s); keeping it as %s.damaged-%s and rebuilding it "
+                "from the data files' identity records", path, exc, JOURNAL, stamp,
+            )
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.rename(JOURNAL + suffix, f"{JOURNAL}.damaged-{stamp}{suffix}",
+                              src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+                except FileNotFoundError:
+                    pass
+            return self._connect(path)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        old = os.umask(0o077)
+        try:
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            os.umask(old)
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        have = {r[1] for r in db.execute("PRAGMA table_info(files)")}
+        for col, decl in _ADDED_COLUMNS.items():
+            if col not in have:
+                db.execute(f"ALTER TABLE files ADD COLUMN {col} {decl}")
+        return db
+
+    # -- low level: the journal and the identity records ------------------------------------
+
+    def _sql(self, query: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Run one journal statement; a full disk is ENOSPC (after trying to free space once)."""
+        for attempt in (0, 1):
+            try:
+                return self._db.execute(query, args)
+            except sqlite3.DatabaseError as exc:
+                full = getattr(exc, "sqlite_errorcode", 0) == 13 or "full" in str(exc).lower()
+                if not full:
+                    raise OSError(errno.EIO, f"cache journal: {exc}") from None
+                if attempt == 0 and self._reclaim():
+                    continue
+                raise OSError(errno.ENOSPC, f"the cache disk is full (journal {self.root / JOURNAL})") from None
+        raise AssertionError("unreachable")
+
+    def _reclaim(self) -> int:
+        if self.reclaim is None:
+            return 0
+        try:
+            return self.reclaim()
+        except Exception:  # noqa: BLE001 - freeing space is best effort
+            log.exception("cache: freeing space failed")
+            return 0
+
+    def _write_identity(self, e: CacheEntry, gen: int, ident: dict[str, Any]) -> None:
+        rec = json.dumps({"v": 1, "id": e.id, "gen": gen, **ident}, ensure_ascii=True).encode() + b"\n"
+        size = max(ID_RECORD_SIZE, -(-len(rec) // ID_RECORD_SIZE) * ID_RECORD_SIZE)
+        rec = rec.ljust(size, b" ")
+        for attempt in (0, 1):
+            try:
+                fd = os.open(f"{e.id}.id", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=self._data_fd)
+                try:
+                    os.pwrite(fd, rec, 0)  # in place: no new block once the record exists
+                    if os.fstat(fd).st_size > size:
+                        os.ftruncate(fd, size)
+                finally:
+                    os.close(fd)
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 0 and self._reclaim():
+                    continue
+                raise
+
+    def _read_identity(self, entry_id: int) -> dict[str, Any] | None:
+        try:
+            fd = os.open(f"{entry_id}.id", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._data_fd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > 1 << 20:
+                return None
+            raw = os.pread(fd, st.st_size, 0)
+        finally:
+            os.close(fd)
+        try:
+            rec = json.loads(raw.split(b"\n", 1)[0])
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(rec, dict) or rec.get("id") != entry_id or not isinstance(rec.get("path"), str):
+            return None
+        return rec
+
+    def _save_row(self, e: CacheEntry) -> None:
+        self._sql(
+            "UPDATE files SET path=?, dirty=?, size=?, mtime_ns=?, mode=?, base_uid=?, base_size=?, base_modified=?,"
+            " complete=?, last_used=?, gen=?, base_etag=?, sent_md5=? WHERE id=?",
+            (
+                e.path, int(e.dirty), e.size, e.mtime_ns, e.mode, e.base_uid, e.base_size, e.base_modified,
+                int(e.complete), e.last_used, e.gen, e.base_etag, json.dumps(e.sent_md5) if e.sent_md5 else None,
+                e.id,
+            ),
+        )
+
+    def _commit(self, e: CacheEntry, **changes: Any) -> None:
+        """Apply `changes` to `e` durably: the journal (and the identity record) first, memory
+        after. If the journal cannot be written, `e` is left as it was and OSError is raised."""
+        old = {k: getattr(e, k) for k in changes}
+        old_ident = e.identity()
+        old_gen = e.gen
+        for k, v in changes.items():
+            setattr(e, k, v)
+        new_ident = e.identity()
+        ident_changed = new_ident != old_ident
+        if ident_changed:
+            e.gen = old_gen + 1
+        precious = e.dirty and ident_changed
+        try:
+            if precious:  # the record says dirty before the journal does
+                self._write_identity(e, e.gen, new_ident)
+            try:
+                self._save_row(e)
+            except BaseException:
+                if precious:
+                    try:
+                        self._write_identity(e, old_gen, old_ident)
+                    except OSError:
+                        pass  # the newer record only causes a harmless re-upload
+                raise
+        except BaseException:
+            for k, v in old.items():
+                setattr(e, k, v)
+            e.gen = old_gen
+            raise
+        if ident_changed and not precious:
+            try:
+                self._write_identity(e, e.gen, new_ident)
+            except OSError as exc:
+                log.warning("cache: cannot update the identity record of %r: %s (the journal has it)", e.path, exc)
 
     # -- start-up -------------------------------------------------------------------------
 
     def _load(self) -> None:
-        rows = self._db.execute(
-            "SELECT id, path, dirty, size, mtime_ns, mode, base_uid, base_size, base_modified, complete, last_used FROM files"
-        ).fetchall()
-        for row in rows:
-            e = CacheEntry(
-                id=row[0], path=row[1], dirty=bool(row[2]), size=row[3], mtime_ns=row[4], mode=row[5],
-                base_uid=row[6], base_size=row[7], base_modified=row[8], complete=bool(row[9]), last_used=row[10],
-            )
-            data = self.data_path(e.id)
-            if not e.dirty and (not e.complete or not data.exists()):
-                # a partial read cache: its block map was in memory only
-                self._drop(e.id)
+        rows = {
+            r[0]: dict(zip(_COLUMNS, r, strict=True))
+            for r in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM files").fetchall()
+        }
+        names = set(os.listdir(self._data_fd))
+        files: dict[int, str] = {}
+        for name in sorted(names):
+            if name.endswith(".id") and name[:-3] in names:
                 continue
-            if e.dirty and not data.exists():
-                log.error("cache: data of dirty %r is missing from %s; dropping its journal row", e.path, data)
-                self._drop(e.id)
+            if name.endswith(".id") and name[:-3].isdigit():
+                self._unlink(name)  # an identity record without data describes nothing
+            elif name.isdigit() and str(int(name)) == name:
+                files[int(name)] = name
+            else:
+                self._quarantine(name, None, "not a cache data file name")
+        max_id = 0
+        for entry_id, name in sorted(files.items()):
+            max_id = max(max_id, entry_id)
+            st = self._lstat(name)
+            if st is None:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+                self._quarantine(name, None, "not a plain file of ours (symlink, hard link or another user's)")
+                rows.pop(entry_id, None)
+                self._sql("DELETE FROM files WHERE id = ?", (entry_id,))
+                continue
+            row = rows.pop(entry_id, None)
+            rec = self._read_identity(entry_id)
+            e = self._entry_from(entry_id, row, rec)
+            if e is None:
+                self._quarantine(name, None, "no journal row and no identity record")
+                continue
+            if not valid_path(e.path):
+                if e.dirty:
+                    self._quarantine(name, None, f"its path {e.path!r} would leave the mount")
+                    self._sql("DELETE FROM files WHERE id = ?", (entry_id,))
+                else:
+                    self._drop(entry_id)
+                if not e.path.startswith("\x00unlinked/"):
+                    log.error("cache: refused journal row %d: path %r would leave the mount", entry_id, e.path)
+                continue
+            if not e.dirty and (not e.complete or row is None):
+                # a clean copy of server data (partial, or of unknown completeness): the server has it
+                self._drop(entry_id)
                 continue
             if e.dirty:
                 # the file on disk is the truth (a crash may have hit between a write and the row update)
-                e.size = data.stat().st_size
+                e.size = st.st_size
                 e.complete = True
                 e.maybe_remote = True  # an upload may have been under way when we stopped
+                if e.sent_md5:
+                    e.uncertain_since = 0.0
+            clash = self.paths.get(e.path)
+            if clash is not None:
+                loser, e = (clash, e) if (e.dirty, e.gen) > (clash.dirty, clash.gen) else (e, clash)
+                self.entries.pop(loser.id, None)
+                if loser.dirty:
+                    self._quarantine(str(loser.id), loser.path, f"a newer copy of {loser.path!r} exists")
+                    self._sql("DELETE FROM files WHERE id = ?", (loser.id,))
+                else:
+                    self._drop(loser.id)
+            if row is None:
+                self._insert_row(e)
+                self.recovered.append(e.path)
+                log.warning("cache: %r (%s) had no journal row; recovered from its identity record",
+                            e.path, "not uploaded yet" if e.dirty else "clean")
+            elif rec is None or int(rec.get("gen", -1)) != e.gen or (row["gen"] or 0) < e.gen:
+                self._save_row(e)
+                self._write_identity(e, e.gen, e.identity())
             self.entries[e.id] = e
-        # remove data files that have no row (crash between creating a file and its row)
-        known = {str(i) for i in self.entries}
-        for p in self.data_dir.iterdir():
-            if p.name not in known:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
+            self.paths[e.path] = e
+        for entry_id, row in rows.items():  # rows without a data file
+            if row["dirty"]:
+                log.error("cache: data of dirty %r is missing from %s; dropping its journal row",
+                          row["path"], self.data_dir / str(entry_id))
+            self._drop(entry_id)
+        if max_id:
+            # ids of recovered files must never be handed out again
+            self._sql("INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'files', 0 "
+                      "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='files')")
+            self._sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'files'", (max_id,))
+        if self.lost:
+            log.error("cache: %d file(s) could not be placed and were kept in %s (nothing was deleted)",
+                      len(self.lost), self.lost_found)
 
-    def _drop(self, entry_id: int) -> None:
-        self._db.execute("DELETE FROM files WHERE id = ?", (entry_id,))
+    def _entry_from(self, entry_id: int, row: dict[str, Any] | None, rec: dict[str, Any] | None) -> CacheEntry | None:
+        if row is None and rec is None:
+            return None
+        base: dict[str, Any] = dict(row) if row is not None else {"id": entry_id, "complete": 0, "last_used": 0.0}
+        if row is not None:
+            base["sent_md5"] = json.loads(row["sent_md5"]) if row.get("sent_md5") else []
+        if rec is not None and (row is None or int(rec.get("gen", 0)) > int(row.get("gen") or 0)):
+            # the identity record is newer than the journal (which lost updates): it wins
+            for k in _IDENTITY:
+                if k in rec:
+                    base[k] = rec[k]
+            base["gen"] = int(rec.get("gen", 0))
+            if row is not None:
+                log.warning("cache: the journal row of %r was older than its identity record; repaired", base["path"])
         try:
-            self.data_path(entry_id).unlink()
+            return CacheEntry(
+                id=entry_id, path=str(base["path"]), dirty=bool(base.get("dirty")), size=int(base.get("size") or 0),
+                mtime_ns=int(base.get("mtime_ns") or 0), mode=int(base.get("mode") or 0o100644),
+                base_uid=base.get("base_uid"), base_size=base.get("base_size"),
+                base_modified=base.get("base_modified"), base_etag=base.get("base_etag"),
+                complete=bool(base.get("complete")), last_used=float(base.get("last_used") or 0.0),
+                gen=int(base.get("gen") or 0), sent_md5=list(base.get("sent_md5") or []),
+            )
+        except (TypeError, ValueError):
+            return None
+
+    def _insert_row(self, e: CacheEntry) -> None:
+        self._sql("INSERT OR REPLACE INTO files (id, path) VALUES (?, ?)", (e.id, e.path))
+        self._save_row(e)
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=self._data_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _quarantine(self, name: str, path: str | None, reason: str) -> None:
+        """Move data/<name> (and its identity record) to lost+found/ and report it."""
+        try:
+            os.mkdir(LOST_FOUND, 0o700, dir_fd=self._root_fd)
+        except FileExistsError:
+            pass
+        label = (path or "").replace("/", "%2F")[-120:]
+        dest = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{label}" if label else "")
+        lf = os.open(LOST_FOUND, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._root_fd)
+        try:
+            os.rename(name, dest, src_dir_fd=self._data_fd, dst_dir_fd=lf)
+            try:
+                os.rename(name + ".id", dest + ".id", src_dir_fd=self._data_fd, dst_dir_fd=lf)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(lf)
+        self.lost.append({"file": str(self.lost_found / dest), "path": path or "", "reason": reason})
+        log.error("cache: kept data/%s as %s: %s", name, self.lost_found / dest, reason)
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._data_fd)
         except FileNotFoundError:
             pass
+
+    def _drop(self, entry_id: int) -> None:
+        # the data goes first: on a full disk that frees the space the journal needs
+        self._unlink(str(entry_id))
+        self._unlink(f"{entry_id}.id")
+        try:
+            self._sql("DELETE FROM files WHERE id = ?", (entry_id,))
+        except OSError as exc:
+            # harmless: a row without data is dropped at the next start
+            log.warning("cache: cannot remove journal row %d: %s", entry_id, exc)
 
     # -- queries ----------------------------------------------------------------------------
 
     def data_path(self, entry_id: int) -> Path:
+        """For messages and tests; the code opens data files with `open_data`."""
         return self.data_dir / str(entry_id)
+
+    def open_data(self, entry_id: int, flags: int = os.O_RDWR) -> int:
+        """A descriptor of data/<id>, never through a symlink."""
+        fd = os.open(str(entry_id), flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._data_fd)
+        return fd
+
+    def open_file(self, entry_id: int) -> IO[bytes]:
+        """data/<id> as a binary file object for reading."""
+        return os.fdopen(self.open_data(entry_id, os.O_RDONLY), "rb")
 
     def dirty_entries(self) -> list[CacheEntry]:
         return [e for e in self.entries.values() if e.dirty]
@@ -164,14 +608,25 @@ class CacheStore:
     def create(self, path: str, *, mode: int = 0o100644, mtime_ns: int | None = None) -> CacheEntry:
         """A new, empty, complete cache file (not yet dirty)."""
         now = time.time()
-        cur = self._db.execute(
-            "INSERT INTO files (path, dirty, size, mtime_ns, mode, complete, last_used) VALUES (?, 0, 0, ?, ?, 1, ?)",
-            (path, mtime_ns or time.time_ns(), mode, now),
+        mtime = mtime_ns or time.time_ns()
+        cur = self._sql(
+            "INSERT INTO files (path, dirty, size, mtime_ns, mode, complete, last_used, gen) VALUES (?, 0, 0, ?, ?, 1, ?, 1)",
+            (path, mtime, mode, now),
         )
         entry_id = int(cur.lastrowid or 0)
-        fd = os.open(self.data_path(entry_id), os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        os.close(fd)
-        e = CacheEntry(id=entry_id, path=path, mode=mode, mtime_ns=mtime_ns or time.time_ns(), complete=True, last_used=now)
+        e = CacheEntry(id=entry_id, path=path, mode=mode, mtime_ns=mtime, complete=True, last_used=now, gen=1)
+        try:
+            try:
+                fd = self.open_data(entry_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                # a data file nothing knows of under a fresh id: keep it aside, never reuse it
+                self._quarantine(str(entry_id), None, "found under an id the journal was handing out")
+                fd = self.open_data(entry_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+            self._write_identity(e, e.gen, e.identity())
+        except BaseException:
+            self._drop(entry_id)
+            raise
         old = self.paths.get(path)
         if old is not None and old.id != entry_id:
             self.delete(old)
@@ -182,34 +637,37 @@ class CacheStore:
     def create_for_remote(self, path: str, *, size: int, uid: str | None, modified: int | None, mode: int) -> CacheEntry:
         """An empty sparse cache file for a server file of `size` bytes; blocks arrive on demand."""
         e = self.create(path, mode=mode)
+        fd = self.open_data(e.id, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
         e.size = size
         e.complete = size == 0
-        e.base_uid, e.base_size, e.base_modified = uid, size, modified
-        os.truncate(self.data_path(e.id), size)
-        self.save(e)
+        self._commit(e, base_uid=uid, base_size=size, base_modified=modified)
         return e
 
     def save(self, e: CacheEntry) -> None:
-        self._db.execute(
-            "UPDATE files SET path=?, dirty=?, size=?, mtime_ns=?, mode=?, base_uid=?, base_size=?, base_modified=?,"
-            " complete=?, last_used=? WHERE id=?",
-            (
-                e.path, int(e.dirty), e.size, e.mtime_ns, e.mode, e.base_uid, e.base_size, e.base_modified,
-                int(e.complete), e.last_used, e.id,
-            ),
-        )
+        """Write `e`'s fields to the journal (and its identity record when that changed)."""
+        self._commit(e)
 
     def mark_dirty(self, e: CacheEntry) -> None:
+        """clean -> dirty, journal first: raises (ENOSPC...) and leaves `e` clean if it cannot."""
         if not e.dirty:
-            e.dirty = True
-            e.complete = True
-            self.save(e)
+            self._commit(e, dirty=True, complete=True)
 
-    def mark_clean(self, e: CacheEntry, *, uid: str | None, size: int, modified: int | None) -> None:
-        e.dirty = False
-        e.complete = True
-        e.base_uid, e.base_size, e.base_modified = uid, size, modified
-        self.save(e)
+    def mark_clean(self, e: CacheEntry, *, uid: str | None, size: int, modified: int | None, etag: str | None = None) -> None:
+        self._commit(e, dirty=False, complete=True, base_uid=uid, base_size=size, base_modified=modified,
+                     base_etag=etag, sent_md5=[])
+
+    def set_base(self, e: CacheEntry, *, uid: str | None, size: int | None, modified: int | None,
+                 etag: str | None = None) -> None:
+        self._commit(e, base_uid=uid, base_size=size, base_modified=modified, base_etag=etag)
+
+    def note_attempt(self, e: CacheEntry, md5: str) -> None:
+        """An upload of content with this MD5 starts (journaled: after a crash its outcome is unknown)."""
+        if md5 not in e.sent_md5:
+            self._commit(e, sent_md5=[*e.sent_md5[-3:], md5])
 
     def rename(self, old: str, new: str) -> None:
         """Re-point the entry at `old` and every entry below it (a directory rename)."""
@@ -218,12 +676,17 @@ class CacheStore:
         for e in moved:
             del self.paths[e.path]
         for e in moved:
-            e.path = new + e.path[len(old):]
-            clash = self.paths.get(e.path)
+            new_path = new + e.path[len(old):]
+            clash = self.paths.get(new_path)
             if clash is not None and clash is not e:
                 self.delete(clash)
+            try:
+                self._commit(e, path=new_path)
+            except OSError as exc:
+                # memory follows the server; the journal catches up at the next save
+                log.error("cache: cannot record the rename of %r to %r: %s", e.path, new_path, exc)
+                e.path = new_path
             self.paths[e.path] = e
-            self.save(e)
 
     def delete(self, e: CacheEntry) -> None:
         self.entries.pop(e.id, None)
@@ -254,15 +717,23 @@ class CacheStore:
 
     def flush_usage(self) -> None:
         """Persist last-used times (LRU order across restarts)."""
-        with self._transaction():
-            for e in self.entries.values():
-                self._db.execute("UPDATE files SET last_used=? WHERE id=?", (e.last_used, e.id))
+        try:
+            with self._transaction():
+                for e in self.entries.values():
+                    self._sql("UPDATE files SET last_used=? WHERE id=?", (e.last_used, e.id))
+        except OSError as exc:
+            log.warning("cache: cannot save last-used times: %s", exc)
 
     def close(self) -> None:
         try:
             self.flush_usage()
         finally:
             self._db.close()
+            for fd in (self._data_fd, self._root_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
@@ -276,4 +747,9 @@ class _Tx:
         self.db.execute("BEGIN")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        except sqlite3.OperationalError:
+            if exc_type is None:
+                self.db.execute("ROLLBACK")
+                raise

@@ -19,6 +19,7 @@ Design notes are in docs/write-back.md and docs/inodes.md. In short:
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -99,6 +100,7 @@ class PuterOperations(pyfuse3.Operations):
             self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change,
             cancel_on_change=self._streamed,
         )
+        self.cache.reclaim = self._reclaim_space
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
         self._handles: dict[int, _Handle] = {}
@@ -156,6 +158,9 @@ class PuterOperations(pyfuse3.Operations):
         # every dirty file counts, also one still open for writing (not queued yet)
         st["pending"] = max(len(self.cache.dirty_entries()), int(st["pending"]))
         st["cache_bytes"] = self.cache.used_bytes()
+        # what the start-up recovery of the cache journal did (docs/reliability.md)
+        st["recovered"] = len(self.cache.recovered)
+        st["lost_found"] = [dict(x) for x in self.cache.lost]
         return st
 
     # ------------------------------------------------------------------ helpers
@@ -469,7 +474,7 @@ class PuterOperations(pyfuse3.Operations):
     def _fd(self, node: Node) -> int:
         assert node.entry is not None
         if node.fd is None:
-            node.fd = os.open(self.cache.data_path(node.entry.id), os.O_RDWR)
+            node.fd = self.cache.open_data(node.entry.id)
         return node.fd
 
     def _ensure_entry(self, node: Node) -> CacheEntry:
@@ -514,7 +519,7 @@ class PuterOperations(pyfuse3.Operations):
                     )
                 if node.entry is not ent:
                     return  # replaced while we fetched
-                os.pwrite(self._fd(node), data, begin)
+                self._pwrite(node, data, begin)
                 ent.blocks.update(range(start_block, stop_block + 1))
             if len(ent.blocks) * BLOCK_SIZE >= ent.size and ent.missing_blocks(0, ent.size) == []:
                 ent.complete = True
@@ -534,14 +539,40 @@ class PuterOperations(pyfuse3.Operations):
         return ent
 
     def _dirty(self, node: Node) -> CacheEntry:
+        """The file's content is about to change. The journal says dirty first: if it cannot
+        (a full cache disk), this raises and nothing in memory changed."""
         ent = node.entry
         assert ent is not None
-        ent.version += 1
-        self.queue.changed(ent.id)
         if not ent.dirty:
             self.cache.mark_dirty(ent)  # committed before the write returns
+        ent.version += 1
+        self.queue.changed(ent.id)
         node.local_seq = self.table.next_seq()
         return ent
+
+    def _reclaim_space(self) -> int:
+        """The cache disk is full: drop every clean cached file nobody has open."""
+        keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and n.opens}
+        freed = self.cache.evict(0, keep)
+        if freed:
+            for n in self.table.by_inode.values():
+                if n.entry is not None and n.entry.id not in self.cache.entries:
+                    self._close_fd(n)
+                    n.entry = None
+            log.warning("the cache disk is full: dropped %d bytes of clean cached data", freed)
+        return freed
+
+    def _pwrite(self, node: Node, data: bytes, off: int) -> int:
+        """Write into the cache file; on a full disk free clean cached data once, then ENOSPC."""
+        try:
+            return os.pwrite(self._fd(node), data, off)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not self._reclaim_space():
+                log.error("the cache disk is full: %s", exc)
+                raise OSError(errno.ENOSPC, "the cache disk is full") from None
+        return os.pwrite(self._fd(node), data, off)
 
     def _maybe_evict(self) -> None:
         keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and (n.opens or n.entry.dirty)}
@@ -564,9 +595,17 @@ class PuterOperations(pyfuse3.Operations):
         ent = self.cache.entries.get(key)
         return ent is not None and ent.size > SMALL_FILE
 
-    async def _attempt(self, entries: list[CacheEntry], coro: Any) -> Any:
-        """Run one upload attempt, keeping track of what may have reached the server."""
+    async def _attempt(self, entries: list[CacheEntry], coro: Any, md5s: list[str]) -> Any:
+        """Run one upload attempt, keeping track of what may have reached the server: the MD5
+        of each file's content is journaled first, so that after a crash or a lost answer a
+        server copy with that content is known to be ours (not another client's)."""
         started = time.time()
+        try:
+            for ent, md5 in zip(entries, md5s, strict=True):
+                self.cache.note_attempt(ent, md5)
+        except BaseException:
+            coro.close()
+            raise
         for ent in entries:
             ent.maybe_remote = True
         try:
@@ -583,16 +622,15 @@ class PuterOperations(pyfuse3.Operations):
         node = self.table.by_path.get(ent.path)
         return node if node is not None and node.entry is ent else None
 
-    def _uploaded(self, ent: CacheEntry, version: int, result: RemoteEntry) -> None:
+    def _uploaded(self, ent: CacheEntry, version: int, result: RemoteEntry, etag: str | None = None) -> None:
         ent.uncertain_since = None
         if ent.id not in self.cache.entries:
             return
         if ent.version == version:
-            self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified)
+            self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified, etag=etag)
         else:
             # the server has an older version; remember it as the base of the next upload
-            ent.base_uid, ent.base_size, ent.base_modified = result.uid, result.size, result.modified
-            self.cache.save(ent)
+            self.cache.set_base(ent, uid=result.uid, size=result.size, modified=result.modified, etag=etag)
         node = self._node_of_entry(ent)
         if node is not None:
             node.remote_fp = result.fingerprint
@@ -631,15 +669,20 @@ class PuterOperations(pyfuse3.Operations):
         items = []
         versions = []
         metadata = []
+        md5s = []
         for ent in batch:
-            with open(self.cache.data_path(ent.id), "rb") as f:
-                items.append((ent.path, f.read()))
+            with self.cache.open_file(ent.id) as f:
+                data = f.read()
+            items.append((ent.path, data))
+            md5s.append(hashlib.md5(data).hexdigest())
             versions.append(ent.version)
             metadata.append(self._posix_metadata(ent.mode, ent.mtime_ns))
         log.debug("uploading %d small files in one request", len(items))
-        outcome = await self._attempt(batch, self.remote.upload_many(items, overwrite=False, metadata=metadata))
+        outcome = await self._attempt(
+            batch, self.remote.upload_many(items, overwrite=False, metadata=metadata), md5s
+        )
         results: dict[int, BaseException | None] = {}
-        for ent, version, res in zip(batch, versions, outcome, strict=True):
+        for ent, version, md5, res in zip(batch, versions, md5s, outcome, strict=True):
             if isinstance(res, AlreadyExists):
                 # someone created the name meanwhile, or an earlier attempt of ours got through
                 try:
@@ -650,21 +693,28 @@ class PuterOperations(pyfuse3.Operations):
             elif isinstance(res, BaseException):
                 results[ent.id] = res
             else:
-                self._uploaded(ent, version, res)
+                self._uploaded(ent, version, res, md5)
                 results[ent.id] = None
         return results
 
-    async def _same_content(self, ent: CacheEntry, remote: RemoteEntry) -> bool:
-        """Whether the server's file holds exactly our bytes (an earlier attempt got through)."""
-        if remote.size != ent.size:
-            return False
+    async def _server_md5(self, path: str, size: int) -> str:
+        """The MD5 of the server's copy of `path` (downloaded in ranged pieces)."""
+        h = hashlib.md5()
         step = 8 * BLOCK_SIZE
-        with open(self.cache.data_path(ent.id), "rb") as f:
-            for off in range(0, ent.size, step):
-                theirs = await self.remote.read(ent.path, off, min(step, ent.size - off), size=remote.size)
-                if theirs != f.read(min(step, ent.size - off)):
-                    return False
-        return True
+        for off in range(0, size, step):
+            h.update(await self.remote.read(path, off, min(step, size - off), size=size))
+        return h.hexdigest()
+
+    def _local_md5(self, ent: CacheEntry) -> tuple[str, bytes | None]:
+        """MD5 of the cache file, and its bytes when it is small enough to upload as a snapshot."""
+        with self.cache.open_file(ent.id) as f:
+            if ent.size <= SMALL_FILE:
+                data = f.read()
+                return hashlib.md5(data).hexdigest(), data
+            h = hashlib.md5()
+            while chunk := f.read(BLOCK_SIZE):
+                h.update(chunk)
+            return h.hexdigest(), None
 
     async def _upload_one(self, ent: CacheEntry) -> None:
         version = ent.version
@@ -675,16 +725,20 @@ class PuterOperations(pyfuse3.Operations):
             current = None
         if current is not None and current.is_dir:
             raise AlreadyExists(f"{path} is a directory on the server", code="conflict")
+        md5, snapshot = self._local_md5(ent)
         base = (ent.base_uid, ent.base_size, ent.base_modified) if ent.base_uid is not None else None
         if current is not None and current.fingerprint != base:
-            if await self._same_content(ent, current):
-                self._uploaded(ent, version, current)
+            maybe_ours = current.size == ent.size or bool(ent.sent_md5)
+            theirs = await self._server_md5(path, current.size) if maybe_ours else None
+            if theirs == md5:
+                # an earlier attempt of ours got through but its answer was lost
+                self._uploaded(ent, version, current, md5)
                 return
             if ent.path != path:
                 return  # renamed while we looked; the rename rescheduled it
-            if ent.uncertain_since is not None and (current.modified or 0) >= int(ent.uncertain_since) - 1:
-                # written after an attempt of ours whose outcome we never learned: that attempt
-                # (an older version of our data) is what the server holds
+            if theirs in ent.sent_md5:
+                # an attempt of ours whose outcome we never learned (an older version of our
+                # data) is what the server holds: not another client's edit
                 log.info("%s: the server holds an interrupted upload of ours; replacing it", path)
                 current = None
         if current is not None and current.fingerprint != base:
@@ -694,12 +748,14 @@ class PuterOperations(pyfuse3.Operations):
             log.warning("conflict on %s: the server's version is kept as %s", path, keep_as)
             await self.remote.move(path, keep_as, overwrite=False)
             self.epoch += 1  # the conflict copy must show up in listings
-        with open(self.cache.data_path(ent.id), "rb") as f:
+        with self.cache.open_file(ent.id) as f:
             # small files go up as a snapshot (a write meanwhile need not cancel the upload)
-            source: Any = io.BytesIO(f.read()) if ent.size <= SMALL_FILE else f
+            source: Any = io.BytesIO(snapshot) if snapshot is not None else f
             md = self._posix_metadata(ent.mode, ent.mtime_ns)
-            result = await self._attempt([ent], self.remote.upload(path, source, ent.size, overwrite=True, metadata=md))
-        self._uploaded(ent, version, result)
+            result = await self._attempt(
+                [ent], self.remote.upload(path, source, ent.size, overwrite=True, metadata=md), [md5]
+            )
+        self._uploaded(ent, version, result, md5)
 
     # ------------------------------------------------------------------ lookup & attributes
 
@@ -793,7 +849,7 @@ class PuterOperations(pyfuse3.Operations):
             ent = await self._ensure_complete(node)
         self._dirty(node)
         try:
-            os.truncate(self.cache.data_path(ent.id), size)
+            os.ftruncate(self._fd(node), size)
         except OSError as exc:
             # nothing changed (EFBIG, ENOSPC): the file is still to be uploaded as it is
             if node.writers == 0 and node.in_tree:
@@ -1269,8 +1325,15 @@ class PuterOperations(pyfuse3.Operations):
             return self._open_handle(existing, flags), self._attr(existing)
         path = join(parent.path, text)
         perm = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
+        ent = self.cache.create(path, mode=perm, mtime_ns=time.time_ns())
+        try:
+            self.cache.mark_dirty(ent)  # journal first: a full disk fails the create (ENOSPC)
+        except BaseException:
+            self.cache.delete(ent)
+            raise
         node = self.table.new(path, is_dir=False, mode=perm)
-        node.entry = self.cache.create(path, mode=perm, mtime_ns=node.mtime_ns)
+        node.mtime_ns = ent.mtime_ns
+        node.entry = ent
         self._dirty(node)
         assert parent.children is not None
         parent.children[text] = node
@@ -1314,12 +1377,7 @@ class PuterOperations(pyfuse3.Operations):
         node = h.node
         ent = await self._ensure_complete(node)
         self._dirty(node)
-        try:
-            n = os.pwrite(self._fd(node), buf, off)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("the cache disk is full: %s", exc)
-            raise
+        n = self._pwrite(node, buf, off)
         if off + n > ent.size:
             ent.size = off + n
         node.size = ent.size
@@ -1406,5 +1464,5 @@ class PuterOperations(pyfuse3.Operations):
             raise FsError(errno.EISDIR, f"{rel} is a directory")
         check(node, os.R_OK)
         ent = await self._ensure_complete(node)
-        with open(self.cache.data_path(ent.id), "rb") as f:
+        with self.cache.open_file(ent.id) as f:
             return f.read()

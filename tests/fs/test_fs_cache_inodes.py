@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyfuse3
 
 from puterfs.fs.cache import BLOCK_SIZE, CacheStore
@@ -29,12 +31,14 @@ def test_dirty_entries_survive_a_crash(tmp_path):
     assert done.id in c2.entries
 
 
-def test_orphan_data_files_are_removed(tmp_path):
+def test_orphan_data_files_are_kept_aside_not_deleted(tmp_path):
     c = CacheStore(tmp_path)
     (tmp_path / "data" / "999").write_bytes(b"junk")
     c.close()
-    CacheStore(tmp_path)
+    c2 = CacheStore(tmp_path)
     assert not (tmp_path / "data" / "999").exists()
+    [kept] = c2.lost
+    assert Path(kept["file"]).read_bytes() == b"junk"
 
 
 def test_rename_repoints_subtree_and_replaces_target(tmp_path):

@@ -1,0 +1,194 @@
+"""Reliability through a real mount (docs/reliability.md): a full cache disk, a damaged
+journal, a tampered cache dir, crashes. Each test prints its figure."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mount_testlib import MountFactory, MountProcess, wait_for
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the cache dir."""
+    d = tmp_path / "disk"
+    d.mkdir(mode=0o700)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(d)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _try(fn: Any) -> int:
+    """0 if fn() worked, else its errno."""
+    try:
+        fn()
+        return 0
+    except OSError as exc:
+        return exc.errno or -1
+
+
+def test_full_cache_disk_gives_enospc_and_loses_no_edit(mount_factory: MountFactory, small_disk: Path) -> None:
+    # uploads wait (write-back 600 s): the cache holds dirty data that cannot be evicted
+    m = mount_factory(cache_dir=small_disk / "cache", write_back=600)
+    m.remote.write("doc.txt", b"A" * 20_000)
+    wait_for((m.path / "doc.txt").exists, 10, "doc.txt visible")
+    assert (m.path / "doc.txt").read_bytes() == b"A" * 20_000  # cached, clean
+    (m.path / "big.bin").write_bytes(os.urandom(1 << 20))
+    filler = _fill(small_disk)
+
+    # in-place edits of an uploaded file: each write either fails with ENOSPC (and changed
+    # nothing) or succeeded (and must reach the server)
+    expected = bytearray(b"A" * 20_000)
+    codes = []
+    fd = os.open(m.path / "doc.txt", os.O_RDWR)
+    try:
+        for i in range(20):
+            chunk = bytes([66 + i % 20]) * 500
+            off = i * 700
+            code = _try(lambda chunk=chunk, off=off: os.pwrite(fd, chunk, off))
+            codes.append(code)
+            if code == 0:
+                expected[off:off + len(chunk)] = chunk
+    finally:
+        close_code = _try(lambda: os.close(fd))
+    assert set(codes) <= {0, errno.ENOSPC}, codes
+    assert close_code in (0, errno.ENOSPC)
+
+    # a new file on the full disk: ENOSPC (never EIO), or it worked
+    create_code = _try(lambda: (m.path / "new.bin").write_bytes(os.urandom(200_000)))
+    assert create_code in (0, errno.ENOSPC), errno.errorcode.get(create_code)
+
+    # deleting a file works on the full disk and frees its space
+    os.unlink(m.path / "big.bin")
+    after = b"written once space was freed"
+    (m.path / "after.txt").write_bytes(after)
+
+    os.unlink(filler)
+    m.proc.stop()  # exit 0: everything is on the server
+    assert not m.remote.exists("big.bin")
+    assert m.remote.read("doc.txt") == bytes(expected)
+    assert m.remote.read("after.txt") == after
+    print(f"full cache disk: {len(codes)} writes ({codes.count(errno.ENOSPC)} ENOSPC), create -> "
+          f"{errno.errorcode.get(create_code, 'ok')}, unlink ok, bytes compared {len(expected) + len(after)}, bytes lost 0")
+
+
+def _kill_and_damage(m: Any, how: str) -> None:
+    m.proc.kill()
+    cache = m.cache_dir
+    if how == "wal-gone":
+        for suffix in ("-wal", "-shm"):
+            p = cache / f"journal.sqlite3{suffix}"
+            if p.exists():
+                p.unlink()
+    elif how == "wal-half":
+        p = cache / "journal.sqlite3-wal"
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+        (cache / "journal.sqlite3-shm").unlink(missing_ok=True)
+    elif how == "rows-missing":
+        db = sqlite3.connect(cache / "journal.sqlite3")
+        db.execute("DELETE FROM files WHERE rowid % 2 = 0")
+        db.commit()
+        db.close()
+    elif how == "garbage":
+        for suffix in ("-wal", "-shm"):
+            (cache / f"journal.sqlite3{suffix}").unlink(missing_ok=True)
+        (cache / "journal.sqlite3").write_bytes(os.urandom(8192))
+
+
+@pytest.mark.parametrize("how", ["wal-gone", "wal-half", "rows-missing", "garbage"])
+def test_damaged_journal_loses_no_file(mount_factory: MountFactory, how: str) -> None:
+    m = mount_factory(write_back=600)
+    files = {f"d/f{i:02d}.txt": os.urandom(1000 + 37 * i) for i in range(20)}
+    (m.path / "d").mkdir()
+    for rel, data in files.items():
+        (m.path / rel).write_bytes(data)
+    assert not m.remote.exists("d/f00.txt")  # nothing uploaded before the crash
+    _kill_and_damage(m, how)
+    m.proc = m._factory.spawn(m.path, m.cache_dir, [])
+    for rel, data in files.items():
+        assert (m.path / rel).read_bytes() == data, rel
+    m.wait_uploaded(timeout=90)
+    for rel, data in files.items():
+        assert m.remote.read(rel) == data, rel
+    conflicts = [n for n in m.remote.listdir("d") if ".conflict-" in n]
+    assert conflicts == []
+    log = m.proc.log_text(20000)
+    m.proc.stop()
+    print(f"journal {how}: {len(files)} dirty files, bytes compared {sum(map(len, files.values()))}, bytes lost 0, "
+          f"recovery log lines {log.count('recovered from its identity record')}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second local user")
+def test_mount_refuses_a_cache_dir_another_user_planted(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """Another local user created the cache dir first and planted a link and a journal row in it."""
+    shared = Path(tempfile.mkdtemp(prefix="puterfs-shared-", dir="/tmp"))
+    os.chmod(shared, 0o1777)
+    secret = tmp_path / "root-only.txt"
+    secret.write_bytes(b"root's secret")
+    os.chmod(secret, 0o600)
+    cache = shared / "victim-cache"
+    try:
+        pid = os.fork()
+        if pid == 0:  # the other user
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                os.mkdir(cache, 0o777)
+                os.chmod(cache, 0o777)
+                os.mkdir(cache / "data", 0o777)
+                os.symlink(str(secret), str(cache / "data" / "1"))
+                db = sqlite3.connect(cache / "journal.sqlite3")
+                db.execute("CREATE TABLE files (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, "
+                           "dirty INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL DEFAULT 0, mtime_ns INTEGER NOT "
+                           "NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 33188, base_uid TEXT, base_size INTEGER, "
+                           "base_modified INTEGER, complete INTEGER NOT NULL DEFAULT 0, last_used REAL NOT NULL DEFAULT 0)")
+                db.execute("INSERT INTO files (id, path, dirty, complete) VALUES (1, '../Public/stolen.txt', 1, 1)")
+                db.commit()
+                db.close()
+                os._exit(0)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        proc = MountProcess(
+            tmp_path / "mnt2", url=mount_factory.url, token_file=mount_factory.token_file, cache_dir=cache,
+            xdg_root=tmp_path / "xdg", log_path=tmp_path / "refused.log",
+        )
+        proc.mountpoint.mkdir()
+        run = subprocess.run(proc.argv, env=proc.env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "belongs to uid 65534" in run.stderr and "refusing" in run.stderr, run.stderr
+        assert not os.path.ismount(proc.mountpoint)
+        home = mount_factory.remote()
+        assert not any("stolen" in n for n in home.listdir("")), home.listdir("")
+        assert secret.read_bytes() == b"root's secret"
+        print("cache-dir attack: 1 planted dir, 1 symlink, 1 journal row; refused; bytes leaked 0")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
