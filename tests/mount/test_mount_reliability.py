@@ -4,8 +4,10 @@ journal, a tampered cache dir, crashes. Each test prints its figure."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -192,3 +194,32 @@ def test_mount_refuses_a_cache_dir_another_user_planted(mount_factory: MountFact
         print("cache-dir attack: 1 planted dir, 1 symlink, 1 journal row; refused; bytes leaked 0")
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/completeWrite", "/writeFile")
+
+
+def test_exit_status_says_files_are_not_uploaded(mount_factory: MountFactory, emulator: Any) -> None:
+    """Stopped (second signal) while the server refuses uploads: exit 75, a state file that
+    names what is not on the server; the next mount uploads it and exits 0."""
+    m = mount_factory()
+    emulator.set_faults(*[{"method": "POST", "path": p, "status": 500} for p in UPLOAD_PATHS])
+    try:
+        (m.path / "kept.txt").write_bytes(b"not on the server yet")
+        m.proc.wait_state(lambda s: (s.get("failed_attempts") or 0) > 0, 30, "an upload to fail")
+        m.proc.expected_exit = True
+        m.proc.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stopping: uploading" in m.proc.log_text(), 30, "the daemon to take the first signal")
+        m.proc.proc.send_signal(signal.SIGTERM)  # second signal: stop without waiting
+        rc = m.proc.proc.wait(60)
+    finally:
+        emulator.clear_faults()
+    assert rc == 75, m.proc.log_text()
+    st = json.loads(m.proc.state_file.read_text())
+    assert st["stopped"] is True and st["pending"] == 1 and st["not_uploaded"] == ["kept.txt"], st
+    assert not m.remote.exists("kept.txt")
+    m.proc = m._factory.spawn(m.path, m.cache_dir, [])
+    m.wait_uploaded(timeout=60)
+    assert m.remote.read("kept.txt") == b"not on the server yet"
+    m.proc.stop()  # exit 0, state file gone
+    print("exit status: 75 with 1 file not uploaded, then 0; bytes lost 0")
