@@ -118,6 +118,8 @@ class CacheEntry:
     # learned so), and since when an attempt's outcome is unknown (cancelled, connection lost)
     maybe_remote: bool = False
     uncertain_since: float | None = None
+    # inode-table sequence number of the last successful upload (memory only)
+    uploaded_seq: int = 0
 
     def has_range(self, off: int, size: int) -> bool:
         if self.complete or self.dirty:

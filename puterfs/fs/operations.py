@@ -425,10 +425,11 @@ class PuterOperations(pyfuse3.Operations):
                 new[name] = node  # created here, not on the server yet
             else:
                 self.table.detach(node)
-        # files whose upload is pending from an earlier run
+        # files whose upload is pending from an earlier run, or finished after this listing
+        # was requested (the listing could not show them yet)
         prefix = dirnode.path + "/" if dirnode.path else ""
         for path, ent in self.cache.paths.items():
-            if ent.dirty and path.startswith(prefix) and "/" not in path[len(prefix):]:
+            if (ent.dirty or ent.uploaded_seq > seq) and path.startswith(prefix) and "/" not in path[len(prefix):]:
                 name = path[len(prefix):]
                 if stat.S_ISLNK(ent.mode) and name.endswith(LINK_SUFFIX):
                     name = name[: -len(LINK_SUFFIX)]
@@ -440,6 +441,8 @@ class PuterOperations(pyfuse3.Operations):
                     node.mode = ent.mode
                     node.mtime_ns = ent.mtime_ns
                     node.mtime_local = True
+                    if not ent.dirty and ent.base_uid is not None:
+                        node.remote_fp = (ent.base_uid, ent.base_size or 0, ent.base_modified)
                     new[name] = node
         dirnode.children = new
         if tombs:
@@ -624,6 +627,7 @@ class PuterOperations(pyfuse3.Operations):
 
     def _uploaded(self, ent: CacheEntry, version: int, result: RemoteEntry, etag: str | None = None) -> None:
         ent.uncertain_since = None
+        ent.uploaded_seq = self.table.next_seq()  # listings requested before now may lack it
         if ent.id not in self.cache.entries:
             return
         if ent.version == version:
@@ -633,6 +637,7 @@ class PuterOperations(pyfuse3.Operations):
             self.cache.set_base(ent, uid=result.uid, size=result.size, modified=result.modified, etag=etag)
         node = self._node_of_entry(ent)
         if node is not None:
+            node.local_seq = ent.uploaded_seq
             node.remote_fp = result.fingerprint
             node.remote_meta = result.metadata
             node.attr_epoch = self.epoch
