@@ -18,6 +18,7 @@ Design notes are in docs/write-back.md and docs/inodes.md. In short:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -54,6 +55,47 @@ class _Handle:
         self.flags = flags
         self.next_off = -1  # where a sequential reader reads next
         self.readahead = 1  # blocks fetched per request; doubles while the reader is sequential
+
+
+class _HashingReader:
+    """A file object for a streamed upload that records the MD5 of each complete pass over
+    its `size` bytes (a retry re-reads from the start), i.e. exactly what the server may hold."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self._f = f
+        self._size = size
+        self._h = hashlib.md5()
+        self._pos = 0
+        self._valid = True
+        self.complete_passes: list[str] = []
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return int(self._f.fileno())
+
+    def tell(self) -> int:
+        return int(self._f.tell())
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        new = int(self._f.seek(pos, whence))
+        if new != self._pos:
+            self._h = hashlib.md5()
+            self._valid = new == 0  # a pass that does not start at 0 is not a whole file
+            self._pos = new
+        return new
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)
+        if self._valid:
+            self._h.update(data)
+        self._pos += len(data)
+        if self._valid and self._pos == self._size:
+            digest = self._h.hexdigest()
+            if digest not in self.complete_passes:
+                self.complete_passes.append(digest)
+        return data
 
 
 class _DirHandle:
@@ -754,12 +796,20 @@ class PuterOperations(pyfuse3.Operations):
             await self.remote.move(path, keep_as, overwrite=False)
             self.epoch += 1  # the conflict copy must show up in listings
         with self.cache.open_file(ent.id) as f:
-            # small files go up as a snapshot (a write meanwhile need not cancel the upload)
-            source: Any = io.BytesIO(snapshot) if snapshot is not None else f
+            # small files go up as a snapshot (a write meanwhile need not cancel the upload);
+            # a streamed one hashes what it really sends (the file may change under it)
+            source: Any = io.BytesIO(snapshot) if snapshot is not None else _HashingReader(f, ent.size)
             md = self._posix_metadata(ent.mode, ent.mtime_ns)
-            result = await self._attempt(
-                [ent], self.remote.upload(path, source, ent.size, overwrite=True, metadata=md), [md5]
-            )
+            try:
+                result = await self._attempt(
+                    [ent], self.remote.upload(path, source, ent.size, overwrite=True, metadata=md), [md5]
+                )
+            finally:
+                if isinstance(source, _HashingReader):
+                    for sent in source.complete_passes:
+                        if sent != md5 and ent.id in self.cache.entries:
+                            with contextlib.suppress(OSError):
+                                self.cache.note_attempt(ent, sent)  # torn by a change: still ours
         self._uploaded(ent, version, result, md5)
 
     # ------------------------------------------------------------------ lookup & attributes
@@ -1173,10 +1223,13 @@ class PuterOperations(pyfuse3.Operations):
                 node.remote_fp = result.fingerprint
                 node.remote_meta = result.metadata
                 ent = node.entry
-                if ent is not None and old_fp is not None and ent.base_uid == old_fp[0] == result.uid:
-                    # a move bumps `modified`, the content the cache is based on is the same
-                    ent.base_modified = result.modified
-                    self.cache.save(ent)
+                if ent is not None and ent.id in self.cache.entries and ent.base_uid is not None and (
+                    (ent.base_uid, ent.base_size, ent.base_modified) == old_fp
+                ):
+                    # a move bumps `modified` on the server: our base is the moved copy, not
+                    # another client's edit (else the next upload would see a conflict)
+                    self.cache.set_base(ent, uid=result.uid, size=result.size, modified=result.modified,
+                                        etag=ent.base_etag)
                 if node.page_fp == ("remote", old_fp):
                     node.page_fp = ("remote", result.fingerprint)
                 return
