@@ -120,6 +120,8 @@ class CacheEntry:
     uncertain_since: float | None = None
     # inode-table sequence number of the last successful upload (memory only)
     uploaded_seq: int = 0
+    # what data/<id>.id says now (memory only; None: not known)
+    written: dict[str, Any] | None = None
 
     def has_range(self, off: int, size: int) -> bool:
         if self.complete or self.dirty:
@@ -392,7 +394,8 @@ class CacheStore:
         """Apply `changes` to `e` durably: the journal (and the identity record) first, memory
         after. If the journal cannot be written, `e` is left as it was and OSError is raised."""
         old = {k: getattr(e, k) for k in changes}
-        old_ident = e.identity()
+        # compared with what the record last said (callers may have set fields directly)
+        old_ident = e.written if e.written is not None else e.identity()
         old_gen = e.gen
         for k, v in changes.items():
             setattr(e, k, v)
@@ -418,9 +421,12 @@ class CacheStore:
                 setattr(e, k, v)
             e.gen = old_gen
             raise
-        if ident_changed and not precious:
+        if precious:
+            e.written = new_ident
+        elif ident_changed:
             try:
                 self._write_identity(e, e.gen, new_ident)
+                e.written = new_ident
             except OSError as exc:
                 log.warning("cache: cannot update the identity record of %r: %s (the journal has it)", e.path, exc)
 
@@ -493,9 +499,12 @@ class CacheStore:
                 self.recovered.append(e.path)
                 log.warning("cache: %r (%s) had no journal row; recovered from its identity record",
                             e.path, "not uploaded yet" if e.dirty else "clean")
-            elif rec is None or int(rec.get("gen", -1)) != e.gen or (row["gen"] or 0) < e.gen:
+            elif rec is None or int(rec.get("gen", -1)) != e.gen or (row["gen"] or 0) < e.gen or any(
+                rec.get(k) != v for k, v in e.identity().items()
+            ):
                 self._save_row(e)
                 self._write_identity(e, e.gen, e.identity())
+            e.written = e.identity()
             self.entries[e.id] = e
             self.paths[e.path] = e
         for entry_id, row in rows.items():  # rows without a data file
@@ -626,6 +635,7 @@ class CacheStore:
                 fd = self.open_data(entry_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             os.close(fd)
             self._write_identity(e, e.gen, e.identity())
+            e.written = e.identity()
         except BaseException:
             self._drop(entry_id)
             raise
