@@ -200,7 +200,7 @@ UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/
 
 
 def test_exit_status_says_files_are_not_uploaded(mount_factory: MountFactory, emulator: Any) -> None:
-    """Stopped (second signal) while the server refuses uploads: a non-zero exit, a state file that
+    """Stopped (umount --force) while the server refuses uploads: a non-zero exit, a state file that
     names what is not on the server; the next mount uploads it and exits 0."""
     m = mount_factory()
     emulator.set_faults(*[{"method": "POST", "path": p, "status": 500} for p in UPLOAD_PATHS])
@@ -209,8 +209,8 @@ def test_exit_status_says_files_are_not_uploaded(mount_factory: MountFactory, em
         m.proc.wait_state(lambda s: (s.get("failed_attempts") or 0) > 0, 30, "an upload to fail")
         m.proc.expected_exit = True
         m.proc.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "stopping: uploading" in m.proc.log_text(), 30, "the daemon to take the first signal")
-        m.proc.proc.send_signal(signal.SIGTERM)  # second signal: stop without waiting
+        wait_for(lambda: m.proc.state().get("stopping"), 30, "the daemon to take the first signal")
+        m.proc.proc.send_signal(signal.SIGUSR1)  # `puterfs umount --force`: stop without waiting
         rc = m.proc.proc.wait(60)
     finally:
         emulator.clear_faults()
