@@ -186,3 +186,20 @@ def test_logout_of_a_token_file_without_mounts_warns_nothing(run_cli, cli_env, e
     assert res.returncode == 0 and "warning" not in res.stderr
     assert not _saved(cli_env).exists()
     assert os.listdir(Path(cli_env["XDG_CONFIG_HOME"]) / "puterfs")  # config.json stays
+
+
+def test_on_a_terminal_a_refused_password_falls_back_to_the_browser(cli_env, captcha_emulator) -> None:  # noqa: ANN001
+    from test_cli_tty import Terminal
+
+    env = {k: v for k, v in cli_env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
+    term = Terminal([sys.executable, "-m", "puterfs", "login", "-u", "dave", "--api-url", captcha_emulator.url], env)
+    term.expect("Password for dave")
+    term.send("davepass")
+    term.expect("signing in with the browser instead")
+    term.expect("Waiting for the browser")
+    url = URL_RE.search(term.output).group(1)  # type: ignore[union-attr]
+    fill_in_authme(url, "dave", "davepass")
+    assert term.finish() == 0, term.output
+    assert f"Logged in as dave on {captcha_emulator.url} (full-api-access token)" in term.output
+    assert "davepass" not in term.output
+    assert _saved(cli_env).read_text().strip() not in term.output
