@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", help="an existing empty directory (see --nonempty)")
     p.add_argument("--nonempty", action="store_true", help="mount even over a directory that has files (they are hidden while mounted)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (for systemd and debugging)")
-    p.add_argument("--api-url", help="Puter API URL (default: the saved account, $PUTER_API_URL, or https://api.puter.com)")
-    p.add_argument("--web-url", help="Puter web URL (login host)")
+    p.add_argument("--api-url", help="Puter API URL (default: $PUTER_API_URL, else the saved account, else https://api.puter.com)")
+    p.add_argument("--web-url", help="Puter web URL (login host; default: $PUTER_WEB_URL, else derived from --api-url, else the saved account)")
     p.add_argument("--token-file", help="read the token from this file (default: $PUTER_TOKEN or $PUTER_AUTH_TOKEN, then the saved token)")
     p.add_argument("--remote-root", help="Puter folder to mount (default: your home, /<username>)")
     p.add_argument("--cache-dir", help="write-back cache folder (default: under $XDG_CACHE_HOME/puterfs)")
@@ -152,7 +152,8 @@ def _settings(args: argparse.Namespace) -> _Settings | str:
         if bad and not (args.api_url if var == "PUTER_API_URL" else args.web_url):
             return bad
     api_url = args.api_url or acc.api_url
-    web_url = args.web_url or (api_url if args.api_url else acc.web_url)
+    # as the other commands do: a new API host gets the web host that goes with it
+    web_url = args.web_url or (config.derive_web_url(api_url) if args.api_url else acc.web_url)
     cache_dir = Path(args.cache_dir) if args.cache_dir else config.cache_dir() / config.mount_key(mp)
     token_file = config.token_path(args.token_file)
     return _Settings(
