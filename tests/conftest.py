@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -9,10 +10,17 @@ import pytest
 
 from puterfs.emulator.testing import EmulatorProcess
 
+# The rate-limit tier of every emulator the test suite starts (issue 8): the one place it is set.
+# EmulatorProcess() reads it from $PUTERFS_EMULATOR_TIER, emulator_app passes it. "unlimited"
+# until the client paces itself; flips to "free" with the client's pacing (issue 8).
+# Tests about the limits themselves pass tier="free" explicitly.
+EMULATOR_TIER = "unlimited"
+os.environ["PUTERFS_EMULATOR_TIER"] = EMULATOR_TIER
+
 
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    proc = EmulatorProcess(tmp_path_factory.mktemp("emulator"))
+    proc = EmulatorProcess(tmp_path_factory.mktemp("emulator"), tier=EMULATOR_TIER)
     proc.start()
     try:
         yield proc
@@ -49,6 +57,6 @@ def puter_user(emulator: EmulatorProcess) -> Iterator[PuterUser]:
 def emulator_app(tmp_path):  # noqa: ANN201 - puterfs.emulator.Emulator
     from puterfs.emulator import Emulator
 
-    emu = Emulator(tmp_path / "emulator")
+    emu = Emulator(tmp_path / "emulator", tier=EMULATOR_TIER)
     yield emu
     emu.store.close()

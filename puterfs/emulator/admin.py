@@ -83,6 +83,21 @@ async def _handle(emu: Emulator, request: Request) -> Response:
             ]})
         if method == "DELETE":  # drop every socket.io connection (fault injection)
             return JSONResponse({"dropped": emu.sockets.drop_all()})
+    elif path == "/_emulator/tier":
+        if method == "POST":
+            body = parse_json_bytes(await request.body())
+            try:
+                emu.limiter.set_tier(str(body.get("tier")))
+            except ValueError as exc:
+                raise ApiError(400, "bad_request", str(exc)) from exc
+            if body.get("reset"):
+                emu.limiter.reset()
+        return JSONResponse({"tier": emu.limiter.tier, "inflight": emu.limiter.inflight()})
+    elif path == "/_emulator/users" and method == "POST":
+        # test-harness accounts: made as /signup makes them, but not a client request (no
+        # signup window, no captcha); {"temp": false} makes a confirmed signed-up user
+        body = parse_json_bytes(await request.body())
+        return JSONResponse(_new_user(emu, temp=body.get("temp", True) is not False))
     elif path == "/_emulator/log":
         if method == "GET":
             bodies = request.query_params.get("bodies", "") not in ("", "0", "false")
@@ -91,3 +106,23 @@ async def _handle(emu: Emulator, request: Request) -> Response:
             emu.log.clear()
             return JSONResponse({"ok": True})
     return api_error(404, "not_found", "Not Found")
+
+
+def _new_user(emu: Emulator, temp: bool) -> dict[str, str]:
+    import secrets
+
+    from puterfs.emulator.routes_auth import _ADJ, _NOUN
+
+    store = emu.store
+    while True:
+        name = f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}_{secrets.randbelow(900000) + 100000}"
+        if store.user_by_name(name) is None:
+            break
+    if temp:
+        user = store.create_user(name, None, is_temp=True, via_signup=True)
+    else:
+        user = store.create_user(name, secrets.token_urlsafe(12), email=f"{name}@example.invalid", via_signup=True)
+        store.update_user(user["id"], email_confirmed=1)
+    row = store.user_by_name(name)
+    assert row is not None
+    return {"username": name, "token": emu.issue_token(row, "gui")}

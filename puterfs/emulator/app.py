@@ -36,6 +36,7 @@ from puterfs.emulator.auth import TokenFormatError, TokenSignatureError, sign_to
 from puterfs.emulator.errors import ApiError, api_error
 from puterfs.emulator.faults import Faults, RequestLog, Rule, StreamShaper
 from puterfs.emulator.hosting import serve_site
+from puterfs.emulator.ratelimit import Limiter, RateLimited, driver_gates, fingerprint, gates_for
 from puterfs.emulator.store import Store
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,49 @@ def parse_json_bytes(raw: bytes) -> dict[str, Any]:
     return data
 
 
+JSON_LIMIT = 50 * 1024 * 1024  # express.json({limit: "50mb"}), server.ts:516-523
+FORM_LIMIT = 100 * 1024  # express.urlencoded default "100kb", server.ts:530
+
+
+def _entity_too_large() -> ApiError:
+    return ApiError(413, "client_bad_request", "request entity too large", headers={"X-Needs-Upgrade": "true"})
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The request body as the server's global parsers see it: JSON for ``application/json``
+    and exactly ``text/plain;actually=json`` (50 MB), form fields for urlencoded (100 kB),
+    nothing for any other type.  Over the limit: 413; malformed JSON: 400 ``client_bad_json``."""
+    ctype = request.headers.get("content-type", "")
+    base = ctype.split(";")[0].strip().lower()
+    if base == "application/json" or ctype.strip() == "text/plain;actually=json":
+        limit, kind = JSON_LIMIT, "json"
+    elif base == "application/x-www-form-urlencoded":
+        limit, kind = FORM_LIMIT, "form"
+    else:
+        return {}
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _entity_too_large()  # raw-body refuses on the declared length, before reading
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise _entity_too_large()
+    if kind == "form":
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(bytes(raw))
+    except ValueError as exc:
+        raise ApiError(400, "client_bad_json", "Malformed JSON in request body") from exc
+    if not isinstance(data, (dict, list)):
+        raise ApiError(400, "client_bad_json", "Malformed JSON in request body")  # body-parser strict mode
+    return data if isinstance(data, dict) else {"$": data}
+
+
 def host_kind(host_header: str, domain: str) -> str:
     host = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header.split("]")[0][1:]
     host = host.lower()
@@ -197,12 +241,14 @@ class Emulator:
         password: str = "puterpass",
         otp_secret: str | None = None,
         domain: str = "puter.localhost",
+        tier: str = "free",
     ):
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir)
         self.domain = domain
         self.faults = Faults()
         self.log = RequestLog()
+        self.limiter = Limiter(clock=self.now, tier=tier)  # see ratelimit.py; "unlimited" = off
         self.capacity: int | None = None
         self.behind_server = False  # set by the CLI runner: drops then close the socket for real
         # puter.com's captcha on /login, /login/otp, /login/recovery-code, /signup (routes_gui.py)
@@ -361,20 +407,25 @@ class Emulator:
                 return None if outcome is True else outcome
         request = Request(scope, receive)
         try:
-            if path == PATH:
-                response = await self.sockets.handle_http(request)
-            else:
-                response = await self.dispatch(request, rule)
-        except ApiError as exc:
-            response = exc.response()
-        except DroppedConnection:
-            raise
-        except Exception:
-            log.exception("unhandled error in %s %s", method, path)
-            response = api_error(500, "internal_error", "Internal Server Error")
-        if path != PATH:  # engine.io answers outside Express: no ETag
-            _weak_etag(response)
-        await response(scope, receive, send)
+            try:
+                if path == PATH:
+                    response = await self.sockets.handle_http(request)
+                else:
+                    response = await self.dispatch(request, rule)
+            except ApiError as exc:
+                response = exc.response()
+            except DroppedConnection:
+                raise
+            except Exception:
+                log.exception("unhandled error in %s %s", method, path)
+                response = api_error(500, "internal_error", "Internal Server Error")
+            if path != PATH:  # engine.io answers outside Express: no ETag
+                _weak_etag(response)
+            await response(scope, receive, send)
+        finally:
+            # concurrency slots are held until the response has been sent (or the client left)
+            for release in scope["state"].pop("rl_release", ()):
+                release()
         return None
 
     async def _apply_fault(self, rule: Rule, scope: dict[str, Any], receive: Any, send: Any) -> Any:
@@ -438,8 +489,7 @@ class Emulator:
             return api_error(404, "not_found", "Not Found")
         body: dict[str, Any] = {}
         if entry.body == "json" and method not in ("GET", "HEAD"):
-            raw = await request.body()
-            body = parse_json_bytes(raw)
+            body = await read_body(request)
         actor = None
         if entry.auth != "none":
             token = self._find_token(request, body)
@@ -450,9 +500,40 @@ class Emulator:
                 actor = self.actor_for(token)
             if actor is not None:
                 self._gate(entry.auth, actor)
+        self._rate_limit(request, actor, body)
         call = Call(self, request, body, actor)
         call.state["shaper"] = StreamShaper(self.faults, rule)
         return await entry.handler(call)
+
+    def _rate_limit(self, request: Request, actor: Actor | None, body: dict[str, Any]) -> None:
+        """The route's windows and concurrency cap (ratelimit.py), after auth as on the server."""
+        user = actor.user if actor is not None else None
+        tier = self.limiter.tier_of(user)
+        if tier is None:
+            return
+        method, path = request.method, request.url.path
+        gates = [gates_for(method, path)]
+        if method == "POST" and path == "/drivers/call":
+            iface, meth = body.get("interface"), body.get("method")
+            if isinstance(iface, str) and isinstance(meth, str):
+                gates.append(driver_gates(iface, meth))
+        if not any(gates):
+            return
+        client = request.scope.get("client")
+        ip = str(client[0]) if client else "127.0.0.1"
+        fp = fingerprint(ip, request.headers)
+        keys = {"user": f"user:{user['id']}" if user is not None else fp, "fingerprint": fp, "ip": ip}
+        state = request.scope["state"]
+        for g in gates:
+            if g is None:
+                continue
+            try:
+                release = self.limiter.admit(g, tier, keys)
+            except RateLimited as exc:
+                state["log"]["ratelimit"] = {"scope": exc.scope, "kind": exc.kind}
+                raise
+            if release is not None:
+                state.setdefault("rl_release", []).append(release)
 
     @staticmethod
     def _find_token(request: Request, body: dict[str, Any]) -> str | None:

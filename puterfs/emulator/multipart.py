@@ -2,8 +2,12 @@
 
 Parts come back in wire order (``/batch`` depends on it).  File parts (those with a
 ``filename``) are written to a temp file while they arrive, with their MD5 and size
-computed on the way, so a large upload never sits in memory.  Text fields are
-limited to 1 MiB, as on the real server.
+computed on the way, so a large upload never sits in memory.
+
+Limits are busboy's, as ``/batch`` sets them on the real server (LegacyFSController.ts
+:92-95): a text field is cut at 1 MiB (``Part.truncated``); a file reaching ``max_file``
+bytes, more than ``max_files`` files or ``max_parts`` parts make the parse fail with 413
+``too_large``, but only after the whole body has been read, as the real server does.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from puterfs.emulator.errors import ApiError
 MAX_FIELD = 1 << 20
 MAX_HEADER = 16 << 10
 MAX_PARTS = 256
+MAX_FILES = 64
+MAX_FILE = 100 * 1024 * 1024  # exclusive: a file of exactly 100 MiB is refused (busboy 'limit')
 
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
@@ -40,6 +46,7 @@ class Part:
     path: Path | None = None
     size: int = 0
     md5: str = ""
+    truncated: bool = False
 
     @property
     def text(self) -> str:
@@ -59,11 +66,18 @@ def _disposition(headers: dict[str, str]) -> tuple[str, str | None]:
     return name, filename
 
 
-async def parse(stream: AsyncIterator[bytes], boundary: str, new_tmp: Callable[[], Path]) -> list[Part]:
+def too_large(message: str) -> ApiError:
+    return ApiError(413, "too_large", message, headers={"X-Needs-Upgrade": "true"})
+
+
+async def parse(stream: AsyncIterator[bytes], boundary: str, new_tmp: Callable[[], Path], *,
+                max_file: int = MAX_FILE, max_files: int = MAX_FILES, max_parts: int = MAX_PARTS) -> list[Part]:
     delim = b"--" + boundary.encode("latin-1")
     marker = b"\r\n" + delim
     buf = bytearray()
     parts: list[Part] = []
+    refused: ApiError | None = None  # the first limit met; raised once the body is read
+    seen_parts = seen_files = 0
     it = stream.__aiter__()
     eof = False
 
@@ -95,8 +109,10 @@ async def parse(stream: AsyncIterator[bytes], boundary: str, new_tmp: Callable[[
             while len(buf) < 2:
                 if not await more():
                     raise bad("truncated")
-            if buf[:2] == b"--":
-                return parts  # closing delimiter
+            if buf[:2] == b"--":  # closing delimiter
+                if refused is not None:
+                    raise refused
+                return parts
             # headers
             while True:
                 j = buf.find(b"\r\n\r\n")
@@ -113,12 +129,20 @@ async def parse(stream: AsyncIterator[bytes], boundary: str, new_tmp: Callable[[
                     headers[k.strip().lower()] = v.strip()
             name, filename = _disposition(headers)
             part = Part(name=name, filename=filename, content_type=headers.get("content-type"))
-            if len(parts) >= MAX_PARTS:
-                raise ApiError(400, "bad_request", f"Too many parts (max {MAX_PARTS})")
-            parts.append(part)
+            seen_parts += 1
+            seen_files += filename is not None
+            keep_part = refused is None
+            if seen_parts > max_parts:
+                refused = refused or too_large(f"Too many parts in batch (max {max_parts})")
+                keep_part = False
+            elif filename is not None and seen_files > max_files:
+                refused = refused or too_large(f"Too many files in batch (max {max_files})")
+                keep_part = False
+            if keep_part:
+                parts.append(part)
             md5 = hashlib.md5()
             fh = None
-            if filename is not None:
+            if filename is not None and keep_part:
                 part.path = new_tmp()
                 fh = open(part.path, "wb")  # noqa: SIM115 - closed in finally below
             try:
@@ -130,14 +154,21 @@ async def parse(stream: AsyncIterator[bytes], boundary: str, new_tmp: Callable[[
                         # keep a tail that could be the start of the marker
                         keep = len(marker) - 1
                         body, rest = buf[: max(0, len(buf) - keep)], None
-                    if body:
+                    if body and keep_part:
                         if fh is not None:
-                            fh.write(body)
-                            md5.update(body)
-                        else:
-                            part.data.extend(body)
-                            if len(part.data) > MAX_FIELD:
-                                raise ApiError(400, "bad_request", f"Field {name!r} is larger than 1 MiB")
+                            if part.size + len(body) >= max_file:
+                                refused = refused or too_large(f"File in batch exceeds {max_file} bytes")
+                                fh.close()
+                                fh = None
+                                keep_part = False
+                            else:
+                                fh.write(body)
+                                md5.update(body)
+                        elif filename is None:
+                            room = MAX_FIELD - len(part.data)
+                            if len(body) > room:
+                                part.truncated = True
+                            part.data.extend(body[: max(0, room)])
                         part.size += len(body)
                     if rest is not None:
                         del buf[:rest]

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse scripted /login and /signup as puter.com does (a captcha is required; "
         "the AuthMe page at /?action=authme still signs users in)",
     )
+    p.add_argument(
+        "--tier", default="free", choices=("free", "temp", "paid", "unlimited"),
+        help="rate-limit tier of signed-up users (temp users get 'temp' unless 'paid'); 'unlimited' turns "
+             "limits off (default free)",
+    )
     p.add_argument("--log-level", default="warning", help="log level (default warning)")
     p.add_argument(
         "--no-print-token", action="store_true",
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from puterfs.emulator.app import Emulator
 
     emu = Emulator(data, username=args.user, password=args.password, otp_secret=args.otp_secret,
-                   domain=args.domain)
+                   domain=args.domain, tier=args.tier)
     emu.behind_server = True
     emu.captcha = args.captcha
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -36,6 +36,7 @@ class EmulatorProcess:
         otp_secret: str | None = None,
         extra_args: list[str] | None = None,
         port: int = 0,
+        tier: str | None = None,
     ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -47,6 +48,9 @@ class EmulatorProcess:
         self.otp_secret = otp_secret
         self.extra_args = list(extra_args or [])
         self.port = port
+        # None: $PUTERFS_EMULATOR_TIER (the test suite sets it in one place, tests/conftest.py),
+        # else the emulator's own default (free)
+        self.tier = tier if tier is not None else (os.environ.get("PUTERFS_EMULATOR_TIER") or None)
         self.url = ""
         self.token = ""
         self.proc: subprocess.Popen[str] | None = None
@@ -69,6 +73,8 @@ class EmulatorProcess:
     def _start(self, port: int) -> EmulatorProcess:
         cmd = [sys.executable, "-m", "puterfs.emulator", "--port", str(port), "--data", str(self.data_dir),
                "--user", self.username, "--password", self.password, *self.extra_args]
+        if self.tier is not None:
+            cmd += ["--tier", self.tier]
         if self.otp_secret:
             cmd += ["--otp-secret", self.otp_secret]
         self._stderr = []
@@ -190,12 +196,17 @@ class EmulatorProcess:
         """Drop every socket.io connection at once; returns how many there were."""
         return self._admin("DELETE", "sockets")["dropped"]
 
-    def new_user(self) -> tuple[str, str]:
-        """A fresh temp user (``/signup {"is_temp": true}``): (username, token)."""
-        resp = self.http.post("/signup", json={"is_temp": True})
-        resp.raise_for_status()
-        body = resp.json()
-        return body["user"]["username"], body["token"]
+    def new_user(self, temp: bool = True) -> tuple[str, str]:
+        """A fresh user, made as ``/signup`` makes one (a temp user, or with ``temp=False`` a
+        confirmed signed-up one) but through the admin route, so tests that make many users
+        do not meet /signup's window (10 per 15 min): (username, token)."""
+        body = self._admin("POST", "users", json={"temp": temp})
+        return body["username"], body["token"]
+
+    def set_tier(self, tier: str, reset: bool = False) -> None:
+        """Change the rate-limit tier at runtime (``reset`` clears every window and counter)."""
+        self.tier = tier
+        self._admin("POST", "tier", json={"tier": tier, "reset": reset})
 
     def __repr__(self) -> str:  # never show the token
         return f"EmulatorProcess(url={self.url!r}, user={self.username!r}, data={str(self.data_dir)!r})"
