@@ -219,6 +219,15 @@ def host_kind(host_header: str, domain: str) -> str:
     return "both"
 
 
+def _is_ip_host(host_header: str) -> bool:
+    host = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header.split("]")[0][1:]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_loopback(client: Any) -> bool:
     if client is None:
         return True
@@ -242,6 +251,7 @@ class Emulator:
         otp_secret: str | None = None,
         domain: str = "puter.localhost",
         tier: str = "free",
+        refuse_ip_hosts: bool = False,
     ):
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir)
@@ -249,6 +259,10 @@ class Emulator:
         self.faults = Faults()
         self.log = RequestLog()
         self.limiter = Limiter(clock=self.now, tier=tier)  # see ratelimit.py; "unlimited" = off
+        # The real server routes by Host and answers 404 on every route to a request whose Host
+        # is an IP address (the errata). Off by default until the client sends the Host of the
+        # configured domain when it connects by address (issue 8); on: faithful.
+        self.refuse_ip_hosts = refuse_ip_hosts
         self.capacity: int | None = None
         self.behind_server = False  # set by the CLI runner: drops then close the socket for real
         # puter.com's captcha on /login, /login/otp, /login/recovery-code, /signup (routes_gui.py)
@@ -483,6 +497,9 @@ class Emulator:
         entry = find_route(method, path)
         if entry is None and method == "HEAD":
             entry = find_route("GET", path)
+        if self.refuse_ip_hosts and kind == "both" and _is_ip_host(request.headers.get("host", "")) and (
+                entry is None or entry.host != "storage"):
+            return api_error(404, "not_found", "Not Found")  # storage URLs are another server
         if entry is None or (entry.host not in ("any", "storage") and kind != "both" and kind != entry.host):
             if kind == "root" and path == "/whoami":
                 return Response(status_code=302, headers={"Location": "/"})

@@ -252,7 +252,11 @@ def ensure_dir(call: Call, raw: Any, create: bool) -> Row:
             raise ApiError(409, "conflict", f"Path is not a directory: {e['path']}")
         return e
     if not create:
-        raise _not_found(call, str(raw), npath)
+        top = npath.split("/")[1] if npath != "/" else ""
+        if call.me.kind != "au" and top != call.me.username:
+            raise _not_found(call, str(raw), npath)
+        # the errata: a missing parent on write or mkdir is not_found, naming the directory
+        raise ApiError(404, "not_found", f"Parent path does not exist: {npath}")
     comps = npath.strip("/").split("/")
     cur = store.by_path("/" + comps[0])
     if cur is None:
@@ -442,7 +446,7 @@ def do_touch(call: Call, body: dict[str, Any]) -> Row:
     npath = norm_path(call, body.get("path"))
     parent_path, name = split_path(npath)
     if parent_path == "/":
-        raise ApiError(400, "bad_request", "Cannot create a file in the root")
+        raise ApiError(400, "bad_request", "Cannot touch in root")
     e = store.by_path(npath)
     ts = now_s()
     if e is not None:
@@ -461,7 +465,7 @@ def do_touch(call: Call, body: dict[str, Any]) -> Row:
             raise ApiError(409, "conflict", f"Path is not a directory: {parent['path']}")
         check_name(name)
         e = store.touch_new(parent, name, parent["owner_id"])
-    bump(call, e["owner_id"])
+    # /touch and /fs/touch do not move the change timestamp and emit no event (fs-extra.jsonl)
     row = store.by_id(e["id"])
     assert row is not None
     return row
@@ -553,7 +557,9 @@ def run_op(call: Call, op: dict[str, Any], files: list[multipart.Part], infos: l
             raise ApiError(400, "bad_request", f"No file part for item_upload_id {idx}")
         part = files[idx]
         info = infos[idx] if idx < len(infos) else {}
-        name = op.get("name") or info.get("name") or part.filename
+        # a new name loses its trailing whitespace (the errata)
+        raw_name = str(op.get("name") or info.get("name") or part.filename or "")
+        name = raw_name.rstrip() or raw_name  # all blanks: check_name says "Name cannot be empty"
         parent = ensure_dir(call, op.get("path"), flag(op, "create_missing_parents", "create_missing_ancestors"))
         ctype = info.get("type") or part.content_type or "application/octet-stream"
         assert part.path is not None
@@ -665,12 +671,7 @@ def do_fs_write(call: Call, body: Any) -> dict[str, Any]:
     parent_path, name = split_path(npath)
     if npath.split("/")[1] != call.me.username:
         raise ApiError(404, "subject_does_not_exist", "Subject does not exist")
-    try:
-        parent = ensure_dir(call, parent_path, flag(meta, "createMissingParents", "create_missing_parents"))
-    except ApiError as exc:
-        if exc.status == 404:
-            raise ApiError(404, "subject_does_not_exist", "Subject does not exist") from exc
-        raise
+    parent = ensure_dir(call, parent_path, flag(meta, "createMissingParents", "create_missing_parents"))
     tmp = call.store.new_tmp()
     tmp.write_bytes(data)
     try:
@@ -857,7 +858,8 @@ def _target(call: Call, body: dict[str, Any], src: Row, copy: bool) -> tuple[Row
     dest_sel = body.get("destination")
     if dest_sel is None:
         raise ApiError(400, "bad_request", "`destination` is required")
-    create = flag(body, "create_missing_parents")
+    # /move, /fs/move and the /batch move op ignore create_missing_parents (the errata)
+    create = copy and flag(body, "create_missing_parents")
     if create and isinstance(dest_sel, str) and dest_sel.startswith(("/", "~")):
         dest = ensure_dir(call, dest_sel, True)
     else:
@@ -874,6 +876,8 @@ def _target(call: Call, body: dict[str, Any], src: Row, copy: bool) -> tuple[Row
             raise ApiError(400, "cannot_move_directory_into_itself", "Cannot move a directory into itself")
     name = body.get("new_name") or src["name"]
     check_name(name)
+    if copy:
+        name = name.rstrip()  # /copy trims a new name; /move new_name keeps it (the errata)
     existing = store.child(dest, name)
     if existing is not None and existing["id"] == src["id"]:
         existing = None

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate-limit tier of signed-up users (temp users get 'temp' unless 'paid'); 'unlimited' turns "
              "limits off (default free)",
     )
+    p.add_argument(
+        "--refuse-ip-hosts", action="store_true",
+        help="answer 404 to a request whose Host is an IP address, as a real server does (off by default "
+             "until clients send the domain's Host when they connect by address)",
+    )
     p.add_argument("--log-level", default="warning", help="log level (default warning)")
     p.add_argument(
         "--no-print-token", action="store_true",
@@ -53,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from puterfs.emulator.app import Emulator
 
     emu = Emulator(data, username=args.user, password=args.password, otp_secret=args.otp_secret,
-                   domain=args.domain, tier=args.tier)
+                   domain=args.domain, tier=args.tier,
+                   refuse_ip_hosts=args.refuse_ip_hosts)
     emu.behind_server = True
     emu.captcha = args.captcha
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
