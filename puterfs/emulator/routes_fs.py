@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +29,16 @@ from puterfs.emulator.app import Call, JSONResponse, read_body, route
 from puterfs.emulator.errors import ApiError
 from puterfs.emulator.hosting import subdomains_of
 from puterfs.emulator.sockets import announce, echo_ids, raw_entry
-from puterfs.emulator.store import EMPTY_MD5, dedupe, join, metadata_json, mime_for, now_s, split_path
+from puterfs.emulator.store import (
+    EMPTY_MD5,
+    dedupe,
+    join,
+    metadata_json,
+    mime_for,
+    now_s,
+    s3_etag,
+    split_path,
+)
 
 Row = sqlite3.Row
 CHUNK = 256 * 1024
@@ -226,7 +236,7 @@ def resolve(call: Call, sel: Any, write: bool = False) -> Row:
         if e is None:
             raise ApiError(404, "subject_does_not_exist", f"Entry not found: path={join(parent['path'], sel['name'])}")
         return check_access(call, e, e["path"], write)
-    raise ApiError(400, "bad_request", "`path` or `uid` is required")
+    raise ApiError(400, "bad_request", "Missing entry reference (expected one of: path, uid, id)")
 
 
 def check_name(name: Any, *, required_msg: str = "`name` is required") -> str:
@@ -515,6 +525,7 @@ def store_upload(
             raise ApiError(409, "item_with_same_name_exists",
                            "A file already exists at this path and overwrite was not requested", entry_name=name)
     check_quota(call, parent["owner_id"], size - (existing["size"] if existing is not None else 0))
+    md5 = s3_etag(Path(src), size, md5)
     row = store.write_file(parent, name, parent["owner_id"], src, size, md5, client_metadata(metadata, content_type),
                            existing)
     bump(call, parent["owner_id"])

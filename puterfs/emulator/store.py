@@ -483,6 +483,23 @@ class Store:
         return row
 
 
+S3_PART = 10 * 1024 * 1024  # a self-host's store uploads objects above this in parts of this size
+
+
+def s3_etag(path: Path, size: int, md5: str) -> str:
+    """The ETag the object store gives a stored upload: its MD5 up to 10 MiB, above that the
+    multipart ETag ``<md5 of the part md5s>-<parts>`` (what /read then reports, limits.jsonl)."""
+    if size <= S3_PART:
+        return md5
+    digests = b""
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(S3_PART):
+            digests += hashlib.md5(chunk).digest()
+            n += 1
+    return f"{hashlib.md5(digests).hexdigest()}-{n}"
+
+
 def metadata_json(content_type: str | None) -> str | None:
     if content_type is None:
         return None

@@ -326,12 +326,21 @@ def compare(rec: dict[str, Any], resp: httpx.Response, rp: Replayer, loose_value
             problems.append(f"bytes differ: {resp.content[:40]!r}")
     elif kind == "empty" and resp.content:
         problems.append(f"expected an empty body, got {resp.content[:60]!r}")
-    for name, value in (rec.get("response_headers") or {}).items():
+    recorded_headers = rec.get("response_headers") or {}
+    if "strict-transport-security" in recorded_headers:
+        # every header the server sent (limits.jsonl): the point is what is absent
+        for name in resp.headers:
+            if name.lower() == "retry-after" or name.lower().startswith(("ratelimit", "x-ratelimit")):
+                problems.append(f"header {name} sent; the server sends none")
+        recorded_headers = {k: v for k, v in recorded_headers.items()
+                            if k in ("x-needs-upgrade", "content-disposition")
+                            or (k == "etag" and not v.startswith("W/"))}
+    for name, value in recorded_headers.items():
         got_v = resp.headers.get(name)
         if got_v is None:
             problems.append(f"missing header {name}")
-        elif name in ("Content-Length", "Content-Range", "Content-Disposition") or (
-            name == "ETag" and not value.startswith("W/")
+        elif name in ("Content-Length", "Content-Range", "Content-Disposition", "content-disposition") or (
+            name.lower() == "etag" and not value.startswith("W/")
         ):
             if got_v != rp.map_str(value):
                 problems.append(f"header {name}: {got_v!r} != {value!r}")
@@ -439,11 +448,209 @@ async def _replay_session(session: str, recs: list[dict[str, Any]], tmp: Path) -
     return results
 
 
+# --- limits.jsonl: replayed over real HTTP against a free-tier emulator -------------------------
+#
+# Its records need what an in-process replay cannot give: requests in flight at once (the
+# "parallel #k of N" groups), hundreds of calls before a record, seconds passing, and bodies the
+# record only describes.  Parallel reads are held in flight by not reading their 20 MiB bodies
+# until every answer of the group has come; parallel uploads by holding the rest of their body
+# until the emulator has answered the others.
+
+LIMITS_PRELUDE = {  # seq -> (method, path, json, count): the calls the record's note describes
+    21: ("POST", "/readdir", {"path": "/exbob/limits"}, 60),
+    23: ("POST", "/search", {"query": "p1"}, 30),
+}
+LIMITS_ADVANCE = {22: 10.5}  # "readdir 10.5 s later"
+_PLACEHOLDER = re.compile(r"^<(\d+) (x characters|chars of base64, omitted)>$")
+GROUP = re.compile(r"^(.*), parallel #(\d+) of (\d+)$")
+
+
+def _fill(o: Any) -> Any:
+    """Regenerate bodies the record describes by size (``"<N x characters>"``, base64 of N chars)."""
+    if isinstance(o, str):
+        m = _PLACEHOLDER.match(o)
+        if not m:
+            return o
+        n = int(m.group(1))
+        return "x" * n if m.group(2) == "x characters" else base64.b64encode(bytes(n // 4 * 3)).decode()
+    if isinstance(o, list):
+        return [_fill(x) for x in o]
+    if isinstance(o, dict):
+        return {k: _fill(v) for k, v in o.items()}
+    return o
+
+
+class _Sparse:
+    """A file-like body of ``size`` bytes read in chunks (a 100 MiB part never sits in memory):
+    zeros, or with ``pattern`` the recorded generator (byte i = i % 251).  With a ``gate``,
+    everything after the first chunk waits for it."""
+
+    def __init__(self, size: int, gate: Any = None, pattern: bool = False):
+        self.left = size
+        self.pos = 0
+        self.gate = gate
+        self.pattern = pattern
+        self.sent = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.sent and self.gate is not None:
+            self.gate.wait(30)
+        self.sent = True
+        n = self.left if n is None or n < 0 else min(n, self.left, 1 << 20)
+        self.left -= n
+        start = self.pos % 251
+        self.pos += n
+        return PATTERN[start : start + n] if self.pattern else bytes(n)
+
+
+def _limits_request(rec: dict[str, Any], rp: Replayer, port: int, gate: Any = None) -> httpx.Request:
+    headers = {"Host": f"api.puter.localhost:{port}", "Authorization": f"Bearer {rp.tokens['gui']}"}
+    sent = rec.get("request_headers") or {}
+    req = rec.get("request")
+    url = f"http://127.0.0.1:{port}{rp.map_str(rec['path'])}"
+    if isinstance(req, dict) and "$multipart" in req:
+        files = []
+        for part in req["$multipart"]:
+            if "size" in part:
+                body = _Sparse(part["size"], gate, pattern="i % 251" in rec.get("note", ""))
+                files.append((part["name"], (part["filename"], body, part.get("content_type"))))
+            else:
+                value = part["value"]
+                value = value if isinstance(value, str) else json.dumps(_fill(rp.map_obj(value)))
+                files.append((part["name"], (None, value)))
+        return httpx.Request(rec["method"], url, headers=headers, files=files)
+    ctype = sent.get("Content-Type")
+    if req is None and rec["method"] == "POST":
+        return httpx.Request("POST", url, headers={**headers, "Content-Type": ctype or "application/json"},
+                             content=b"{not json")
+    if req is None:
+        return httpx.Request(rec["method"], url, headers=headers)
+    filled = _fill(rp.map_obj(req))
+    meta = filled.get("fileMetadata") if isinstance(filled, dict) else None
+    if isinstance(meta, dict) and filled.get("encoding") == "base64" and isinstance(meta.get("size"), int):
+        filled["fileContent"] = base64.b64encode(bytes(meta["size"])).decode()  # the declared size exactly
+    body = json.dumps(filled)
+    return httpx.Request(rec["method"], url, headers={**headers, "Content-Type": ctype or "application/json"},
+                         content=body.encode())
+
+
+def _upload_name(rec: dict[str, Any]) -> str | None:
+    req = rec.get("request")
+    if isinstance(req, dict) and "$multipart" in req:
+        for part in req["$multipart"]:
+            if part.get("filename"):
+                return part["filename"]
+    return None
+
+
+def _replay_limits(recs: list[dict[str, Any]], tmp: Path) -> dict[int, list[str]]:
+    import threading
+
+    from puterfs.emulator.testing import EmulatorProcess
+
+    results: dict[int, list[str]] = {}
+    # no kept-alive connections: the emulator closes idle ones after 5 s, a reuse could race it
+    with EmulatorProcess(tmp / "limits", username="exbob", password="exbob-pass1", tier="free") as emu, \
+            httpx.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        rp = Replayer(None, http)  # type: ignore[arg-type]
+        rp.tokens["gui"] = emu.token
+        i = 0
+        while i < len(recs):
+            rec = recs[i]
+            m = GROUP.match(rec["name"])
+            if m is None:
+                seq = rec["seq"]
+                if seq in LIMITS_ADVANCE:
+                    emu.advance_clock(LIMITS_ADVANCE[seq])
+                if seq in LIMITS_PRELUDE:
+                    method, path, body, count = LIMITS_PRELUDE[seq]
+                    for _ in range(count):
+                        http.request(method, f"{emu.url}{rp.map_str(path)}", json=rp.map_obj(body),
+                                     headers={"Authorization": f"Bearer {emu.token}",
+                                              "Host": f"api.puter.localhost:{emu.port}"}).raise_for_status()
+                resp = http.send(_limits_request(rec, rp, emu.port))
+                results[seq] = compare(rec, resp, rp, loose_values=False)
+                rp.learn_uids(rec.get("response"), resp.json() if "json" in resp.headers.get("content-type", "")
+                              else None)
+                i += 1
+                continue
+            group = [r for r in recs[i:] if (g := GROUP.match(r["name"])) and g.group(1) == m.group(1)]
+            i += len(group)
+            refused = sum(1 for r in group if r["status"] == 429)
+            gate = threading.Event()
+            emu.clear_log()
+            answers: dict[int, httpx.Response] = {}
+            errors: dict[int, str] = {}
+
+            def fire(r: dict[str, Any], gate: threading.Event, answers: dict[int, httpx.Response],
+                     errors: dict[int, str]) -> None:
+                try:
+                    upload = r["method"] == "POST" and r["path"] == "/batch"
+                    req = _limits_request(r, rp, emu.port, gate if upload else None)
+                    answers[r["seq"]] = http.send(req, stream=True)
+                except httpx.HTTPError as exc:
+                    errors[r["seq"]] = repr(exc)
+
+            threads = [threading.Thread(target=fire, args=(r, gate, answers, errors)) for r in group]
+            for t in threads:
+                t.start()
+            # let the held uploads go on once the emulator has answered the ones it refuses
+            for _ in range(400):
+                if sum(1 for e in emu.log() if e["status"] == 429) >= refused or len(answers) == len(group):
+                    break
+                threading.Event().wait(0.05)
+            gate.set()
+            for t in threads:
+                t.join(120)
+            for r in group:
+                if r["seq"] in errors:
+                    results[r["seq"]] = [f"transport error: {errors[r['seq']]}"]
+                    continue
+            # the same statuses as recorded, in any order (which request came first is chance):
+            # a record is compared with its own answer when the statuses agree, else with another
+            # answer of its status, by shape only (that one was for another file name)
+            got = sorted(a.status_code for a in answers.values())
+            want = sorted(r["status"] for r in group)
+            for a in answers.values():
+                a.read()
+                a.close()
+            spare: dict[int, list[httpx.Response]] = {}
+            for r in group:
+                a = answers.get(r["seq"])
+                if a is not None and a.status_code != r["status"]:
+                    spare.setdefault(a.status_code, []).append(a)
+            # later records list the files the admitted uploads wrote: recorded name -> ours
+            moved = sorted(r["seq"] for r in group if r["status"] == 200 and r["seq"] in answers
+                           and answers[r["seq"]].status_code != 200)
+            took = sorted(r["seq"] for r in group if r["status"] != 200 and r["seq"] in answers
+                          and answers[r["seq"]].status_code == 200)
+            for want_seq, got_seq in zip(moved, took, strict=False):
+                wname = _upload_name(next(r for r in group if r["seq"] == want_seq))
+                gname = _upload_name(next(r for r in group if r["seq"] == got_seq))
+                if wname and gname:
+                    rp.names[wname] = gname
+            for r in group:
+                if r["seq"] in results:
+                    continue
+                if got != want:
+                    results[r["seq"]] = [f"group statuses {got} != recorded {want}"]
+                elif answers[r["seq"]].status_code == r["status"]:
+                    results[r["seq"]] = compare(r, answers[r["seq"]], rp, loose_values=False)
+                    if r["status"] == 200 and r.get("response_kind") == "json":
+                        rp.learn_uids(r.get("response"), answers[r["seq"]].json())
+                else:
+                    results[r["seq"]] = compare(r, spare[r["status"]].pop(), rp, loose_values=True)
+    return results
+
+
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, list[str]]]:
     tmp = tmp_path_factory.mktemp("contract")
     out: dict[str, dict[int, list[str]]] = {}
     for session, recs in SESSIONS.items():
+        if session == "limits":
+            out[session] = _replay_limits(recs, tmp)
+            continue
         if session not in FRAME_REPLAYED:
             out[session] = anyio.run(_replay_session, session, recs, tmp)
     return out
