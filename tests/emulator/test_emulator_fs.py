@@ -88,11 +88,13 @@ def test_mkdir_move_copy_delete_semantics(api: httpx.Client, puter_user) -> None
     assert api.post("/delete", json={"path": f"{home}/x", "recursive": False}).status_code == 409
     assert api.post("/delete", json={"path": f"{home}/x"}).json()["ok"] is True
     assert api.post("/stat", json={"path": f"{home}/x/y"}).status_code == 404
-    # the change timestamp moves on writes, not on reads
+    # the change timestamp moves on writes, not on reads, and not on /touch (the errata)
     t1 = api.get("/cache/last-change-timestamp").json()["timestamp"]
     api.post("/stat", json={"path": home})
     assert api.get("/cache/last-change-timestamp").json()["timestamp"] == t1
     api.post("/touch", json={"path": f"{home}/t.txt"})
+    assert api.get("/cache/last-change-timestamp").json()["timestamp"] == t1
+    api.post("/mkdir", json={"path": f"{home}/t-dir"})
     assert api.get("/cache/last-change-timestamp").json()["timestamp"] > t1
 
 
