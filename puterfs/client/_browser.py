@@ -178,9 +178,10 @@ def _response(status: int, body: str) -> bytes:
 
 
 def default_show_url(url: str, port: int, opened: bool) -> None:
+    """``opened``: a browser is being started with the URL (it may still fail to)."""
     """Print the sign-in URL and how to reach the listener from another machine (stderr)."""
     lines = [
-        "To sign in to Puter, open this URL in a browser" + (" (a browser window was opened)" if opened else "") + ":",
+        "To sign in to Puter, open this URL in a browser" + (" (opening it in yours now)" if opened else "") + ":",
         "",
         f"    {url}",
         "",
@@ -228,17 +229,17 @@ async def browser_login(
         url = authme_url(web_url, f"http://{shown_host}:{bound}{listener.path}")
         async with anyio.create_task_group() as tg:
             tg.start_soon(tcp.serve, listener.handle)
-            opened = False
             opener_done = anyio.Event()
             opener_done.set()
+            opening = callable(open_browser) or bool(open_browser and has_desktop_browser())
+            # The URL first: a browser that runs in this terminal may not return before the end.
+            if show_url is not None:
+                show_url(url, bound, opening)
             if callable(open_browser):
                 opener_done = anyio.Event()
                 tg.start_soon(_call_opener, open_browser, url, opener_done)
-                opened = True
-            elif open_browser and has_desktop_browser():
-                opened = await _open_with_webbrowser(url)
-            if show_url is not None:
-                show_url(url, bound, opened)
+            elif opening:
+                tg.start_soon(_open_with_webbrowser, url)
             with anyio.move_on_after(timeout):
                 await listener.got.wait()
             if listener.got.is_set():
@@ -276,14 +277,15 @@ async def _call_opener(opener: Callable[[str], Any], url: str, done: anyio.Event
         done.set()
 
 
-async def _open_with_webbrowser(url: str) -> bool:
+async def _open_with_webbrowser(url: str) -> None:
     import webbrowser
 
     try:
-        return bool(await anyio.to_thread.run_sync(webbrowser.open, url))
+        # abandoned on cancel: a terminal browser (BROWSER=w3m) returns only when it quits
+        if not await anyio.to_thread.run_sync(webbrowser.open, url, abandon_on_cancel=True):
+            log.debug("no browser could be started; the URL is printed")
     except Exception as exc:  # noqa: BLE001 - no browser is not an error: the URL is printed
         log.debug("could not start a browser: %s", exc)
-        return False
 
 
 def _api_for(web_url: str) -> str:

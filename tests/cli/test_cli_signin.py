@@ -203,3 +203,34 @@ def test_on_a_terminal_a_refused_password_falls_back_to_the_browser(cli_env, cap
     assert f"Logged in as dave on {captcha_emulator.url} (full-api-access token)" in term.output
     assert "davepass" not in term.output
     assert _saved(cli_env).read_text().strip() not in term.output
+
+
+def test_browser_env_opens_the_url_and_a_browser_that_never_returns_does_not_block(cli_env, emulator, tmp_path) -> None:  # noqa: ANN001, E501
+    seen = tmp_path / "browser-got"
+    fake = tmp_path / "fake-browser"
+    # a terminal browser: gets the URL, then runs until the person quits it
+    fake.write_text(f"#!/bin/sh\necho \"$$ $1\" > {seen}.tmp && mv {seen}.tmp {seen}\nexec sleep 600 >/dev/null 2>&1 </dev/null\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in cli_env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["BROWSER"] = str(fake)
+    proc = subprocess.Popen([sys.executable, "-m", "puterfs", "login", "--browser", "--api-url", emulator.url],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    browser_pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not seen.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the browser was not started"
+            time.sleep(0.05)
+        pid_text, url = seen.read_text().split()
+        browser_pid = int(pid_text)
+        fill_in_authme(url, emulator.username, emulator.password)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if browser_pid:
+            os.kill(browser_pid, 9)
+    assert proc.returncode == 0, err
+    assert "opening it in yours now" in err and url in err
+    assert "Logged in as" in out
