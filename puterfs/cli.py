@@ -400,6 +400,17 @@ def _kernel_unmount(path: str, *, lazy: bool, daemon_pid: int) -> None:
     raise CliError("fusermount3 is not installed (apt-get install fuse3)")
 
 
+def _dead_mount(path: str) -> bool:
+    """A FUSE mount whose daemon is gone answers ENOTCONN (listdir: never from a cache)."""
+    import errno
+
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
 def _left_behind(state: dict[str, Any] | None) -> tuple[int, list[str]]:
     """(count, paths) of the files a state file says are not on the server."""
     files = [f for f in (state or {}).get("pending_files") or [] if isinstance(f, dict)]
@@ -434,6 +445,15 @@ def cmd_umount(args: argparse.Namespace) -> int:
             _remove_stale(state_path)
         if fstype is not None and not fstype.startswith("fuse"):
             raise CliError(f"{path} is a {fstype} mount, not a puterfs mount")
+        if fstype is not None and not _dead_mount(path):
+            # Served by a daemon this environment has no state file of (another
+            # XDG_RUNTIME_DIR, or not puterfs): unmount it like fusermount3 -u would.
+            _kernel_unmount(path, lazy=args.lazy, daemon_pid=0)
+            print(
+                f"Unmounted {path} (its daemon is unknown here: no state file in {config.runtime_dir()}; "
+                "a puterfs daemon uploads what is pending before it exits)"
+            )
+            return 0
         if fstype is not None:
             # A dead FUSE mount ("Transport endpoint is not connected"): nothing is open in
             # it that could still work, so detach it.

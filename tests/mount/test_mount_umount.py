@@ -146,3 +146,23 @@ def test_a_daemon_dying_in_the_flush_is_reported(mount: MountedFs) -> None:
     assert um.returncode == 1 and "Unmounted" not in out, (out, err)
     assert "died" in err and "a.txt" in err and "b.txt" in err and str(mount.cache_dir) in err
     assert not os.path.ismount(mount.path)
+
+
+def test_umount_of_a_mount_whose_state_file_is_elsewhere(mount: MountedFs, tmp_path: Path) -> None:
+    """Another XDG_RUNTIME_DIR (say, the daemon runs under systemd): unmounted like
+    fusermount3 -u, busy refused; the daemon still uploads before it exits."""
+    env = {**mount.proc.env, "XDG_RUNTIME_DIR": str(tmp_path / "other-run")}
+    (mount.path / "from-elsewhere.txt").write_text("still uploaded\n")
+    h = holder(mount.path / "held.txt")
+    try:
+        res = subprocess.run([sys.executable, "-m", "puterfs", "umount", str(mount.path)],
+                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 1 and "busy" in res.stderr and str(h.pid) in res.stderr, res
+    finally:
+        finish(h)
+    mount.proc.expected_exit = True
+    res = subprocess.run([sys.executable, "-m", "puterfs", "umount", str(mount.path)],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and "its daemon is unknown here" in res.stdout, res
+    assert mount.proc.proc is not None and mount.proc.proc.wait(60) == 0
+    assert mount.remote.read("from-elsewhere.txt") == b"still uploaded\n"
