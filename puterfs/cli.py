@@ -590,6 +590,8 @@ def _mount_entry(state_path: Path, state: dict[str, Any]) -> dict[str, Any]:
     for key in ("auth", "freshness"):
         if isinstance(state.get(key), dict):
             entry[key] = state[key]
+    if isinstance(state.get("lost_found"), list) and state["lost_found"]:
+        entry["lost_found"] = state["lost_found"]  # recovered data kept aside (docs/reliability.md)
     return entry
 
 
@@ -652,6 +654,10 @@ def _print_mount(m: dict[str, Any]) -> None:
         print(f"    large    {f.get('path')}  {_human_size(done)} of {_human_size(total)}{pct}")
     if m["last_error"]:
         print(f"  last error: {m['last_error']}")
+    lost = m.get("lost_found")
+    if lost:
+        where = os.path.join(str(m["cache_dir"]), "lost+found")
+        print(f"  lost+found: {len(lost)} file(s) the cache could not place, kept in {where} (docs/reliability.md)")
     fresh = m.get("freshness")
     if fresh:
         print("  freshness: " + ", ".join(f"{k}={v}" for k, v in fresh.items()))

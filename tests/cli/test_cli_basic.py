@@ -302,6 +302,7 @@ def test_status_reads_the_newer_state_fields(run_cli, cli_env, tmp_path):
             "large_uploads": [{"path": "big.iso", "done": 1 << 30, "total": 4 << 30}],
             "auth": {"state": "paused", "message": "the server refused the token; run `puterfs login`", "token_kind": "session"},
             "freshness": {"mode": "events"},
+            "lost_found": [{"file": "/c/lost+found/7", "path": "x.txt", "reason": "no journal row"}],
         }  # fmt: skip
         path = _state_path(cli_env, mp)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +316,7 @@ def test_status_reads_the_newer_state_fields(run_cli, cli_env, tmp_path):
         assert "pending  a.txt  10 B" in out
         assert "auth:     paused (session token): the server refused the token" in out
         assert "freshness: mode=events" in out
+        assert "lost+found: 1 file(s) the cache could not place, kept in /c/lost+found" in out
         got = json.loads(run_cli(["status", "--json", str(mp)]).stdout)["mounts"][0]
         assert got["failed_files"][0]["path"] == "huge.bin" and got["auth"]["state"] == "paused"
         assert got["large_uploads"] == state["large_uploads"] and got["account"] == "alice"
