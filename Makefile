@@ -9,10 +9,11 @@ PYTEST_ARGS ?=
 
 # Debian packages: what building and running pyfuse3 needs, and what only the tests use
 # (fio, stress-ng, rsync, git, vim drive the mount; systemd-analyze checks the unit; Chromium
-# and Node run `puterfs login` in a real headless browser).
+# and Node run `puterfs login` in a real headless browser; autoconf/automake build pjdfstest
+# and rclone is its comparison in bench/pjdfstest.py).
 MOUNT_TOOLS := fusermount3:fuse3 gcc:gcc
 TEST_TOOLS := fio:fio stress-ng:stress-ng rsync:rsync git:git vim:vim systemd-analyze:systemd \
-	chromium:chromium node:nodejs npm:npm
+	chromium:chromium node:nodejs npm:npm autoreconf:autoconf automake:automake rclone:rclone
 # playwright-core drives the system Chromium (no browser download); project-local, gitignored.
 # 1.61 is the newest that still runs on Debian 12's Node 18 (1.62 wants Node 20).
 PLAYWRIGHT_VERSION := 1.61.0
