@@ -36,7 +36,7 @@ from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterConne
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
 from puterfs.fs.errors import FsError, fuse_errors
 from puterfs.fs.inodes import LINK_SUFFIX, InodeTable, Node
-from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, posix_metadata, split
+from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, posix_metadata, split, unlistable
 from puterfs.fs.writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ class PuterOperations(pyfuse3.Operations):
             cancel_on_change=self._streamed,
         )
         self.cache.reclaim = self._reclaim_space
+        self._skipped_names: set[tuple[str, str]] = set()  # logged once each
+        self.remote.on_reachable = self._server_back
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
         self._handles: dict[int, _Handle] = {}
@@ -182,6 +184,12 @@ class PuterOperations(pyfuse3.Operations):
                     self.epoch += 1
                 self._last_change = ts
             await trio.sleep(interval)
+
+    def _server_back(self) -> None:
+        """The poller reaches the server again after an outage: failed uploads go at once
+        (not after their backoff) and listings are re-read."""
+        self.epoch += 1
+        self.queue.retry_now()
 
     async def release_all(self) -> None:
         """The kernel let go of the mount: a handle still open now will never be released
@@ -444,7 +452,11 @@ class PuterOperations(pyfuse3.Operations):
         tombs = dirnode.tombstones or {}
         plain = {e.name for e in entries}
         for e in entries:
-            if not e.name or "/" in e.name:
+            bad = unlistable(e.name)
+            if bad is not None:
+                if (dirnode.path, e.name) not in self._skipped_names:
+                    self._skipped_names.add((dirnode.path, e.name))
+                    log.warning("%s: not listing the server entry %r: %s", dirnode.path or "/", e.name, bad)
                 continue
             name = self._link_name(e)
             if name is None:
@@ -1482,7 +1494,9 @@ class PuterOperations(pyfuse3.Operations):
         if h.writable:
             node.writers -= 1
         ent = node.entry
-        if ent is not None and ent.dirty and node.writers == 0 and node.in_tree:
+        if h.writable and ent is not None and ent.dirty and node.writers == 0 and node.in_tree:
+            # only a writer's last close starts the quiet period: a reader closing a dirty
+            # file again and again must not postpone its upload
             self.cache.save(ent)
             self.queue.schedule(ent.id)
         if node.opens == 0:

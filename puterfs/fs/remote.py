@@ -18,10 +18,10 @@ from typing import IO, Any
 
 import trio
 
-from puterfs.client._errors import AuthenticationError, PuterConnectionError, PuterTimeout
+from puterfs.client._errors import AuthenticationError, PuterConnectionError, PuterError, PuterTimeout
 from puterfs.client._multipart import guess_type
 
-OFFLINE_GRACE = 5.0  # after a failure to reach the server, calls fail at once for this long
+PROBE_TIMEOUT = 10.0  # the change poller's probe: longer means the server is not answering
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,12 @@ class Remote:
         self.client = client
         self.root = root.rstrip("/") or "/"
         self.timeout = timeout
-        # When the server cannot be reached, every call would wait for its retries; instead
-        # calls fail at once (callers fall back to cached data) until the change poller,
-        # which keeps trying, gets through again.
-        self._offline_until = 0.0
+        # Reachability is the change poller's verdict, never one request's: each request's
+        # failure is judged on its own (one dropped answer must not fail every other call).
+        # While the poller cannot reach the server, calls fail at once (callers fall back to
+        # cached data) instead of each waiting for its own deadline.
+        self.unreachable: str | None = None  # why, while the poller cannot get through
+        self.on_reachable: Callable[[], None] | None = None  # the server is back
         # A 401 is not temporary: until a new token is in place (resume_auth) no call is
         # sent at all; each fails at once with AuthenticationError (EACCES), and dirty files
         # stay in the cache. `on_auth_change` is called when this flips either way.
@@ -149,7 +151,19 @@ class Remote:
 
     @property
     def offline(self) -> bool:
-        return trio.current_time() < self._offline_until
+        return self.unreachable is not None
+
+    def set_reachable(self, ok: bool, why: str = "") -> None:
+        """The change poller's verdict (see `probe`)."""
+        if ok:
+            if self.unreachable is not None:
+                log.info("the server answers again; resuming uploads")
+                self.unreachable = None
+                if self.on_reachable is not None:
+                    self.on_reachable()
+        elif self.unreachable is None:
+            log.warning("the server cannot be reached (%s); serving cached data, retrying", why)
+            self.unreachable = why or "unreachable"
 
     def abspath(self, rel: str) -> str:
         if not rel:
@@ -161,21 +175,17 @@ class Remote:
     ) -> Any:
         if self.token_refused is not None:
             raise AuthenticationError(f"{what}: {TOKEN_REFUSED}", status=401, code="token_refused")
-        if self.offline and not probe:
+        if self.unreachable is not None and not probe:
             raise PuterConnectionError(f"{what}: the server is unreachable (retrying in the background)")
+        limit = self.timeout if timeout is None else timeout
         try:
-            with trio.fail_after(self.timeout if timeout is None else timeout):
+            with trio.fail_after(limit):
                 result = await coro_fn(*args, **kw)
         except trio.TooSlowError:
-            self._offline_until = trio.current_time() + OFFLINE_GRACE
-            raise PuterTimeout(f"{what} took longer than {self.timeout if timeout is None else timeout:.0f}s") from None
-        except PuterConnectionError:
-            self._offline_until = trio.current_time() + OFFLINE_GRACE
-            raise
+            raise PuterTimeout(f"{what} took longer than {limit:.0f}s") from None
         except AuthenticationError as exc:
             self.refuse_auth(exc.message)
             raise
-        self._offline_until = 0.0
         return result
 
     async def stat(self, rel: str) -> RemoteEntry:
@@ -251,7 +261,21 @@ class Remote:
         return int(d.get("used") or 0), int(d.get("capacity") or 0)
 
     async def last_change(self) -> int:
-        return int(await self._call("last-change", self.client.fs_last_change, probe=True))
+        """The server's change timestamp; also the probe that decides reachability: a
+        connection failure or no answer within PROBE_TIMEOUT marks the server unreachable,
+        an answer marks it reachable again (and wakes the uploads)."""
+        try:
+            ts = int(await self._call(
+                "last-change", self.client.fs_last_change, probe=True, timeout=min(self.timeout, PROBE_TIMEOUT)
+            ))
+        except PuterConnectionError as exc:  # timeouts included
+            self.set_reachable(False, str(exc))
+            raise
+        except PuterError:
+            self.set_reachable(True)  # it answered (with an error)
+            raise
+        self.set_reachable(True)
+        return ts
 
 
 def join(parent: str, name: str) -> str:
@@ -263,15 +287,41 @@ def split(path: str) -> tuple[str, str]:
     return head, tail
 
 
+NAME_MAX = 255
+
+
+def unlistable(name: str) -> str | None:
+    """Why a server entry's name cannot appear in a POSIX directory listing (None: it can)."""
+    if not name or name in (".", ".."):
+        return "an empty or dot name"
+    if "/" in name or "\x00" in name:
+        return "it contains '/' or NUL"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (a lone surrogate)"
+    if size > NAME_MAX:
+        return f"it is {size} bytes long (NAME_MAX is {NAME_MAX})"
+    return None
+
+
 def conflict_name(name: str, when: float) -> str:
-    """``report.txt`` -> ``report.conflict-20261125-174501.txt`` (the server's copy)."""
+    """``report.txt`` -> ``report.conflict-20261125-174501.txt`` (the server's copy); the stem
+    is shortened (on a UTF-8 character boundary) so the result fits NAME_MAX."""
     import time as _time
 
     stamp = _time.strftime("%Y%m%d-%H%M%S", _time.localtime(when))
     stem, dot, ext = name.rpartition(".")
-    if dot and stem:
-        return f"{stem}.conflict-{stamp}.{ext}"
-    return f"{name}.conflict-{stamp}"
+    if not (dot and stem):
+        stem, ext = name, ""
+    tail = f".conflict-{stamp}" + (f".{ext}" if ext else "")
+    room = NAME_MAX - len(tail.encode("utf-8"))
+    if room < 1:  # an absurdly long extension: keep it out of the name
+        tail = f".conflict-{stamp}"
+        stem = name
+        room = NAME_MAX - len(tail)
+    stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return stem + tail
 
 
-__all__ = ["Remote", "RemoteEntry", "join", "split", "conflict_name", "posix_metadata", "format_mtime", "parse_mtime"]
+__all__ = ["Remote", "RemoteEntry", "join", "split", "conflict_name", "unlistable", "posix_metadata", "format_mtime", "parse_mtime"]

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,86 @@ def test_exit_status_says_files_are_not_uploaded(mount_factory: MountFactory, em
     assert m.remote.read("kept.txt") == b"not on the server yet"
     m.proc.stop()  # exit 0, state file gone
     print(f"exit status: {rc} with 1 file not uploaded, then 0; bytes lost 0")
+
+
+def test_unlistable_server_names_are_skipped_not_eio(mount: Any) -> None:
+    """Names POSIX cannot list (NUL, longer than 255 bytes) are skipped with a log line; the
+    rest of the directory lists normally."""
+    mount.remote.mkdir("odd")
+    mount.remote.write("odd/fine.txt", b"fine")
+    mount.remote.write("odd/nul\x00name.txt", b"x")
+    mount.remote.write("odd/" + "L" * 300, b"long")
+    names = os.listdir(mount.path / "odd")
+    assert names == ["fine.txt"], names
+    assert (mount.path / "odd" / "fine.txt").read_bytes() == b"fine"
+    log = mount.proc.log_text(20000)
+    assert "not listing the server entry" in log and "NAME_MAX" in log, log[-2000:]
+    print("odd names: 3 server entries, 1 listed, 2 skipped with a log line")
+
+
+def test_conflict_copy_of_a_long_name_fits_name_max() -> None:
+    from puterfs.fs.remote import NAME_MAX, conflict_name
+
+    for name in ("é" * 127 + ".txt", "x" * 255, "a." + "e" * 250, "plain"):
+        out = conflict_name(name, 1_800_000_000)
+        assert len(out.encode()) <= NAME_MAX and ".conflict-" in out, (name, out)
+        out.encode("utf-8")  # never cut inside a character
+
+
+def test_one_failed_request_does_not_take_the_mount_offline(mount: Any, emulator: Any) -> None:
+    """Each request's failure is judged on its own: after one dropped /stat, the next calls
+    go to the server at once (no whole-mount offline period)."""
+    for i in range(3):
+        mount.remote.write(f"s{i}.txt", b"x" * (i + 1))
+    emulator.clear_log()
+    emulator.set_faults({"path": "/readdir", "drop": True, "count": 3})  # more than the client retries
+    try:
+        # the first listing of the root meets the dropped answer (served again at once)
+        t0 = time.monotonic()
+        for _ in range(2):
+            try:
+                names = os.listdir(mount.path)
+                break
+            except OSError:
+                continue
+        assert {"s0.txt", "s1.txt", "s2.txt"} <= set(names)
+        assert (mount.path / "s2.txt").read_bytes() == b"xxx"
+        elapsed = time.monotonic() - t0
+    finally:
+        emulator.clear_faults()
+    st = mount.proc.state()
+    assert st is not None
+    print(f"one dropped /readdir: listing and read done in {elapsed:.2f}s")
+
+
+def test_uploads_resume_promptly_when_an_outage_ends(mount: Any, emulator: Any) -> None:
+    """During an outage the upload's backoff grows; when the poller reaches the server
+    again it wakes the upload at once instead of letting it wait out its backoff."""
+    os.listdir(mount.path)  # the root listing is cached: creating a file needs no request
+    emulator.set_faults({"path": "*", "drop": True})
+    try:
+        (mount.path / "during-outage.txt").write_bytes(b"written while the server was down")
+        # wait until the upload has failed several times (its next try is seconds away)
+        wait_for(lambda: "attempt 4, retry in 8.0s" in mount.proc.log_text(20000), 60, "the backoff to reach 8 s")
+    finally:
+        emulator.clear_faults()
+    t0 = time.monotonic()
+    wait_for(lambda: mount.remote.exists("during-outage.txt"), 30, "the upload after the outage")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 6.0, f"the upload waited {elapsed:.1f}s after the server came back (its backoff)"
+    assert mount.remote.read("during-outage.txt") == b"written while the server was down"
+    print(f"outage: upload done {elapsed:.1f}s after the server came back (backoff was 8 s)")
+
+
+def test_readers_closing_a_dirty_file_do_not_postpone_its_upload(mount_factory: MountFactory) -> None:
+    m = mount_factory(write_back=1.5)
+    p = m.path / "read-often.txt"
+    p.write_bytes(b"uploaded although it is read all the time")
+    t0 = time.monotonic()
+    while not m.remote.exists("read-often.txt"):
+        assert p.read_bytes() == b"uploaded although it is read all the time"  # open, read, close
+        assert time.monotonic() - t0 < 20, "a reader's close keeps postponing the upload"
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
+    print(f"read every 0.2 s: uploaded after {elapsed:.1f}s (quiet period 1.5 s)")
+    m.proc.stop()
