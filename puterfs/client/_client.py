@@ -983,6 +983,9 @@ class PuterClient(PutergenaiFacade):
         response = await self._send(
             "GET", self.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers
         )
+        if "text/html" in response.headers.get("content-type", ""):
+            # /read always answers application/octet-stream: an HTML page is a proxy's
+            raise ServerError(f"an HTML page answered the read of {target}, not the server", status=502)
         data = response.content
         if span and response.status_code == 200:
             # The server ignored the Range: cut the slice out of the full body.
@@ -1063,13 +1066,17 @@ class PuterClient(PutergenaiFacade):
         await self._refuse_dangerous(target, "delete")
         # Deleting twice has the effect of deleting once, except that a retry whose
         # first attempt had already deleted the entry answers 404: that is success.
-        await self._send(
+        response = await self._send(
             "POST",
             self.api_url + "/delete",
             idem=IDEMPOTENT,
             json_body={"path": target, "recursive": bool(recursive)},
             gone_ok_on_retry=True,
         )
+        if response.status_code != 404:
+            # the server answers JSON; anything else (an HTML page from a proxy) is no
+            # proof that the entry is gone
+            self._json(response)
 
     async def fs_rename(
         self, source: str, destination: str, options: dict[str, Any] | None = None

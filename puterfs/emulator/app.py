@@ -415,7 +415,7 @@ class Emulator:
 
         method, path = scope["method"], scope["path"]
         rule = self.faults.take(method, path)
-        if rule is not None:
+        if rule is not None and not rule.after:
             outcome = await self._apply_fault(rule, scope, receive, send)
             if outcome is not None:
                 return None if outcome is True else outcome
@@ -435,11 +435,43 @@ class Emulator:
                 response = api_error(500, "internal_error", "Internal Server Error")
             if path != PATH:  # engine.io answers outside Express: no ETag
                 _weak_etag(response)
+            if rule is not None and rule.after:
+                # the server has acted; now the answer is lost, late, wrong or cut (faults.py)
+                outcome = await self._apply_fault_after(rule, response, scope, receive, send)
+                if outcome is not None:
+                    return None if outcome is True else outcome
             await response(scope, receive, send)
         finally:
             # concurrency slots are held until the response has been sent (or the client left)
             for release in scope["state"].pop("rl_release", ()):
                 release()
+        return None
+
+    async def _apply_fault_after(self, rule: Rule, response: Any, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        """A fault applied once the request was served. Same outcomes as `_apply_fault`."""
+        from puterfs.emulator.faults import html_response, truncated_response
+
+        scope["state"]["log"]["fault"] = "after"
+        if rule.latency:
+            await anyio.sleep(rule.latency)
+        if rule.stall:
+            await self.faults.wait_release(self.faults.generation())
+        if rule.drop:
+            scope["state"]["log"]["status"] = 0
+            if self.behind_server:
+                return _DROP
+            raise DroppedConnection("emulator: connection dropped by fault injection (after acting)")
+        if rule.html:
+            await html_response()(scope, receive, send)
+            return True
+        if rule.truncate:
+            await (await truncated_response(response))(scope, receive, send)
+            return True
+        if rule.status is not None:
+            code = rule.code or _default_code(rule.status)
+            message = rule.message or _default_message(rule.status)
+            await api_error(rule.status, code, message)(scope, receive, send)
+            return True
         return None
 
     async def _apply_fault(self, rule: Rule, scope: dict[str, Any], receive: Any, send: Any) -> Any:
@@ -477,6 +509,11 @@ class Emulator:
             if rule.status is None:
                 await api_error(503, "emulator_stall_released", "Stalled request released")(scope, receive, send)
                 return True
+        if rule.html:
+            from puterfs.emulator.faults import html_response
+
+            await html_response()(scope, receive, send)
+            return True
         if rule.status is not None:
             headers = {}
             if rule.retry_after is not None:

@@ -3,8 +3,15 @@
 Rules are matched per request (first matching rule wins) and switched at run time,
 in process (``emulator.faults.set_rules(...)``) or over ``POST /_emulator/faults``.
 A rule may answer with an error status, add latency, drop the connection, stall
-until released, or shape a streamed response (delay, hold after the first chunk,
-abort before chunk k).
+until released, answer an HTML page with status 200 (a proxy or captive portal), cut
+the JSON answer short, or shape a streamed response (delay, hold after the first
+chunk, abort before chunk k).
+
+``probability`` (0..1, with an optional ``seed``) makes a rule hit only that share of
+the requests it matches; ``after: true`` applies the fault *after* the server has done
+what was asked (the write happened, the answer is lost, late, wrong or cut), which is
+what a client must reconcile; the default is before (nothing happened). ``count``
+limits how many times a rule hits; ``fired`` in the rule listing says how often it did.
 
 Waiting (holds, stalls) polls a release counter instead of using an event object:
 polling works the same under asyncio and trio, from any thread, and every wait
@@ -14,6 +21,7 @@ has an upper bound so a forgotten hold cannot keep a test process alive.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -47,6 +55,15 @@ class Rule:
     stream_hold: bool = False
     stream_error_after: int | None = None
     stall: bool = False
+    probability: float | None = None
+    seed: int | None = None
+    after: bool = False
+    html: bool = False
+    truncate: bool = False
+    fired: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rule:
@@ -59,6 +76,10 @@ class Rule:
         rule = cls(**d)
         if rule.method is not None:
             rule.method = rule.method.upper()
+        if rule.probability is not None and not 0.0 <= float(rule.probability) <= 1.0:
+            raise ValueError("'probability' must be between 0 and 1")
+        if rule.truncate:
+            rule.after = True  # there is no answer to cut before the server acted
         return rule
 
     def matches(self, method: str, path: str) -> bool:
@@ -69,7 +90,14 @@ class Rule:
         return path == self.path
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, False, 0.0) or k == "path"}
+        return {
+            k: v for k, v in self.__dict__.items()
+            if not k.startswith("_") and (v not in (None, False, 0.0) or k in ("path", "fired"))
+        }
+
+    def hits(self) -> bool:
+        """Whether this matching request is one of the share the rule faults."""
+        return self.probability is None or self._rng.random() < float(self.probability)
 
 
 class Faults:
@@ -110,6 +138,9 @@ class Faults:
         with self._lock:
             for rule in self._rules:
                 if rule.matches(method, path):
+                    if not rule.hits():
+                        continue
+                    rule.fired += 1
                     if rule.count is not None:
                         rule.count -= 1
                         if rule.count <= 0:
@@ -129,6 +160,40 @@ class Faults:
                 return True
             await anyio.sleep(_POLL)
         return False
+
+
+HTML_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Gateway</title></head>"
+    b"<body><h1>Please sign in to continue</h1><p>This network requires authentication.</p></body></html>"
+)
+
+
+def html_response() -> Any:
+    """What a proxy or captive portal answers instead of the server: 200, text/html."""
+    from starlette.responses import Response
+
+    return Response(HTML_PAGE, status_code=200, media_type="text/html")
+
+
+async def response_body(response: Any) -> bytes:
+    """The whole body of a (possibly streaming) Starlette response."""
+    iterator = getattr(response, "body_iterator", None)
+    if iterator is None:
+        return bytes(response.body)
+    parts = []
+    async for chunk in iterator:
+        parts.append(chunk if isinstance(chunk, bytes) else str(chunk).encode())
+    return b"".join(parts)
+
+
+async def truncated_response(response: Any) -> Any:
+    """The server's answer cut in half, with a Content-Length that matches the cut (so the
+    client reads a complete, but wrong, body: truncated JSON, short file data)."""
+    from starlette.responses import Response
+
+    body = await response_body(response)
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-range")}
+    return Response(body[: len(body) // 2], status_code=response.status_code, headers=headers)
 
 
 class StreamShaper:

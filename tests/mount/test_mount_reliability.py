@@ -308,3 +308,45 @@ def test_readers_closing_a_dirty_file_do_not_postpone_its_upload(mount_factory: 
     elapsed = time.monotonic() - t0
     print(f"read every 0.2 s: uploaded after {elapsed:.1f}s (quiet period 1.5 s)")
     m.proc.stop()
+
+
+def test_delete_answered_with_html_is_not_taken_as_done(mount: Any, emulator: Any) -> None:
+    """A proxy's HTML page (200) instead of the server's answer to /delete: the unlink fails,
+    the file stays (here and on the server), and a retry deletes it."""
+    (mount.path / "keep.txt").write_bytes(b"still here")
+    mount.wait_uploaded()
+    emulator.set_faults({"method": "POST", "path": "/delete", "html": True})
+    try:
+        with pytest.raises(OSError):
+            os.unlink(mount.path / "keep.txt")
+    finally:
+        emulator.clear_faults()
+    assert mount.remote.read("keep.txt") == b"still here"
+    assert (mount.path / "keep.txt").read_bytes() == b"still here"
+    os.unlink(mount.path / "keep.txt")
+    assert not mount.remote.exists("keep.txt")
+    print("delete answered with HTML 200: refused, file kept, deleted on retry; bytes lost 0")
+
+
+def test_interrupted_upload_is_not_a_conflict_after_crash(mount_factory: MountFactory, emulator: Any) -> None:
+    """The server stores our upload but its answer never comes; we edit again and are killed.
+    After the restart the server's copy is recognised as ours (its MD5 was journaled before
+    the attempt): replaced, no conflict copy."""
+    m = mount_factory()
+    v1, v2 = b"version one of our file\n", b"version two, written while v1 was in flight\n"
+    emulator.set_faults(*[{"method": "POST", "path": p, "after": True, "stall": True} for p in UPLOAD_PATHS])
+    try:
+        (m.path / "ours.txt").write_bytes(v1)
+        wait_for(lambda: m.remote.exists("ours.txt"), 30, "the server to store v1 (its answer is held)")
+        (m.path / "ours.txt").write_bytes(v2)
+        m.proc.kill()
+    finally:
+        emulator.clear_faults()
+    assert m.remote.read("ours.txt") == v1
+    m.proc = m._factory.spawn(m.path, m.cache_dir, [])
+    m.wait_uploaded(timeout=60)
+    assert m.remote.read("ours.txt") == v2
+    names = m.remote.listdir("")
+    assert not [n for n in names if ".conflict-" in n], names
+    m.proc.stop()
+    print("interrupted upload + kill -9: server copy recognised as ours, 0 conflict copies, bytes lost 0")
