@@ -71,6 +71,7 @@ def legacy(call: Call, e: Row, full: bool = False, size: int | None = None, quir
     else:
         sz = e["size"]
     sites = subdomains_of(store, call.emu.domain, e["uid"], call.request.url.scheme or "http") if is_dir else []
+    shortcut = e["shortcut_to"]
     d: dict[str, Any] = {
         "id": e["uid"],
         "uid": e["uid"],
@@ -82,11 +83,11 @@ def legacy(call: Call, e: Row, full: bool = False, size: int | None = None, quir
         "dirpath": dirname,
         "name": e["name"],
         "is_dir": is_dir,
-        "is_shortcut": 0,
-        "shortcut_to": None,
+        "is_shortcut": 0 if shortcut is None else 1,
+        "shortcut_to": shortcut,
         "is_symlink": 0,
         "symlink_path": None,
-        "type": "folder" if is_dir else mime_for(e["name"]),
+        "type": "folder" if is_dir else (None if shortcut is not None else mime_for(e["name"])),
         "writable": True,
         "is_public": None if e["is_public"] is None else bool(e["is_public"]),
         "thumbnail": None,
@@ -122,8 +123,8 @@ def v2(call: Call, e: Row, listing: bool = False, size: int | None = None) -> di
         "path": _path_of(e),
         "name": e["name"],
         "isDir": is_dir,
-        "isShortcut": False,
-        "shortcutTo": None,
+        "isShortcut": e["shortcut_to"] is not None,
+        "shortcutTo": e["shortcut_to"],
         "isSymlink": False,
         "symlinkPath": None,
         "isPublic": None if e["is_public"] is None else bool(e["is_public"]),
@@ -590,7 +591,49 @@ def run_op(call: Call, op: dict[str, Any], files: list[multipart.Part], infos: l
         return {"ok": True, "uid": uid}
     if kind == "move":
         return _move_announced(call, op, new_metadata=False)  # the batch op passes no new_metadata on
+    if kind == "shortcut":
+        name = op.get("name")
+        target_uid = op.get("shortcut_to_uid") or op.get("shortcut_to")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "shortcut_target_not_found", "shortcut op missing `name`")
+        if not isinstance(target_uid, str) or not target_uid:
+            raise ApiError(400, "shortcut_target_not_found", "shortcut op missing `shortcut_to_uid`")
+        target = call.store.by_uid(target_uid)
+        if target is None or not can_see(call, target):
+            raise ApiError(404, "subject_does_not_exist", f"Entry not found: uuid={target_uid}")
+        parent = resolve(call, {"path": op.get("path") or "/"}, write=True)
+        return legacy(call, make_shortcut(call, parent, name, target, flag(op, "dedupe_name", default=True)))
     raise ApiError(400, "bad_request", f"Unsupported batch op: '{kind}'")
+
+
+def make_shortcut(call: Call, parent: Row, name: str, target: Row, dedupe_name: bool, v2_route: bool = False) -> Row:
+    """A shortcut (RECORDED-2 §7): the only link kind a client can create; it points at the
+    target's row id, cannot be read, and outlives its target."""
+    check_name(name)
+    if not parent["is_dir"]:
+        raise ApiError(400, "dest_is_not_a_directory", "Destination is not a directory")
+    if call.store.child(parent, name) is not None:
+        if not dedupe_name:
+            raise ApiError(409, "item_with_same_name_exists", f"An entry already exists at {join(parent['path'], name)}",
+                           entry_name=name)
+        name = dedupe(name, lambda n: call.store.child(parent, n) is not None)
+    row = call.store.make_shortcut(parent, name, parent["owner_id"], target)
+    bump(call, parent["owner_id"])
+    changed(call, "item.added", row, v2_route=v2_route)
+    return row
+
+
+@route("POST", "/fs/mkshortcut")
+async def fs_mkshortcut(call: Call) -> Response:
+    """``{parent: selector, name, target: selector, dedupeName?}`` -> the v2 entry."""
+    body = call.body
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "bad_request", "`name` is required")
+    target = resolve(call, body.get("target"))
+    parent = resolve(call, body.get("parent"), write=True)
+    row = make_shortcut(call, parent, name, target, flag(body, "dedupeName", "dedupe_name"), v2_route=True)
+    return JSONResponse(v2(call, row))
 
 
 def run_ops(call: Call, ops: list[Any], files: list[multipart.Part], infos: list[dict[str, Any]]) -> Response:
@@ -756,6 +799,8 @@ async def _file_chunks(fh: Any, start: int, length: int) -> AsyncIterator[bytes]
 def serve_file(call: Call, e: Row, content_type: str) -> Response:
     if e["is_dir"]:
         raise ApiError(400, "cannot_read_a_directory", "Cannot read a directory")
+    if e["shortcut_to"] is not None:
+        raise ApiError(400, "shortcut_target_not_found", "Cannot read content of a symlink or shortcut directly")
     blob = call.store.blob_path(e["uid"])
     if blob.exists():
         size = blob.stat().st_size  # what the object holds (a presigned PUT may have replaced it)

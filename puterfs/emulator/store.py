@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS entries (
     immutable INTEGER NOT NULL DEFAULT 0,
     created INTEGER NOT NULL,
     modified INTEGER NOT NULL,
-    accessed INTEGER
+    accessed INTEGER,
+    shortcut_to INTEGER  -- a shortcut: the row id of its target (RECORDED-2 §7)
 );
 CREATE INDEX IF NOT EXISTS entries_path ON entries(path);
 CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent_id, name);
@@ -137,6 +138,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        if "shortcut_to" not in {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}:
+            self.db.execute("ALTER TABLE entries ADD COLUMN shortcut_to INTEGER")  # a data dir of an older version
         secret = self.get_meta("secret")
         if secret is None:
             secret = secrets.token_hex(32)
@@ -375,6 +378,14 @@ class Store:
         row = self.by_uid(uid)
         assert row is not None
         return row
+
+    def make_shortcut(self, parent: sqlite3.Row, name: str, owner_id: int, target: sqlite3.Row) -> sqlite3.Row:
+        """A shortcut entry (an empty non-directory pointing at `target`'s row id; it outlives it)."""
+        row = self._insert(parent, owner_id, join(parent["path"], name), name, False)
+        self.db.execute("UPDATE entries SET shortcut_to=? WHERE id=?", (target["id"], row["id"]))
+        out = self.by_id(row["id"])
+        assert out is not None
+        return out
 
     def mkdir(self, parent: sqlite3.Row, name: str, owner_id: int) -> sqlite3.Row:
         return self._insert(parent, owner_id, join(parent["path"], name), name, True)

@@ -73,13 +73,17 @@ _REPEAT_CODEPOINT_RE = re.compile(r"^<(\d+) x U\+([0-9A-F]{4,6})>$")
 PATTERN = bytes(range(251)) * (10 * 1024 * 1024 // 251 + 2)  # byte i of a generated file = i % 251
 PART = 10 * 1024 * 1024
 
+# Sessions recorded as a user that never logs in during the session (a GUI token made
+# beforehand): replayed as the emulator's start-up user.
+SESSION_USERS: dict[str, tuple[str, ...]] = {"meta": ("exalice",)}
+
 # Keys whose values differ per instance (compared by type only).
 VOLATILE = {
     "id", "uid", "uuid", "parent_id", "parent_uid", "parentUid", "created", "modified", "accessed",
     "created_ts", "timestamp", "deploy_timestamp", "token", "otp_jwt_token", "signature", "expires", "url",
     "read_url", "write_url", "metadata_url", "secret", "codes", "human_readable_age", "last_activity_ts",
     "capacity", "used", "fsentry_accessed", "fsentry_modified", "fsentry_created", "app_uid", "cursor",
-    "icon", "directories", "contentHashSha256", "expiresAt",
+    "icon", "directories", "contentHashSha256", "expiresAt", "shortcut_to", "shortcutTo",
 }
 ID_KEYS = {"uid", "id", "uuid", "sessionId", "multipartUploadId", "uploadId"}
 UUID_RE = re.compile(r"^(app-)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -419,6 +423,8 @@ async def _replay_session(session: str, recs: list[dict[str, Any]], tmp: Path) -
         rp = Replayer(emu, client)
         # sessions that do not log in themselves used the admin's GUI token
         rp.tokens["gui"] = emu.issue_token(emu.store.user_by_name("admin"), "gui")
+        for recorded in SESSION_USERS.get(session, ()):
+            rp.names[recorded] = "admin"
         if second:
             rp.names[second] = "admin"
             if session in SIGNED_UP_SESSIONS:
