@@ -97,7 +97,10 @@ def cmd_login(args: argparse.Namespace) -> int:
             token, name, kind = _browser(acc, args)
     path = config.save_token(token)
     config.save_account(
-        config.Account(api_url=acc.api_url, web_url=acc.web_url, username=name, verify_tls=acc.verify_tls)
+        config.Account(
+            api_url=acc.api_url, web_url=acc.web_url, username=name, verify_tls=acc.verify_tls,
+            domain=acc.domain, tier=acc.tier,
+        )
     )
     print(f"Logged in as {name} on {acc.api_url} ({kind} token)")
     log.debug("token saved to %s", path)

@@ -59,6 +59,24 @@ class CliError(Exception):
 # account, token and client
 
 
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """--domain and --tier (shared with `puterfs mount`)."""
+    from puterfs.client._pacing import TIER_NAMES
+
+    p.add_argument(
+        "--domain",
+        metavar="NAME",
+        help="the server's own domain when --api-url gives its address (e.g. --api-url "
+        "http://127.0.0.1:4100 --domain puter.localhost sends Host: api.puter.localhost:4100)",
+    )
+    p.add_argument(
+        "--tier",
+        choices=TIER_NAMES,
+        help="the account's rate-limit tier the client paces itself to (default: the saved "
+        "account's, else free)",
+    )
+
+
 def _account(args: argparse.Namespace) -> config.Account:
     """The saved account with ``--api-url``/``--web-url``/``--insecure`` and env applied."""
     acc = config.load_account()  # already applies PUTER_API_URL / PUTER_WEB_URL
@@ -84,6 +102,10 @@ def _account(args: argparse.Namespace) -> config.Account:
     acc.web_url = acc.web_url.rstrip("/")
     if getattr(args, "insecure", False):
         acc.verify_tls = False
+    if getattr(args, "domain", None):
+        acc.domain = args.domain
+    if getattr(args, "tier", None):
+        acc.tier = args.tier
     return acc
 
 
@@ -128,6 +150,8 @@ async def _client(acc: config.Account, token: str | None) -> AsyncIterator[Puter
         web_url=acc.web_url,
         # A person is waiting: fail within seconds instead of the library's long backoff.
         max_retries=CLI_MAX_RETRIES,
+        domain=acc.domain,
+        tier=acc.tier,
     )
     async with client:
         yield client
@@ -1200,6 +1224,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--web-url", metavar="URL", help="login (GUI) host; derived from --api-url when not given"
     )
     server.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    add_server_options(server)
     server.add_argument("--debug", action="store_true", help="log debugging information to stderr")
     tokenopt = argparse.ArgumentParser(add_help=False)
     tokenopt.add_argument(

@@ -115,6 +115,10 @@ class Account:
     web_url: str = DEFAULT_WEB_URL
     username: str | None = None
     verify_tls: bool = True
+    # the server's own domain when api_url names it by address (see docs/client.md)
+    domain: str | None = None
+    # the account's rate-limit tier: free (default), temp, paid or unlimited
+    tier: str = "free"
 
 
 def load_account() -> Account:
@@ -127,7 +131,10 @@ def load_account() -> Account:
     acc.web_url = data.get("web_url", acc.web_url)
     acc.username = data.get("username")
     acc.verify_tls = bool(data.get("verify_tls", True))
+    acc.domain = data.get("domain") or None
+    acc.tier = str(data.get("tier") or "free")
     acc.api_url = os.environ.get("PUTER_API_URL", acc.api_url)
+    acc.tier = os.environ.get("PUTER_TIER", acc.tier)
     acc.web_url = os.environ.get("PUTER_WEB_URL", acc.web_url)
     return acc
 
@@ -140,6 +147,10 @@ def save_account(acc: Account) -> None:
         "username": acc.username,
         "verify_tls": acc.verify_tls,
     }
+    if acc.domain:
+        data["domain"] = acc.domain
+    if acc.tier != "free":
+        data["tier"] = acc.tier
     _write_private(config_file(), json.dumps(data, indent=2) + "\n")
 
 

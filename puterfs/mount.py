@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ai-all-users", action="store_true", help="with --allow-other, let every local user use .ai/ (billed to this account; each user has their own answers). Default: only you")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--log-file", metavar="FILE", help="write the log to FILE (default: stderr with --foreground, else CACHE_DIR/puterfs.log)")
+    from puterfs.cli import add_server_options
+
+    add_server_options(p)
     p.add_argument("--debug", action="store_true", help="verbose logging")
 
 
@@ -77,6 +80,8 @@ class _Settings:
     args: argparse.Namespace
     token_file: Path | None = None  # reread when it changes (None: the token came from the environment)
     token_source: str = ""
+    domain: str | None = None
+    tier: str = "free"
 
 
 def _fail(msg: str) -> int:
@@ -160,6 +165,7 @@ def _settings(args: argparse.Namespace) -> _Settings | str:
         mountpoint=mp, api_url=api_url, web_url=web_url, token=token, remote_root=args.remote_root,
         cache_dir=cache_dir, verify_tls=acc.verify_tls and not args.insecure, args=args,
         token_file=token_file, token_source=str(token_file) if token_file is not None else str(config.token_env()),
+        domain=getattr(args, "domain", None) or acc.domain, tier=getattr(args, "tier", None) or acc.tier,
     )
 
 
@@ -297,11 +303,12 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
     args = s.args
     state_path = config.mount_state_file(s.mountpoint)
-    # few retries inside the client: the upload queue retries forever itself, and a syscall
-    # should not wait long for an unreachable server (cached data is served instead)
+    # few retries of failures inside the client: the upload queue retries forever itself, and
+    # a syscall should not wait long for an unreachable server (cached data is served instead).
+    # A 429 is different: the client waits for the budget and retries until --timeout.
     async with PuterClient(
         token=s.token, ignore_ssl=not s.verify_tls, api_url=s.api_url, web_url=s.web_url,
-        max_retries=2, retry_max_delay=2.0,
+        max_retries=2, retry_max_delay=2.0, deadline=args.timeout, tier=s.tier, domain=s.domain,
     ) as client:
         try:
             root = s.remote_root or await client.home()

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import posixpath
 import time
@@ -55,6 +56,7 @@ from puterfs.client._errors import (
     PuterConnectionError,
     PuterError,
     PuterTimeout,
+    RateLimited,
     ServerError,
     StreamError,
     error_from_body,
@@ -62,11 +64,13 @@ from puterfs.client._errors import (
     parse_retry_after,
 )
 from puterfs.client._facade import PutergenaiFacade
+from puterfs.client._hosts import HostRoutingTransport, with_domain
 from puterfs.client._models import CHAT_DRIVER, SEED_MODEL_IDS
 
 if TYPE_CHECKING:
     from puterfs.client._events import EventStream
 from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
+from puterfs.client._pacing import Budget, Pacer, Ticket, scopes_for
 from puterfs.client._retry import NOT_SENT_ERRORS, Idempotency, RetryPolicy, may_retry
 from puterfs.client.apps import Apps
 from puterfs.client.auth import Auth
@@ -242,15 +246,42 @@ class PuterClient(PutergenaiFacade):
         max_retries: int = 6,
         retry_base_delay: float = 0.25,
         retry_max_delay: float = 30.0,
+        tier: str | None = None,
+        budgets: dict[str, Budget] | None = None,
+        deadline: float | None = 300.0,
+        domain: str | None = None,
     ) -> None:
         if token is None:
             token = os.environ.get("PUTER_TOKEN") or os.environ.get("PUTER_AUTH_TOKEN") or None
         self._token: str | None = token
         self.ignore_ssl = ignore_ssl
         self.auto_update_models = auto_update_models
-        self.api_url = (api_url or os.environ.get("PUTER_API_URL") or DEFAULT_API_URL).rstrip("/")
+        explicit_api = api_url or os.environ.get("PUTER_API_URL")
+        if not explicit_api and domain:
+            explicit_api = f"https://api.{domain.strip().rstrip('.')}"
+        self.api_url = (explicit_api or DEFAULT_API_URL).rstrip("/")
+        explicit_web = web_url or os.environ.get("PUTER_WEB_URL")
         # Without a web URL, the one that goes with the API URL (as the CLI derives it).
-        self.web_url = (web_url or os.environ.get("PUTER_WEB_URL") or derive_web_url(self.api_url)).rstrip("/")
+        self.web_url = (explicit_web or derive_web_url(self.api_url)).rstrip("/")
+        # Where names connect to when they do not resolve (see _hosts.py).
+        routes: dict[str, str] = {}
+        self.domain = domain.strip().lower().rstrip(".") if domain else None
+        if self.domain:
+            given_api = self.api_url
+            self.api_url, api_addr = with_domain(given_api, self.domain, api=True)
+            if explicit_web:
+                self.web_url, web_addr = with_domain(explicit_web.rstrip("/"), self.domain, api=False)
+            elif api_addr is not None:
+                self.web_url, web_addr = with_domain(given_api, self.domain, api=False)
+            else:  # https://api.<domain> -> https://<domain>
+                parts = urlsplit(self.api_url)
+                self.web_url, web_addr = f"{parts.scheme}://{parts.netloc.removeprefix('api.')}", None
+            if api_addr or web_addr:
+                routes[self.domain] = api_addr or web_addr  # type: ignore[assignment]
+        # One scheduler per client: Puter's limits are per user (see _pacing.py).
+        self._pacer = Pacer(tier or os.environ.get("PUTER_TIER") or "free", budgets)
+        self.tier = self._pacer.tier
+        self._deadline = deadline
         self.username: str | None = None
         self.model_to_driver: dict[str, str] = dict.fromkeys(SEED_MODEL_IDS, CHAT_DRIVER)
         self._timeout = httpx.Timeout(timeout)
@@ -273,6 +304,11 @@ class PuterClient(PutergenaiFacade):
         self.workers = Workers(self)
         self.auth = Auth(self)
         self.net = Net(self)
+        if transport is None:
+            # *.localhost names reach 127.0.0.1, a --domain's names the address given
+            transport = HostRoutingTransport(
+                httpx.AsyncHTTPTransport(verify=not ignore_ssl, trust_env=True), routes
+            )
         self._http = httpx.AsyncClient(
             transport=transport,
             verify=not ignore_ssl,
@@ -340,31 +376,47 @@ class PuterClient(PutergenaiFacade):
         ai: bool = False,
         stream: bool = False,
         gone_ok_on_retry: bool = False,
+        content: Any = None,
     ) -> httpx.Response:
         """Send one logical request, retrying as ``idem`` allows.
 
-        Returns a response with a 2xx status. With ``stream=True`` the body is not
-        read and the caller must ``aclose()`` it. ``gone_ok_on_retry`` makes a 404
-        answer to a retry a success (for deletes).
+        Every attempt first waits for room in the account's budgets (``_pacing.py``). A
+        429 tightens the budget and is retried (when ``idem`` allows) as soon as the
+        window has slid, for as long as the call's ``deadline`` lasts; other retryable
+        failures get at most ``max_retries`` retries with capped backoff, also within
+        the deadline. Returns a response with a 2xx status. With ``stream=True`` the body
+        is not read and the caller must ``aclose()`` it. ``gone_ok_on_retry`` makes a 404
+        answer to a retry a success (for deletes). ``content`` is a raw body (bytes).
         """
-        attempt = 0
+        scopes = self._scopes(method, url, None if json_body is _NO_BODY else json_body)
+        end = anyio.current_time() + self._deadline if self._deadline is not None else math.inf
+        attempt = 0  # failures other than 429
+        refusals = 0  # 429s
+        tries = 0
+        last_refusal: RateLimited | None = None
         while True:
-            attempt += 1
+            tries += 1
+            try:
+                ticket = await self._pacer.acquire(scopes, deadline=end) if scopes else None
+            except RateLimited:
+                if last_refusal is not None:
+                    raise last_refusal from None  # the server's own answer says more
+                raise
             request_headers = self._headers(auth, headers)
-            content: Any = None
+            body: Any = content
             upload: Any = None
             if json_body is not _NO_BODY:
-                content = json.dumps(json_body).encode("utf-8")
+                body = json.dumps(json_body).encode("utf-8")
                 request_headers["Content-Type"] = "application/json"
             elif multipart is not None:
-                content = upload = multipart.stream()
+                body = upload = multipart.stream()
                 request_headers["Content-Type"] = multipart.content_type
                 request_headers["Content-Length"] = str(multipart.content_length)
             request = self._http.build_request(
                 method,
                 url,
                 params=params,
-                content=content,
+                content=body,
                 headers=request_headers,
                 timeout=self._ai_timeout if ai else self._timeout,
             )
@@ -373,47 +425,99 @@ class PuterClient(PutergenaiFacade):
             except httpx.RequestError as exc:
                 err = _map_transport_error(exc)
                 sent = not isinstance(exc, NOT_SENT_ERRORS)
+                if ticket is not None and sent:
+                    ticket.release()
+                elif ticket is not None:
+                    ticket.refund()  # the server never saw it
                 if upload is not None:
                     await upload.aclose()  # closes the file it was reading from
-                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=sent):
-                    delay = self._retry.delay(attempt)
+                attempt += 1
+                delay = self._retry.delay(attempt)
+                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=sent) and _before(end, delay):
                     log.info("%s %s: %s; retry %d in %.2fs", method, _path_of(url), err, attempt, delay)
                     await anyio.sleep(delay)
                     continue
                 raise err from exc
+            except BaseException:
+                if ticket is not None:
+                    ticket.release()
+                raise
             if upload is not None:
                 # The server may answer before reading the whole body (an early error).
                 await upload.aclose()
             status = response.status_code
             if not 200 <= status < 300:
                 try:
-                    body = await response.aread()
+                    raw = await response.aread()
                 except httpx.RequestError:
-                    body = b""
+                    raw = b""
                 finally:
                     await response.aclose()
-                err = error_from_response(status, response.headers, body)
-                if gone_ok_on_retry and attempt > 1 and isinstance(err, NotFound):
+                err = error_from_response(status, response.headers, raw)
+                if isinstance(err, RateLimited):
+                    refusals += 1
+                    last_refusal = err
+                    concurrent = "concurrent" in str(err.message).lower()
+                    if ticket is not None:
+                        ticket.rate_limited(concurrent=concurrent, retry_after=err.retry_after)
+                        ticket.release()
+                        # the next acquire waits for the tightened window / a free slot
+                        delay = 0.0
+                    else:
+                        delay = self._retry.delay(refusals, err.retry_after)
+                    if may_retry(idem, err, sent=True) and _before(end, delay):
+                        log.info(
+                            "%s %s: HTTP 429 (%s); retry %d after the window slides",
+                            method, _path_of(url), "in flight" if concurrent else "window", refusals,
+                        )
+                        if delay:
+                            await anyio.sleep(delay)
+                        continue
+                    raise err
+                if ticket is not None:
+                    ticket.release()
+                if gone_ok_on_retry and tries > 1 and isinstance(err, NotFound):
                     return response
-                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True):
-                    delay = self._retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
+                attempt += 1
+                delay = self._retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
+                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True) and _before(end, delay):
                     log.info("%s %s: HTTP %d; retry %d in %.2fs", method, _path_of(url), status, attempt, delay)
                     await anyio.sleep(delay)
                     continue
                 raise err
             if stream:
+                if ticket is not None and response.is_closed:
+                    ticket.release()  # the body was complete on arrival
+                elif ticket is not None:
+                    # the server holds the in-flight slot until the whole answer is sent
+                    response.stream = _ReleasingStream(response.stream, ticket)
                 return response
             try:
                 await response.aread()
             except httpx.RequestError as exc:
                 err = _map_transport_error(exc)
-                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True):
-                    await anyio.sleep(self._retry.delay(attempt))
+                attempt += 1
+                delay = self._retry.delay(attempt)
+                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True) and _before(end, delay):
+                    await anyio.sleep(delay)
                     continue
                 raise err from exc
             finally:
                 await response.aclose()
+                if ticket is not None:
+                    ticket.release()
             return response
+
+    def _scopes(self, method: str, url: str, json_body: Any) -> tuple[str, ...]:
+        """The rate-limit scopes of a request to our own API host (others are not paced)."""
+        if not url.startswith(self.api_url + "/"):
+            return ()
+        return scopes_for(method, urlsplit(url).path, json_body)
+
+    @property
+    def pacer(self) -> Pacer:
+        """The request scheduler of this client (its budgets and statistics)."""
+        return self._pacer
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
@@ -1710,6 +1814,29 @@ def _origin(url: str) -> tuple[str, str]:
 def _path_of(url: str) -> str:
     # For log lines: the path only (query strings can hold file names).
     return urlsplit(url).path
+
+
+def _before(end: float, delay: float) -> bool:
+    """Whether a retry after ``delay`` seconds still starts before the call's deadline."""
+    return anyio.current_time() + delay < end
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A streamed response body that frees its pacing slot when closed."""
+
+    def __init__(self, inner: Any, ticket: Ticket) -> None:
+        self._inner = inner
+        self._ticket = ticket
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._ticket.release()
 
 
 def _seekable(fileobj: Any) -> bool:

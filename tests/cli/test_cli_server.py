@@ -277,3 +277,20 @@ def test_models_lists_one_id_per_line(run_cli, emulator):
     assert all(i and i.strip() == i and " " not in i for i in ids)
     listed = httpx.get(f"{emulator.url}/puterai/chat/models", timeout=10).json()["models"]
     assert ids == [m if isinstance(m, str) else m["id"] for m in listed]
+
+
+def test_login_by_address_with_domain_and_by_localhost_name(run_cli, cli_env, emulator):
+    # the emulator routes by Host like Puter: /login only on the root host, files on api.
+    res = _login(run_cli, emulator.url, emulator.username, emulator.password + "\n",
+                 "--domain", "puter.localhost", "--tier", "paid")
+    assert res.returncode == 0, res.stderr
+    account = json.loads((_saved_token(cli_env).parent / "config.json").read_text())
+    assert (account["domain"], account["tier"]) == ("puter.localhost", "paid")
+    chat = run_cli(["chat", "-m", "echo", "by", "address"])  # the saved domain is used
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout == "by address\n"
+    # a *.localhost name needs no /etc/hosts entry
+    named = f"http://api.puter.localhost:{emulator.port}"
+    res = _login(run_cli, named, emulator.username, emulator.password + "\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"Logged in as {emulator.username} on {named}")
