@@ -43,6 +43,7 @@ from puterfs.client._events import (
     Resync,
     SocketEvent,
 )
+from puterfs.client._presign import UploadSession
 from puterfs.client._tokens import token_kind
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "ServerError",
     "SocketEvent",
     "StreamError",
+    "UploadSession",
     "authme_url",
     "browser_login",
     "error_from_body",

@@ -26,7 +26,7 @@ import os
 import posixpath
 import time
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from puterfs.client._events import EventStream
 from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
 from puterfs.client._pacing import Budget, Pacer, Ticket, scopes_for
+from puterfs.client._presign import LARGE_FILE, UploadSession, write_large
 from puterfs.client._retry import NOT_SENT_ERRORS, Idempotency, RetryPolicy, may_retry
 from puterfs.client.apps import Apps
 from puterfs.client.auth import Auth
@@ -893,6 +894,7 @@ class PuterClient(PutergenaiFacade):
         (a dict stored as the entry's metadata, merged by the server with the content
         type; RECORDED-2 §7). Sent as multipart ``/batch``; with ``metadata`` as
         ``/fs/write`` (files up to 8 MiB) or ``/batch`` followed by ``/move new_metadata``.
+        Content of 100 MiB or more goes up through the presigned flow (:meth:`fs_write_large`).
         """
         opts = dict(options or {})
         metadata = opts.pop("metadata", None)
@@ -907,17 +909,31 @@ class PuterClient(PutergenaiFacade):
         try:
             if metadata is not None and source.size <= JSON_WRITE_MAX:
                 return (await self._json_writes([(target, source, metadata)], overwrite, parents, dedupe))[0]
-            status, results = await self._batch_upload(
-                [(target, source)], overwrite=overwrite, create_missing_parents=parents, dedupe_name=dedupe
-            )
+            if source.size >= LARGE_FILE and not dedupe:
+                outcome = await write_large(
+                    self, target, source.original(), size=source.size, overwrite=overwrite,
+                    create_missing_parents=parents,
+                )
+            else:
+                outcome = await self._write_batch_one(target, source, overwrite=overwrite, parents=parents, dedupe=dedupe)
         finally:
             source.close()
-        outcome = self._op_result(status, results[0])
-        if isinstance(outcome, PuterError):
-            raise outcome
         if metadata is not None:
             written = str(outcome.get("path") or target)  # the deduplicated name, if it was
             return await self.fs_set_metadata(written, {"contentType": guess_type(target), **metadata})
+        return outcome
+
+    async def _write_batch_one(
+        self, target: str, source: UploadSource | Any, *, overwrite: bool, parents: bool, dedupe: bool = False
+    ) -> dict[str, Any]:
+        if not isinstance(source, UploadSource):
+            source = UploadSource(source)
+        status, results = await self._batch_upload(
+            [(target, source)], overwrite=overwrite, create_missing_parents=parents, dedupe_name=dedupe
+        )
+        outcome = self._op_result(status, results[0])
+        if isinstance(outcome, PuterError):
+            raise outcome
         return outcome
 
     async def _json_writes(
@@ -974,6 +990,32 @@ class PuterClient(PutergenaiFacade):
         if not isinstance(moved, dict):
             raise ServerError("unexpected /move answer")
         return moved
+
+    async def fs_write_large(
+        self,
+        path: str,
+        content: Content | AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+        overwrite: bool = True,
+        create_missing_parents: bool = False,
+        session: UploadSession | None = None,
+        on_progress: Callable[[UploadSession], Any] | None = None,
+        parallel: int = 4,
+    ) -> dict[str, Any]:
+        """Upload through the presigned flow (any size; parts of the server's part size).
+
+        ``content`` as for :meth:`fs_write`, or an async iterable of bytes (then ``size``
+        is required). ``on_progress(session)`` is called after the session starts,
+        after each part and at completion: persist ``session.to_json()`` and pass
+        ``UploadSession.from_json(...)`` back as ``session`` to resume. An existing file is
+        replaced only once the new one is complete (see ``_presign.py``).
+        """
+        return await write_large(
+            self, await self._abs(path), content, size=size, overwrite=overwrite,
+            create_missing_parents=create_missing_parents, session=session, on_progress=on_progress,
+            parallel=parallel,
+        )
 
     async def fs_write_many(
         self,

@@ -23,6 +23,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import IO, Any, Union
 
 import anyio.to_thread
@@ -106,6 +107,16 @@ class UploadSource:
         end = fileobj.seek(0, os.SEEK_END)
         fileobj.seek(self._start)
         self.size = max(0, end - self._start)
+
+    def original(self) -> Content:
+        """The content again, from its start, for another way of uploading it."""
+        if self._data is not None:
+            return self._data
+        if self._path is not None:
+            return Path(self._path)
+        assert self._fileobj is not None
+        self._fileobj.seek(self._start)
+        return self._fileobj
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The content from its start, in chunks of at most ``CHUNK`` bytes."""

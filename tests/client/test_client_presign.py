@@ -1,0 +1,334 @@
+"""Presigned uploads (puterfs/client/_presign.py) against a mock server that answers as
+presign.jsonl records it: single and multipart sessions, the storage PUTs, resuming from a
+saved session, per-part retries, replacing an existing file without ever exposing it to
+an overwrite session, and the fallbacks to /batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from test_client_support import API, TOKEN, WEB, exchange
+
+import puterfs.client._client as client_module
+import puterfs.client._presign as presign
+from puterfs.client import AlreadyExists, PuterClient, PuterConnectionError, QuotaExceeded, UploadSession
+
+pytestmark = pytest.mark.anyio
+
+STORAGE = "http://s3.puter.test"
+PART = 1024  # the mock server's part size (the client must follow the server's answer)
+
+
+class FakePuter:
+    """Just enough of Puter + its object storage for the presigned flow."""
+
+    def __init__(self, *, storage: str = STORAGE, part_size: int = PART) -> None:
+        self.storage = storage
+        self.part_size = part_size
+        self.files: dict[str, bytes] = {}
+        self.uids: dict[str, str] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.objects: dict[str, dict[int, bytes]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.puts: list[int] = []  # part numbers PUT, in order
+        self.fail_put: dict[int, int] = {}  # part number -> failures to answer (500)
+        self.cut_put: set[int] = set()  # part numbers whose PUT "loses the connection"
+        self.no_presign = False
+        self.lose_complete = 0  # completeWrite answers 404 this many times
+        self.seen_during_put: list[bytes | None] = []
+
+    # -- helpers
+    def _entry(self, path: str) -> dict[str, Any]:
+        return {"name": path.rsplit("/", 1)[1], "path": path, "uid": self.uids[path], "id": self.uids[path],
+                "is_dir": False, "size": len(self.files[path]), "modified": 1, "created": 1}
+
+    def _url(self, key: str, sid: str, n: int | None) -> str:
+        q = f"?X-Amz-Signature=s&x-id={'UploadPart' if n else 'PutObject'}"
+        if n:
+            q += f"&partNumber={n}&uploadId={sid}"
+        return f"{self.storage}/puter-local/{key}{q}"
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.calls.append((request.method, path))
+        if path.startswith("/puter-local/"):
+            return self._put(request)
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        body = json.loads(request.content) if request.content and path != "/batch" else None
+        if path == "/stat":
+            p = body["path"]
+            if p not in self.files:
+                return httpx.Response(404, json={"code": "subject_does_not_exist", "message": "Subject does not exist"})
+            return httpx.Response(200, json=self._entry(p))
+        if path.startswith("/fs/") and self.no_presign:
+            return httpx.Response(404, json={"error": "Not Found", "message": "Not Found", "code": "not_found"})
+        if path == "/fs/startWrite":
+            return self._start(body)
+        if path == "/fs/signMultipartParts":
+            s = self.sessions.get(body["uploadId"])
+            if s is None:
+                return httpx.Response(404, json={"code": "not_found", "message": "Upload session was not found"})
+            urls = [{"partNumber": n, "url": self._url(s["key"], body["uploadId"], n)} for n in body["partNumbers"]]
+            return httpx.Response(200, json={"uploadId": body["uploadId"], "multipartUploadId": "m",
+                                             "expiresAt": 9999999999999, "multipartPartUrls": urls})
+        if path == "/fs/completeWrite":
+            return self._complete(body)
+        if path == "/fs/abortWrite":
+            s = self.sessions.get(body["uploadId"])
+            if s is not None:
+                s["status"] = "aborted"
+                self.objects.pop(s["key"], None)
+            return httpx.Response(200, json={"ok": True})
+        if path == "/move":
+            src = body["source"]
+            dst = f"{body['destination']}/{body['new_name']}"
+            assert body["overwrite"] is True
+            self.files[dst] = self.files.pop(src)
+            self.uids[dst] = self.uids.pop(src)
+            return httpx.Response(200, json={"moved": self._entry(dst)})
+        if path == "/delete":
+            self.files.pop(body["path"], None)
+            return httpx.Response(200, json={})
+        if path == "/batch":
+            return self._batch(request)
+        raise AssertionError(f"unexpected {request.method} {path}")
+
+    def _start(self, body: dict[str, Any]) -> httpx.Response:
+        meta = body["fileMetadata"]
+        assert meta["overwrite"] is False  # never an overwrite session
+        p, size = meta["path"], meta["size"]
+        if p in self.files:
+            return httpx.Response(409, json={"code": "item_with_same_name_exists", "message": "exists"})
+        sid, key = str(uuid.uuid4()), str(uuid.uuid4())
+        s = {"path": p, "size": size, "key": key, "status": "pending"}
+        self.sessions[sid] = s
+        self.objects[key] = {}
+        base = {"sessionId": sid, "contentType": meta.get("contentType", "application/octet-stream"),
+                "expiresAt": 9999999999999}
+        if size <= self.part_size:
+            s["mode"] = "single"
+            return httpx.Response(200, json={**base, "uploadMode": "single", "url": self._url(key, sid, None)})
+        s["mode"] = "multipart"
+        count = -(-size // self.part_size)
+        urls = [{"partNumber": n, "url": self._url(key, sid, n)} for n in range(1, count + 1)]
+        return httpx.Response(200, json={**base, "uploadMode": "multipart", "multipartUploadId": "m",
+                                         "multipartPartSize": self.part_size, "multipartPartCount": count,
+                                         "multipartPartUrls": urls})
+
+    def _put(self, request: httpx.Request) -> httpx.Response:
+        assert "authorization" not in request.headers  # no Puter auth to the storage server
+        key = request.url.path.rsplit("/", 1)[1]
+        n = int(request.url.params.get("partNumber", 1))
+        data = request.content
+        assert int(request.headers["content-length"]) == len(data)
+        if n in self.cut_put:
+            raise httpx.ReadError("connection lost")
+        if self.fail_put.get(n, 0) > 0:
+            self.fail_put[n] -= 1
+            return httpx.Response(500, text="<Error>InternalError</Error>")
+        self.puts.append(n)
+        self.objects.setdefault(key, {})[n] = data
+        target = next((s["path"] for s in self.sessions.values() if s["key"] == key), None)
+        self.seen_during_put.append(self.files.get(target.rsplit("/", 1)[0] + "/big.bin") if target else None)
+        return httpx.Response(200, headers={"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
+
+    def _complete(self, body: dict[str, Any]) -> httpx.Response:
+        if self.lose_complete:
+            self.lose_complete -= 1
+            return httpx.Response(404, json={"code": "not_found", "message": "Upload session was not found"})
+        s = self.sessions.get(body["uploadId"])
+        if s is None:
+            return httpx.Response(404, json={"code": "not_found", "message": "Upload session was not found"})
+        if s["status"] != "pending":
+            return httpx.Response(409, json={"code": "conflict",
+                                             "message": f"Upload session is not pending (status={s['status']})"})
+        parts = self.objects[s["key"]]
+        if s["mode"] == "multipart":
+            listed = body["parts"]
+            for p in listed:
+                assert p["etag"] == f'"{hashlib.md5(parts[p["partNumber"]]).hexdigest()}"'
+            data = b"".join(parts[p["partNumber"]] for p in listed)
+        else:
+            data = parts.get(1, b"")
+        s["status"] = "completed"
+        self.files[s["path"]] = data
+        self.uids[s["path"]] = s["key"]
+        v2 = {"uuid": s["key"], "uid": s["key"], "path": s["path"], "name": s["path"].rsplit("/", 1)[1],
+              "isDir": False, "size": len(data), "modified": 1, "created": 1, "accessed": 1, "metadata": None}
+        return httpx.Response(200, json={"sessionId": body["uploadId"], "fsEntry": v2, "wasOverwrite": False,
+                                         "requestedThumbnail": None})
+
+    def _batch(self, request: httpx.Request) -> httpx.Response:
+        text = request.content
+        ops = [json.loads(m) for m in re.findall(rb'name="operation"\r\n\r\n(.*?)\r\n--', text)]
+        files = re.findall(rb'filename="[^"]*"\r\nContent-Type: [^\r]*\r\n\r\n(.*?)\r\n--', text, re.S)
+        results = []
+        for op, data in zip(ops, files, strict=True):
+            p = f"{op['path']}/{op['name']}"
+            self.files[p] = data
+            self.uids[p] = str(uuid.uuid4())
+            results.append(self._entry(p))
+        return httpx.Response(200, json={"results": results})
+
+
+def test_mock_answers_have_the_recorded_keys() -> None:
+    fake = FakePuter()
+    single = fake._start({"fileMetadata": {"path": "/a/x", "size": 5, "overwrite": False}}).json()
+    multi = fake._start({"fileMetadata": {"path": "/a/y", "size": PART + 1, "overwrite": False}}).json()
+    assert set(single) == set(exchange("presign.jsonl", "startWrite single (5 bytes)")["response"])
+    assert set(multi) == set(exchange("presign.jsonl", "startWrite 10 MiB + 1 byte (multipart)")["response"])
+
+
+def _client(fake: FakePuter, api: str = API) -> PuterClient:
+    c = PuterClient(token=TOKEN, api_url=api, web_url=WEB, transport=httpx.MockTransport(fake.handler),
+                    retry_base_delay=0.001, retry_max_delay=0.01, tier="unlimited")
+    c.username = "admin"
+    return c
+
+
+def _data(n: int) -> bytes:
+    return bytes(i % 251 for i in range(n))
+
+
+async def test_single_upload_of_a_new_file() -> None:
+    fake = FakePuter()
+    async with _client(fake) as client:
+        entry = await client.fs_write_large("/admin/s.txt", b"hello")
+    assert fake.files["/admin/s.txt"] == b"hello"
+    assert entry["path"] == "/admin/s.txt" and entry["size"] == 5 and entry["is_dir"] is False
+    assert [c for c in fake.calls if c[1].startswith("/fs/")] == [("POST", "/fs/startWrite"), ("POST", "/fs/completeWrite")]
+
+
+async def test_multipart_upload_streams_parts_from_a_file(tmp_path) -> None:  # noqa: ANN001
+    fake = FakePuter()
+    data = _data(PART * 5 + 17)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    async with _client(fake) as client:
+        with open(src, "rb") as f:
+            entry = await client.fs_write_large("/admin/big.bin", f, parallel=3)
+    assert fake.files["/admin/big.bin"] == data
+    assert sorted(fake.puts) == [1, 2, 3, 4, 5, 6]
+    assert entry["size"] == len(data)
+
+
+async def test_an_existing_file_is_replaced_only_when_the_new_one_is_complete() -> None:
+    fake = FakePuter()
+    fake.files["/admin/big.bin"] = b"old version"
+    fake.uids["/admin/big.bin"] = "old-uid"
+    async with _client(fake) as client:
+        await client.fs_write_large("/admin/big.bin", _data(PART * 3))
+        with pytest.raises(AlreadyExists):
+            await client.fs_write_large("/admin/big.bin", b"x", overwrite=False)
+    # every part went to a new object under a hidden name; the old file stayed whole until the move
+    assert fake.seen_during_put == [b"old version"] * 3
+    starts = [s for s in fake.sessions.values()]
+    assert starts[0]["path"].startswith("/admin/.puterfs-upload-")
+    assert fake.files["/admin/big.bin"] == _data(PART * 3)
+    assert not any(".puterfs-upload-" in p for p in fake.files)
+
+
+async def test_a_part_that_fails_is_retried_alone() -> None:
+    fake = FakePuter()
+    fake.fail_put[2] = 2
+    async with _client(fake) as client:
+        await client.fs_write_large("/admin/r.bin", _data(PART * 4))
+    assert sorted(fake.puts) == [1, 2, 3, 4]  # each successful once
+    assert fake.files["/admin/r.bin"] == _data(PART * 4)
+
+
+async def test_resume_from_a_saved_session_sends_only_the_missing_parts() -> None:
+    fake = FakePuter()
+    data = _data(PART * 6)
+    saved: list[str] = []
+    fake.cut_put = {5}
+    async with _client(fake) as client:
+        with pytest.raises(PuterConnectionError):
+            await client.fs_write_large("/admin/big.bin", data, parallel=1, on_progress=lambda s: saved.append(s.to_json()))
+        assert "/admin/big.bin" not in fake.files
+        session = UploadSession.from_json(saved[-1])
+        assert {1, 2, 3, 4} <= set(session.etags) and 5 not in session.etags
+        assert session.done_bytes == len(session.etags) * PART
+        missing = sorted(set(range(1, 7)) - set(session.etags))
+        fake.cut_put = set()
+        fake.puts.clear()
+        await client.fs_write_large("/admin/big.bin", data, session=session)
+    assert sorted(fake.puts) == missing
+    assert ("POST", "/fs/signMultipartParts") in fake.calls  # URLs signed again on resume
+    assert fake.files["/admin/big.bin"] == data
+
+
+async def test_an_expired_or_lost_session_starts_again() -> None:
+    fake = FakePuter()
+    data = _data(PART * 2 + 1)
+    saved: list[UploadSession] = []
+    async with _client(fake) as client:
+        fake.lose_complete = 1  # the server forgot the session: start again, once
+        await client.fs_write_large("/admin/l.bin", data, on_progress=saved.append)
+        assert fake.files["/admin/l.bin"] == data
+        stale = UploadSession.from_json(saved[0].to_json())
+        stale.expires_at = 0
+        stale.target = "/admin/e.bin"
+        before = len(fake.sessions)
+        await client.fs_write_large("/admin/e.bin", data, session=stale)
+    assert len(fake.sessions) == before + 1
+    assert fake.files["/admin/e.bin"] == data
+
+
+async def test_async_iterator_source() -> None:
+    fake = FakePuter()
+    data = _data(PART * 3 + 5)
+
+    async def gen():
+        for i in range(0, len(data), 300):
+            yield data[i : i + 300]
+
+    async with _client(fake) as client:
+        await client.fs_write_large("/admin/it.bin", gen(), size=len(data))
+    assert fake.files["/admin/it.bin"] == data
+
+
+async def test_fallback_to_batch_without_presigned_routes() -> None:
+    fake = FakePuter()
+    fake.no_presign = True
+    async with _client(fake) as client:
+        entry = await client.fs_write_large("/admin/f.bin", _data(3000))
+    assert fake.files["/admin/f.bin"] == _data(3000)
+    assert entry["path"] == "/admin/f.bin"
+    assert ("POST", "/batch") in fake.calls
+
+
+async def test_fallback_when_storage_urls_point_at_the_servers_own_loopback() -> None:
+    fake = FakePuter(storage="http://127.0.0.1:4566")  # the server's own loopback; the API is remote
+    async with _client(fake) as client:
+        await client.fs_write_large("/admin/u.bin", _data(3000))
+    assert fake.puts == []
+    assert ("POST", "/fs/abortWrite") in fake.calls
+    assert fake.files["/admin/u.bin"] == _data(3000)
+
+
+async def test_too_large_for_batch_and_no_presign_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(presign, "BATCH_MAX_FILE", 2000)
+    fake = FakePuter()
+    fake.no_presign = True
+    async with _client(fake) as client:
+        with pytest.raises(QuotaExceeded) as info:
+            await client.fs_write_large("/admin/t.bin", _data(3000))
+    assert info.value.code == "too_large" and "100 MiB" in info.value.message
+    assert "/admin/t.bin" not in fake.files
+
+
+async def test_fs_write_uses_the_presigned_flow_for_large_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "LARGE_FILE", 2000)
+    fake = FakePuter(storage="http://api.puter.test")
+    async with _client(fake) as client:
+        await client.fs_write("/admin/w.bin", _data(2500))
+        await client.fs_write("/admin/small.txt", b"small")
+    assert fake.files["/admin/w.bin"] == _data(2500)
+    assert ("POST", "/fs/startWrite") in fake.calls and ("POST", "/batch") in fake.calls
