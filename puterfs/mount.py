@@ -408,8 +408,11 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
                         log.exception("closing the AI files")
             pyfuse3.close(unmount=True)
             left = _pending_files(ops, cap=None)
+            failed = ops.failed_files()
             cache.close()
-            _final_state(state_path, s, root, account, left, forced=stop.forced)
+            _final_state(state_path, s, root, account, left, forced=stop.forced, failed=failed)
+        for f in failed:
+            log.error("%s was not uploaded: the server refused it (%s); it stays in %s", f["path"], f["reason"], s.cache_dir)
         if left:
             log.warning(
                 "%d file(s) not uploaded; they stay in %s and go up at the next mount with that cache dir: %s",
@@ -548,6 +551,9 @@ def _state(ops: Any, s: _Settings, root: str, account: str | None, auth: Any = N
         "lost_found": st.get("lost_found", []),
         # {"state": "ok"|"refused", "message", "detail", "token_kind", "token_source", "token_file"}
         "auth": auth.state() if auth is not None else None,
+        # uploads the server refused as they are (not retried until the file changes)
+        "failed_files": ops.failed_files(),
+        "large_uploads": ops.large_upload_progress(),
     }
 
 
@@ -562,7 +568,8 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _final_state(
-    path: Path, s: _Settings, root: str, account: str | None, left: list[dict[str, Any]], *, forced: bool
+    path: Path, s: _Settings, root: str, account: str | None, left: list[dict[str, Any]], *, forced: bool,
+    failed: list[dict[str, Any]] | None = None,
 ) -> None:
     """At exit: no state file when everything reached the server; else one that says
     the daemon stopped and which files stay in the cache (`puterfs umount` reports it)."""
@@ -576,6 +583,7 @@ def _final_state(
         "pid": os.getpid(), "mountpoint": s.mountpoint, "api_url": s.api_url, "account": account,
         "remote_root": root, "cache_dir": str(s.cache_dir), "stopped": True, "forced": forced,
         "pending": len(left), "pending_files": left, "uploading": 0, "updated": time.time(),
+        "failed_files": failed or [],
     })  # fmt: skip
 
 

@@ -910,9 +910,9 @@ class PuterClient(PutergenaiFacade):
             if metadata is not None and source.size <= JSON_WRITE_MAX:
                 return (await self._json_writes([(target, source, metadata)], overwrite, parents, dedupe))[0]
             if source.size >= LARGE_FILE and not dedupe:
-                outcome = await write_large(
+                return await write_large(
                     self, target, source.original(), size=source.size, overwrite=overwrite,
-                    create_missing_parents=parents,
+                    create_missing_parents=parents, metadata=metadata,
                 )
             else:
                 outcome = await self._write_batch_one(target, source, overwrite=overwrite, parents=parents, dedupe=dedupe)
@@ -1002,6 +1002,7 @@ class PuterClient(PutergenaiFacade):
         session: UploadSession | None = None,
         on_progress: Callable[[UploadSession], Any] | None = None,
         parallel: int = 4,
+        metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Upload through the presigned flow (any size; parts of the server's part size).
 
@@ -1014,7 +1015,7 @@ class PuterClient(PutergenaiFacade):
         return await write_large(
             self, await self._abs(path), content, size=size, overwrite=overwrite,
             create_missing_parents=create_missing_parents, session=session, on_progress=on_progress,
-            parallel=parallel,
+            parallel=parallel, metadata=metadata,
         )
 
     async def fs_write_many(

@@ -423,6 +423,16 @@ class Pacer:
                     s.waited += 1
             w.event.set()
 
+    def has_room(self, names: Sequence[str]) -> bool:
+        """Whether a request of these scopes would be admitted now, with nobody waiting."""
+        now = anyio.current_time()
+        for n in names:
+            s = self._scope(n)
+            s.expire(now)
+            if s.room_at(now) > now or any(s in w.scopes for w in self._waiters):
+                return False
+        return True
+
     # -- tightening -----------------------------------------------------------------------
 
     def _tighten(self, ticket: Ticket, *, concurrent: bool, retry_after: float | None) -> None:
@@ -443,17 +453,22 @@ class Pacer:
         if concurrent:
             # the scope whose cap is most used is the one that refused
             target = max(candidates, key=lambda s: s.in_flight / (s.concurrency if s.concurrency != math.inf else 1e9))
-            others = target.in_flight - 1  # ours besides this request
-            target.concurrency = max(1, min(target.concurrency, others if others > 0 else 1))
-            penalty = 0.0 if others > 0 else min(CONCURRENCY_PENALTY_MAX, 0.25 * 2**target.strikes)
+            own = target.in_flight - 1  # ours besides this request
+            target.concurrency = max(1, min(target.concurrency, own if own > 0 else 1))
+            cap = CONCURRENCY_PENALTY_MAX
         else:
             target = max(candidates, key=lambda s: len(s.hits) / (s.limit if s.limit != math.inf else 1e9))
             own = len(target.hits)
             target.limit = max(1, min(target.limit, own))
-            penalty = 0.0 if own > 0 else min(target.budget.window, 1.0 * 2**target.strikes)
+            cap = target.budget.window
+        penalty = 0.0
+        if own <= 0:
+            # nothing of ours to wait for (another client holds the budget): retry at once the
+            # first time, then after 1, 2, 4 ... seconds
+            penalty = 0.0 if target.strikes == 0 else min(cap, (0.25 if concurrent else 1.0) * 2 ** (target.strikes - 1))
+            target.strikes += 1
         if retry_after is not None:
             penalty = max(penalty, retry_after)
-        target.strikes = target.strikes + 1 if penalty else 0
         if penalty:
             target.closed_until = max(target.closed_until, now + penalty)
         target.last_429 = now

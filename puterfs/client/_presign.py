@@ -340,6 +340,7 @@ class PresignedUpload:
         on_progress: ProgressFn | None = None,
         parallel: int = PARALLEL_PARTS,
         content_type: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.target = target
@@ -350,6 +351,7 @@ class PresignedUpload:
         self.on_progress = on_progress
         self.parallel = max(1, parallel)
         self.content_type = content_type or guess_type(posixpath.basename(target))
+        self.metadata = metadata
 
     # -- server calls ---------------------------------------------------------------------
 
@@ -389,6 +391,8 @@ class PresignedUpload:
             },
             "expiresInSeconds": SESSION_SECONDS,
         }
+        if self.metadata is not None:
+            body["fileMetadata"]["metadata"] = self.metadata  # type: ignore[index]
         try:
             # A retried start after a lost answer leaves an unused session that expires.
             data = await self._post("/fs/startWrite", body, idem=Idempotency.SAFE_REJECTIONS)
@@ -655,6 +659,7 @@ async def write_large(
     session: UploadSession | None = None,
     on_progress: ProgressFn | None = None,
     parallel: int = PARALLEL_PARTS,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Upload ``content`` to ``target`` (absolute) through the presigned flow; its entry.
 
@@ -665,7 +670,7 @@ async def write_large(
     try:
         up = PresignedUpload(
             client, target, source, overwrite=overwrite, create_missing_parents=create_missing_parents,
-            session=session, on_progress=on_progress, parallel=parallel,
+            session=session, on_progress=on_progress, parallel=parallel, metadata=metadata,
         )
         try:
             return await up.run()
@@ -679,7 +684,14 @@ async def write_large(
             log.info("%s; uploading %s through /batch", exc.message, target)
             if source.sequential:
                 raise
-            return await client._write_batch_one(target, _SourceFile(source), overwrite=overwrite, parents=create_missing_parents)
+            entry = await client._write_batch_one(
+                target, _SourceFile(source), overwrite=overwrite, parents=create_missing_parents
+            )
+            if metadata is not None:
+                entry = await client.fs_set_metadata(
+                    str(entry.get("path") or target), {"contentType": guess_type(target), **metadata}
+                )
+            return entry
     finally:
         source.close()
 

@@ -79,6 +79,8 @@ _ADDED_COLUMNS = {
     "base_etag": "TEXT",
     "attempt_at": "REAL",
     "sent_md5": "TEXT",
+    # a large file's presigned upload under way (JSON; see operations._upload_large)
+    "upload_session": "TEXT",
 }
 # the fields an identity record holds (what recovery needs without the journal)
 _IDENTITY = ("path", "dirty", "mode", "mtime_ns", "base_uid", "base_size", "base_modified", "base_etag", "sent_md5")
@@ -431,6 +433,15 @@ class CacheStore:
                 log.warning("cache: cannot update the identity record of %r: %s (the journal has it)", e.path, exc)
 
     # -- start-up -------------------------------------------------------------------------
+
+    def upload_sessions(self) -> dict[int, str]:
+        """Entry id -> the saved presigned upload session of that entry."""
+        rows = self._sql("SELECT id, upload_session FROM files WHERE upload_session IS NOT NULL")
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    def save_upload_session(self, entry_id: int, session: str | None) -> None:
+        """Keep (or with None forget) the upload session of an entry, committed at once."""
+        self._sql("UPDATE files SET upload_session=? WHERE id=?", (session, entry_id))
 
     def _load(self) -> None:
         rows = {

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import stat
@@ -32,7 +33,17 @@ from typing import Any
 import pyfuse3
 import trio
 
-from puterfs.client._errors import AlreadyExists, NotEmpty, NotFound, PuterConnectionError, PuterError
+from puterfs.client._errors import (
+    AlreadyExists,
+    AuthenticationError,
+    BadRequest,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    PuterConnectionError,
+    PuterError,
+    QuotaExceeded,
+)
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
 from puterfs.fs.errors import FsError, fuse_errors
 from puterfs.fs.inodes import LINK_SUFFIX, InodeTable, Node
@@ -43,6 +54,7 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 SMALL_FILE = 256 * 1024  # files up to this size are uploaded together in one /batch request
+EDIT_MAX = 1 << 20  # a change of a file the server has, up to this size, takes the edit lane
 READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
 
 
@@ -106,6 +118,16 @@ class _DirHandle:
         self.entries = entries
 
 
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether the server refuses this upload as it is (retrying the same bytes cannot help):
+    too large for every route, a name or place it will not take, no permission."""
+    if isinstance(exc, AuthenticationError):
+        return False  # the token; a new login fixes it
+    if isinstance(exc, AlreadyExists):
+        return "is a directory" in exc.message  # our own check: a directory in the way
+    return isinstance(exc, (QuotaExceeded, BadRequest, PermissionDenied))
+
+
 class PuterOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -140,11 +162,16 @@ class PuterOperations(pyfuse3.Operations):
         self.table = InodeTable()
         self.queue = WriteBackQueue(
             self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change,
-            cancel_on_change=self._streamed,
+            cancel_on_change=self._streamed, lane=self._is_edit, is_permanent=refused_for_good,
         )
         self.cache.reclaim = self._reclaim_space
         self._skipped_names: set[tuple[str, str]] = set()  # logged once each
         self.remote.on_reachable = self._server_back
+        self._on_change = on_change or (lambda: None)
+        # presigned uploads of large files: entry id -> saved session JSON (also in the journal)
+        self._sessions: dict[int, str] = {}
+        self._orphans: list[str] = []  # sessions of files gone or changed, to abort
+        self.large_uploads: dict[int, tuple[int, int]] = {}  # entry id -> (done, total) bytes
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
         self._handles: dict[int, _Handle] = {}
@@ -166,6 +193,13 @@ class PuterOperations(pyfuse3.Operations):
         r.mtime_ns = (root.modified or int(time.time())) * 1_000_000_000
         r.ctime_ns = (root.created or root.modified or int(time.time())) * 1_000_000_000
         r.remote_fp = root.fingerprint
+        for entry_id, session in self.cache.upload_sessions().items():
+            e = self.cache.entries.get(entry_id)
+            if e is not None and e.dirty:
+                self._sessions[entry_id] = session  # resumed by the upload
+            else:
+                self._orphans.append(session)
+                self.cache.save_upload_session(entry_id, None)
         pending = self.cache.dirty_entries()
         for e in pending:
             self.queue.schedule(e.id, 0)
@@ -183,6 +217,7 @@ class PuterOperations(pyfuse3.Operations):
                 if self._last_change is not None and ts != self._last_change:
                     self.epoch += 1
                 self._last_change = ts
+            await self._abort_orphans()
             await trio.sleep(interval)
 
     def _server_back(self) -> None:
@@ -190,6 +225,17 @@ class PuterOperations(pyfuse3.Operations):
         (not after their backoff) and listings are re-read."""
         self.epoch += 1
         self.queue.retry_now()
+
+    async def _abort_orphans(self) -> None:
+        """Abort the presigned sessions of uploads given up (file deleted, changed, renamed)."""
+        while self._orphans:
+            session = self._orphans[0]
+            try:
+                await self.remote.abort_upload(session)
+            except PuterError as exc:
+                log.debug("aborting an abandoned upload session failed (it expires anyway): %s", exc)
+                return
+            self._orphans.pop(0)
 
     async def release_all(self) -> None:
         """The kernel let go of the mount: a handle still open now will never be released
@@ -202,6 +248,23 @@ class PuterOperations(pyfuse3.Operations):
         """Upload everything pending (used on unmount and SIGTERM)."""
         self.queue.flush_all_now()
         await self.queue.wait_idle()
+
+    def failed_files(self) -> list[dict[str, Any]]:
+        """Uploads the server refused as they are: path, its message, since (epoch seconds)."""
+        out = []
+        for key, reason, since in self.queue.failed():
+            ent = self.cache.entries.get(key)
+            if ent is not None:
+                out.append({"path": ent.path, "reason": reason, "since": since})
+        return out
+
+    def large_upload_progress(self) -> list[dict[str, Any]]:
+        out = []
+        for key, (done, total) in self.large_uploads.items():
+            ent = self.cache.entries.get(key)
+            if ent is not None:
+                out.append({"path": ent.path, "done": done, "total": total})
+        return out
 
     def statistics(self) -> dict[str, Any]:
         st = dict(self.queue.statistics())
@@ -646,6 +709,21 @@ class PuterOperations(pyfuse3.Operations):
         ent = self.cache.entries.get(key)
         return ent is not None and ent.size <= SMALL_FILE and ent.base_uid is None
 
+    def _is_edit(self, key: int) -> bool:
+        """A small change of a file the server has: the edit lane (never behind a tree upload)."""
+        ent = self.cache.entries.get(key)
+        return ent is not None and ent.base_uid is not None and ent.size <= EDIT_MAX
+
+    def _forget_session(self, key: int, *, abort: bool = True) -> None:
+        session = self._sessions.pop(key, None)
+        self.large_uploads.pop(key, None)
+        if session is None:
+            return
+        if key in self.cache.entries:
+            self.cache.save_upload_session(key, None)
+        if abort:
+            self._orphans.append(session)
+
     def _streamed(self, key: int) -> bool:
         """Whether an upload of `key` streams from the cache file (so a change must cancel it);
         small files are read into memory first and their upload may finish."""
@@ -698,6 +776,13 @@ class PuterOperations(pyfuse3.Operations):
             node.page_fp = ("remote", result.fingerprint) if node.page_fp is not None else None
 
     async def _upload(self, keys: Any) -> dict[int, BaseException | None]:
+        if len(keys) > 1 or any(not self._is_edit(k) for k in keys):
+            # bulk (a tree being written, large files): reads and edits go first
+            with self.remote.background():
+                return await self._upload_keys(keys)
+        return await self._upload_keys(keys)
+
+    async def _upload_keys(self, keys: Any) -> dict[int, BaseException | None]:
         results: dict[int, BaseException | None] = {}
         batch: list[CacheEntry] = []
         for key in keys:
@@ -742,7 +827,14 @@ class PuterOperations(pyfuse3.Operations):
         )
         results: dict[int, BaseException | None] = {}
         for ent, version, md5, res in zip(batch, versions, md5s, outcome, strict=True):
-            if isinstance(res, AlreadyExists):
+            if isinstance(res, BaseException) and refused_for_good(res) and len(batch) > 1:
+                # one file the server refuses must not fail the others: on its own it fails alone
+                try:
+                    await self._upload_one(ent)
+                    results[ent.id] = None
+                except PuterError as exc:
+                    results[ent.id] = exc
+            elif isinstance(res, AlreadyExists):
                 # someone created the name meanwhile, or an earlier attempt of ours got through
                 try:
                     await self._upload_one(ent)
@@ -807,6 +899,11 @@ class PuterOperations(pyfuse3.Operations):
             log.warning("conflict on %s: the server's version is kept as %s", path, keep_as)
             await self.remote.move(path, keep_as, overwrite=False)
             self.epoch += 1  # the conflict copy must show up in listings
+        if self.remote.prefers_presign(ent.size):
+            md = self._posix_metadata(ent.mode, ent.mtime_ns)
+            result = await self._upload_large(ent, path, version, md, md5)
+            self._uploaded(ent, version, result, md5)
+            return
         with self.cache.open_file(ent.id) as f:
             # small files go up as a snapshot (a write meanwhile need not cancel the upload);
             # a streamed one hashes what it really sends (the file may change under it)
@@ -823,6 +920,58 @@ class PuterOperations(pyfuse3.Operations):
                             with contextlib.suppress(OSError):
                                 self.cache.note_attempt(ent, sent)  # torn by a change: still ours
         self._uploaded(ent, version, result, md5)
+
+    async def _upload_large(
+        self, ent: CacheEntry, path: str, version: int, metadata: dict[str, Any] | None, md5: str
+    ) -> RemoteEntry:
+        """A large file through the presigned flow, its session kept in the journal so that a
+        daemon stopped halfway resumes at the next mount (or starts over if it expired). A saved
+        session counts only for the same content (its MD5) and the same name."""
+        stamp = md5
+        saved = self._sessions.get(ent.id)
+        session = None
+        if saved is not None:
+            try:
+                record = json.loads(saved)
+                if record.get("stamp") == stamp and record.get("path") == path:
+                    session = record["session"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            if session is None:
+                log.info("%s: its saved upload session is for other content or another name; starting over", path)
+                self._forget_session(ent.id)  # abort it
+            else:
+                log.info("%s: resuming its upload", path)
+
+        def progress(session_json: str, done: int, total: int) -> None:
+            record = json.dumps({"stamp": stamp, "path": path, "session": session_json})
+            if ent.id in self.cache.entries:
+                self._sessions[ent.id] = record
+                self.cache.save_upload_session(ent.id, record)
+            self.large_uploads[ent.id] = (done, total)
+            self._on_change()
+
+        self.large_uploads[ent.id] = (0, ent.size)
+        try:
+            with self.cache.open_file(ent.id) as f:
+                result = await self._attempt(
+                    [ent],
+                    self.remote.upload_large(
+                        path, f, ent.size, session=session, on_progress=progress, metadata=metadata
+                    ),
+                    [md5],
+                )
+        except BaseException as exc:
+            gone = ent.id not in self.cache.entries or ent.path != path or ent.version != version
+            if gone:
+                self._forget_session(ent.id)  # abandoned: its content or name changed
+            elif isinstance(exc, PuterError) and refused_for_good(exc):
+                self._forget_session(ent.id)
+            else:
+                self.large_uploads.pop(ent.id, None)  # kept in the journal: resumed next time
+            raise
+        self._forget_session(ent.id, abort=False)
+        return result
 
     # ------------------------------------------------------------------ lookup & attributes
 
@@ -1134,6 +1283,7 @@ class PuterOperations(pyfuse3.Operations):
         if ent is None:
             return
         self.queue.cancel(ent.id)
+        self._forget_session(ent.id)
         if ent.id not in self.cache.entries:
             return
         if node.opens > 0:

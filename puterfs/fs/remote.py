@@ -8,20 +8,24 @@ cannot interrupt a handler: a hung request would hang the caller's syscall forev
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 import trio
 
+from puterfs.client import _pacing
 from puterfs.client._errors import AuthenticationError, PuterConnectionError, PuterError, PuterTimeout
 from puterfs.client._multipart import guess_type
+from puterfs.client._presign import BATCH_MAX_FILE, UploadSession
 
 PROBE_TIMEOUT = 10.0  # the change poller's probe: longer means the server is not answering
+PRESIGN_BUSY = 16 * 1024 * 1024  # from this size a file skips a busy /batch for the presigned flow
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
 log = logging.getLogger(__name__)
@@ -217,6 +221,54 @@ class Remote:
         )
         return RemoteEntry.from_json(entry)
 
+    async def upload_large(
+        self, rel: str, source: IO[bytes], size: int, *, session: str | None,
+        on_progress: Callable[[str, int, int], None], metadata: dict[str, Any] | None = None,
+    ) -> RemoteEntry:
+        """Upload through the presigned flow, resuming ``session`` (JSON) when given.
+
+        ``on_progress(session_json, done_bytes, total)`` after the start and each part.
+        """
+        resumed = UploadSession.from_json(session) if session else None
+
+        def progress(s: UploadSession) -> None:
+            on_progress(s.to_json(), s.done_bytes, s.size)
+
+        entry = await self._call(
+            "large upload", self.client.fs_write_large, self.abspath(rel), source, size=size,
+            overwrite=True, create_missing_parents=True, session=resumed, on_progress=progress,
+            metadata=metadata, timeout=self.timeout + size / (128 * 1024),
+        )
+        return RemoteEntry.from_json(entry)
+
+    async def abort_upload(self, session: str) -> None:
+        """Drop an abandoned presigned session (safe: sessions never overwrite a file)."""
+        try:
+            upload_id = UploadSession.from_json(session).upload_id
+        except (ValueError, KeyError, TypeError):
+            return
+        await self._call(
+            "abort upload", self.client._post_json, "/fs/abortWrite", {"uploadId": upload_id},
+            idem=_pacing_idempotent(),
+        )
+
+    def prefers_presign(self, size: int) -> bool:
+        """Whether a file of ``size`` goes up through the presigned flow rather than /batch:
+        always from /batch's cap; from PRESIGN_BUSY when /batch's in-flight slots are taken."""
+        if size >= BATCH_MAX_FILE:
+            return True
+        if size < PRESIGN_BUSY:
+            return False
+        pacer = getattr(self.client, "pacer", None)
+        return pacer is not None and not pacer.has_room(("fs:batch",))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def background() -> Iterator[None]:
+        """Requests made inside wait behind interactive ones for the same budget (bulk uploads)."""
+        with _pacing.priority(_pacing.BACKGROUND):
+            yield
+
     async def upload_many(
         self, items: Sequence[tuple[str, bytes]], *, overwrite: bool, metadata: Sequence[dict[str, Any]] | None = None
     ) -> list[RemoteEntry | BaseException]:
@@ -276,6 +328,12 @@ class Remote:
             raise
         self.set_reachable(True)
         return ts
+
+
+def _pacing_idempotent() -> Any:
+    from puterfs.client._retry import Idempotency
+
+    return Idempotency.IDEMPOTENT
 
 
 def join(parent: str, name: str) -> str:

@@ -1,9 +1,12 @@
 """The upload queue: uploads dirty files after a quiet period, retries forever, never drops.
 
-Keys are cache-entry ids. Each pending key has a due time; a scheduler task hands due
-keys, grouped into batches of small files, to a fixed set of worker tasks over a
-zero-capacity channel (backpressure: nothing is taken off the queue until a worker is
-free). Invariants (see docs/write-back.md):
+Keys are cache-entry ids. Each pending key has a due time; a scheduler task moves due keys
+to one of two lanes, and worker tasks take them from there when they are free: the *bulk*
+lane (new files, large files) and the *edit* lane (``lane(key)``: a small change to a file
+the server already has), served by workers of its own so that an edit never waits behind a
+`tar x` of a thousand files. A bulk worker that takes a small file also takes the small
+files queued behind it, up to ``max_batch`` (one ``/batch`` request). Invariants (see
+docs/write-back.md):
 
 * ``schedule`` (a write finished, a file closed) bumps the key's generation. An upload of
   that key in flight is cancelled when ``cancel_on_change(key)`` says so (a streamed upload
@@ -14,6 +17,9 @@ free). Invariants (see docs/write-back.md):
 * A failed upload is retried after a doubling delay, capped (default 5 min); the key stays
   pending until it succeeds or ``cancel`` drops it (the file was deleted).
 * ``upload_now`` (fsync) makes a key due at once and waits for the next outcome.
+* An upload that fails for good (``is_permanent(error)``: the server refuses the file as it
+  is) marks the key *failed* with the server's message: it is not retried until it changes
+  again (or the next mount), and it no longer keeps ``wait_idle`` waiting. Its data stays.
 
 Code between two awaits is atomic under trio, so the state needs no locks.
 """
@@ -23,6 +29,8 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +54,7 @@ class _Item:
     scope: trio.CancelScope | None = None  # the batch upload carrying this key
     waiters: list[_Waiter] = field(default_factory=list)
     last_error: str | None = None
+    failed_since: float | None = None  # wall-clock time it failed for good (None: not failed)
 
 
 @dataclass(eq=False)
@@ -64,9 +73,12 @@ class WriteBackQueue:
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         is_small: Callable[[int], bool] | None = None,
-        max_batch: int = 32,
+        max_batch: int = 64,
         on_change: Callable[[], None] | None = None,
         cancel_on_change: Callable[[int], bool] | None = None,
+        lane: Callable[[int], bool] | None = None,
+        lane_workers: int = 2,
+        is_permanent: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self._upload = upload
         self.delay = delay
@@ -77,6 +89,12 @@ class WriteBackQueue:
         self._max_batch = max_batch
         self._on_change = on_change or (lambda: None)
         self._cancel_on_change = cancel_on_change or (lambda key: True)
+        self._lane = lane or (lambda key: False)
+        self._lane_workers = lane_workers
+        self._is_permanent = is_permanent or (lambda exc: False)
+        # due keys waiting for a free worker, per lane ("bulk", "edit")
+        self._queues: dict[str, deque[tuple[int, int]]] = {"bulk": deque(), "edit": deque()}
+        self._fed: dict[str, trio.Event] = {"bulk": trio.Event(), "edit": trio.Event()}
         self._items: dict[int, _Item] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, gen, key)
         self._wakeup = trio.Event()
@@ -95,9 +113,13 @@ class WriteBackQueue:
         item = self._items.get(key)
         if item is None:
             item = self._items[key] = _Item(key)
-            self._idle = trio.Event() if self._idle.is_set() else self._idle
+        if self._idle.is_set():
+            self._idle = trio.Event()  # this key is pending (again)
         item.gen += 1
         item.held = False
+        if item.failed_since is not None:
+            item.failed_since = None  # changed: worth another try
+            item.attempts = 0
         item.due = trio.current_time() + (self.delay if delay is None else delay)
         if self._cancel_on_change(key):
             self._cancel_flight(item)
@@ -163,14 +185,27 @@ class WriteBackQueue:
             # the outcome was for a stale generation; wait for the next one
 
     async def wait_idle(self) -> None:
-        """Wait until nothing is pending (every key uploaded or cancelled)."""
-        while self._items:
+        """Wait until nothing is pending (every key uploaded, cancelled or failed for good)."""
+        while self._busy_items():
             await self._idle.wait()
+
+    def _busy_items(self) -> bool:
+        return any(i.failed_since is None for i in self._items.values())
+
+    def failed(self) -> list[tuple[int, str, float]]:
+        """(key, the server's message, since) of every key that failed for good."""
+        return [
+            (i.key, i.last_error or "refused", i.failed_since)
+            for i in self._items.values()
+            if i.failed_since is not None
+        ]
 
     def flush_all_now(self) -> None:
         """Make every pending key due now (unmount, SIGTERM)."""
         now = trio.current_time()
         for item in self._items.values():
+            if item.failed_since is not None:
+                continue  # it would be refused again
             item.attempts = 0
             if item.dispatched_gen != item.gen:
                 item.due = now
@@ -194,6 +229,7 @@ class WriteBackQueue:
             "pending": len(self._items),
             "uploading": sum(1 for i in self._items.values() if i.scope is not None),
             "failed_attempts": sum(1 for i in self._items.values() if i.attempts),
+            "failed": sum(1 for i in self._items.values() if i.failed_since is not None),
             "last_error": self.last_error,
             "uploaded": self.uploaded,
         }
@@ -201,21 +237,21 @@ class WriteBackQueue:
     # -- consumer side --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        send, recv = trio.open_memory_channel[list[tuple[int, int]]](0)
         async with trio.open_nursery() as nursery:
             for _ in range(self._workers):
-                nursery.start_soon(self._worker, recv.clone())
+                nursery.start_soon(self._worker, "bulk")
+            for _ in range(self._lane_workers):
+                nursery.start_soon(self._worker, "edit")
             task_status.started()
-            await self._scheduler(send)
+            await self._scheduler()
 
-    async def _scheduler(self, send: trio.MemorySendChannel[list[tuple[int, int]]]) -> None:
+    async def _scheduler(self) -> None:
         while True:
             if self.blocked() is not None:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()  # retry_now (or any schedule) looks again
                 continue
             now = trio.current_time()
-            due: list[tuple[int, int]] = []
             while self._heap and self._heap[0][0] <= now:
                 _, gen, key = heapq.heappop(self._heap)
                 item = self._items.get(key)
@@ -223,33 +259,49 @@ class WriteBackQueue:
                     continue  # stale heap entry, in flight (re-pushed when it settles), or held
                 item.dispatched_gen = gen
                 item.busy = True
-                due.append((key, gen))
-            if due:
-                for batch in self._batches(due):
-                    await send.send(batch)
-                continue
+                lane = "edit" if self._lane(key) else "bulk"
+                self._queues[lane].append((key, gen))
+                self._fed[lane].set()
             self._wakeup = trio.Event()
             deadline = self._heap[0][0] if self._heap else math.inf
             with trio.move_on_at(deadline):
                 await self._wakeup.wait()
 
-    def _batches(self, due: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        small = [kg for kg in due if self._is_small(kg[0])]
-        large = [[kg] for kg in due if not self._is_small(kg[0])]
-        batches = [small[i : i + self._max_batch] for i in range(0, len(small), self._max_batch)]
-        return batches + large
+    async def _take(self, lane: str) -> list[tuple[int, int]]:
+        """The next upload of `lane` for a free worker: one key, or small keys up to max_batch."""
+        q = self._queues[lane]
+        while not q:
+            if self._fed[lane].is_set():
+                self._fed[lane] = trio.Event()
+            await self._fed[lane].wait()
+        first = q.popleft()
+        if not self._is_small(first[0]):
+            return [first]
+        batch = [first]
+        rest: deque[tuple[int, int]] = deque()
+        while q and len(batch) < self._max_batch:
+            kg = q.popleft()
+            (batch if self._is_small(kg[0]) else rest).append(kg)
+        q.extendleft(reversed(rest))
+        return batch
 
-    async def _worker(self, recv: trio.MemoryReceiveChannel[list[tuple[int, int]]]) -> None:
-        async for batch in recv:
+    async def _worker(self, lane: str) -> None:
+        while True:
+            batch = await self._take(lane)
+            if self.blocked() is not None:
+                for k, _ in batch:  # queued before the block: back to the heap, not sent
+                    if (it := self._items.get(k)) is not None:
+                        self._settle(it)
+                continue
             live = []
             for k, g in batch:
                 it = self._items.get(k)
                 if it is None:
                     continue
-                if it.gen == g:
+                if it.gen == g and not it.held:
                     live.append((k, g))
                 else:
-                    self._settle(it)  # changed before its upload started
+                    self._settle(it)  # changed (or held) before its upload started
             if not live:
                 continue
             scope = trio.CancelScope()
@@ -286,15 +338,22 @@ class WriteBackQueue:
                     self._check_idle()
                 else:
                     item.attempts += 1
-                    delay = min(self._backoff_base * 2 ** (item.attempts - 1), self._backoff_max)
-                    item.due = trio.current_time() + delay
                     item.last_error = self.last_error = f"{type(err).__name__}: {err}"
+                    if self._is_permanent(err):
+                        # refused as it is: no retry until it changes; its data stays in the cache
+                        item.due = math.inf
+                        item.failed_since = time.time()
+                        log.warning("upload refused, not retried until the file changes: %s", err)
+                    else:
+                        delay = min(self._backoff_base * 2 ** (item.attempts - 1), self._backoff_max)
+                        item.due = trio.current_time() + delay
+                        log.warning("upload failed (attempt %d, retry in %.1fs): %s", item.attempts, delay, err)
                     self._settle(item)
                     waiters, item.waiters = item.waiters, []
                     for w in waiters:
                         w.error = err
                         w.event.set()
-                    log.warning("upload failed (attempt %d, retry in %.1fs): %s", item.attempts, delay, err)
+                    self._check_idle()
             self._on_change()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -314,5 +373,5 @@ class WriteBackQueue:
             item.scope.cancel()
 
     def _check_idle(self) -> None:
-        if not self._items:
+        if not self._busy_items():
             self._idle.set()

@@ -35,8 +35,10 @@ async def client(emulator: Any, puter_user: Any) -> AsyncIterator[PuterClient]:
         token=puter_user.token,
         api_url=getattr(puter_user, "url", None) or emulator.url,
         web_url=getattr(puter_user, "url", None) or emulator.url,
-        # Fault-injection tests want the first error, not the client's backoff.
+        # Fault-injection tests want the first error, not the client's backoff (nor its
+        # waiting out a 429 for the budget: deadline 0).
         max_retries=0,
+        deadline=0,
     )
     async with c:
         yield c

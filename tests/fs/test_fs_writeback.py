@@ -321,3 +321,69 @@ async def test_blocked_queue_sends_nothing_fsync_fails_at_once_and_retry_now_res
         assert sorted(k for _, keys in up.calls[1:] for k in keys) == [1, 2]
 
     await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_a_refused_upload_fails_alone_and_is_not_retried(autojump_clock):
+    from puterfs.client._errors import BadRequest
+
+    calls: list[list[int]] = []
+
+    async def upload(keys):
+        calls.append(list(keys))
+        return {k: (BadRequest("Name cannot be empty", status=400) if k == 7 else None) for k in keys}
+
+    q = WriteBackQueue(upload, delay=1.0, is_small=lambda k: True,
+                       is_permanent=lambda e: isinstance(e, BadRequest))
+
+    async def body():
+        for k in (5, 6, 7):
+            q.schedule(k)
+        await q.wait_idle()  # the refused key does not keep it waiting
+        assert [k for c in calls for k in c].count(7) == 1
+        (key, reason, since), = q.failed()
+        assert key == 7 and "Name cannot be empty" in reason and since > 0
+        assert not q.pending(5) and q.pending(7)
+        await trio.sleep(3600)
+        assert [k for c in calls for k in c].count(7) == 1  # not retried forever
+        q.flush_all_now()  # unmount does not try it again either
+        await q.wait_idle()
+        assert [k for c in calls for k in c].count(7) == 1
+        q.schedule(7)  # changed: tried again
+        await trio.sleep(2)
+        assert [k for c in calls for k in c].count(7) == 2
+        assert q.statistics()["failed"] == 1
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_an_edit_does_not_wait_behind_bulk_uploads(autojump_clock):
+    """Bulk workers all busy with a slow tree upload: an edit of a known file goes at once."""
+    gate = trio.Event()
+    done: dict[int, float] = {}
+
+    async def upload(keys):
+        if 1000 not in keys:
+            await gate.wait()  # the tree upload is slow
+        for k in keys:
+            done[k] = trio.current_time()
+        return dict.fromkeys(keys)
+
+    q = WriteBackQueue(upload, delay=2.0, workers=2, is_small=lambda k: k < 1000, max_batch=64,
+                       lane=lambda k: k == 1000)
+
+    async def body():
+        for k in range(300):
+            q.schedule(k)
+        await trio.sleep(5)
+        t0 = trio.current_time()
+        q.schedule(1000)
+        while 1000 not in done:
+            await trio.sleep(0.1)
+        assert done[1000] - t0 <= 2.5  # the quiet period, not the tree
+        gate.set()
+        await q.wait_idle()
+        assert len(done) == 301
+
+    await _with_queue(q, body)
