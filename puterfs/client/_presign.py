@@ -614,7 +614,7 @@ class PresignedUpload:
             entry = await self.client.fs_stat(s.upload_path) if not s.replace else {}
         if s.replace:
             try:
-                entry = await self.client.fs_move(s.upload_path, s.target, overwrite=True)
+                entry = await self.client.fs_move(s.upload_path, s.target, {"overwrite": True})
             except NotFound:
                 # a move whose answer was lost, or the temporary file is gone
                 entry = await self.client.fs_stat(s.target)
