@@ -117,8 +117,9 @@ class Account:
     verify_tls: bool = True
     # the server's own domain when api_url names it by address (see docs/client.md)
     domain: str | None = None
-    # the account's rate-limit tier: free (default), temp, paid or unlimited
-    tier: str = "free"
+    # the account's rate-limit tier: free, temp, paid or unlimited (None: free, or temp for a
+    # temporary account, as /whoami says)
+    tier: str | None = None
 
 
 def load_account() -> Account:
@@ -132,9 +133,9 @@ def load_account() -> Account:
     acc.username = data.get("username")
     acc.verify_tls = bool(data.get("verify_tls", True))
     acc.domain = data.get("domain") or None
-    acc.tier = str(data.get("tier") or "free")
+    acc.tier = str(data["tier"]) if data.get("tier") else None
     acc.api_url = os.environ.get("PUTER_API_URL", acc.api_url)
-    acc.tier = os.environ.get("PUTER_TIER", acc.tier)
+    acc.tier = os.environ.get("PUTER_TIER") or acc.tier
     acc.web_url = os.environ.get("PUTER_WEB_URL", acc.web_url)
     return acc
 
@@ -149,7 +150,7 @@ def save_account(acc: Account) -> None:
     }
     if acc.domain:
         data["domain"] = acc.domain
-    if acc.tier != "free":
+    if acc.tier:
         data["tier"] = acc.tier
     _write_private(config_file(), json.dumps(data, indent=2) + "\n")
 

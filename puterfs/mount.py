@@ -81,7 +81,7 @@ class _Settings:
     token_file: Path | None = None  # reread when it changes (None: the token came from the environment)
     token_source: str = ""
     domain: str | None = None
-    tier: str = "free"
+    tier: str | None = None
 
 
 def _fail(msg: str) -> int:

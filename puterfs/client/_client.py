@@ -280,8 +280,10 @@ class PuterClient(PutergenaiFacade):
             if api_addr or web_addr:
                 routes[self.domain] = api_addr or web_addr  # type: ignore[assignment]
         # One scheduler per client: Puter's limits are per user (see _pacing.py).
-        self._pacer = Pacer(tier or os.environ.get("PUTER_TIER") or "free", budgets)
-        self.tier = self._pacer.tier
+        chosen = tier or os.environ.get("PUTER_TIER")
+        self._pacer = Pacer(chosen or "free", budgets)
+        # not chosen: free, or temp once /whoami says the account is a temporary one
+        self._tier_chosen = chosen is not None
         self._deadline = deadline
         self.username: str | None = None
         self.model_to_driver: dict[str, str] = dict.fromkeys(SEED_MODEL_IDS, CHAT_DRIVER)
@@ -647,7 +649,14 @@ class PuterClient(PutergenaiFacade):
             raise ServerError("unexpected /whoami answer")
         if isinstance(data.get("username"), str):
             self.username = data["username"]
+        if not self._tier_chosen and data.get("is_temp") is True and self._pacer.tier == "free":
+            self._pacer.set_tier("temp")  # a temporary account has the temp tier's budgets
         return data
+
+    @property
+    def tier(self) -> str:
+        """The rate-limit tier the client paces itself to (see docs/client.md)."""
+        return self._pacer.tier
 
     async def home(self) -> str:
         """The user's home directory, ``/<username>`` (one ``whoami`` per client)."""

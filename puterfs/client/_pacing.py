@@ -226,7 +226,8 @@ def priority(level: int) -> Iterator[None]:
 # A hit is counted for a little longer than the window: the server stamps it when the
 # request arrives, a bit later than the client admitted it.
 WINDOW_MARGIN = 0.25
-RESTORE_AFTER = 1.0  # windows without a 429 before a tightened scope gets its tier numbers back
+RESTORE_AFTER = 1.0
+BACKGROUND_RESERVE = 0.15  # share of a window that background requests leave to the others  # windows without a 429 before a tightened scope gets its tier numbers back
 CONCURRENCY_PENALTY_MAX = 5.0
 
 
@@ -265,14 +266,24 @@ class _Scope:
             self.last_429 = -math.inf
             self.reset()
 
-    def room_at(self, now: float) -> float:
-        """When this scope could admit one more request (now if it can; inf: when a slot frees)."""
+    def room_at(self, now: float, *, background: bool = False) -> float:
+        """When this scope could admit one more request (now if it can; inf: when a slot frees).
+
+        ``background`` requests leave a part of the window and of the in-flight cap free, so
+        that an interactive request never finds a budget used up by bulk work.
+        """
+        limit, concurrency = self.limit, self.concurrency
+        if background:
+            if limit != math.inf and limit >= 5:
+                limit -= max(1, math.ceil(limit * BACKGROUND_RESERVE))
+            if concurrency != math.inf and concurrency >= 3:
+                concurrency -= 1
         at = max(now, self.closed_until)
-        if len(self.hits) >= self.limit:
+        if len(self.hits) >= limit:
             # the oldest hits must leave the window until fewer than `limit` remain
-            excess = len(self.hits) - int(self.limit)
+            excess = len(self.hits) - int(limit)
             at = max(at, self.hits[excess] + self.span)
-        if self.in_flight >= self.concurrency:
+        if self.in_flight >= concurrency:
             return math.inf
         return at
 
@@ -330,14 +341,25 @@ class Pacer:
         if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIER_NAMES)}")
         self.tier = tier
-        self._table = dict(TIERS[tier])
-        self._table.update(budgets or {})
+        self._overrides = dict(budgets or {})
+        self._table = {**TIERS[tier], **self._overrides}
         self._scopes: dict[str, _Scope] = {}
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self.admitted = 0
         self.waited = 0
         self.refused = 0
+
+    def set_tier(self, tier: str) -> None:
+        """Switch to another tier's numbers (kept: what is in flight and in the windows)."""
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIER_NAMES)}")
+        self.tier = tier
+        self._table = {**TIERS[tier], **self._overrides}
+        for name, scope in self._scopes.items():
+            scope.budget = self._budget(name)
+            scope.reset()
+        self._dispatch()
 
     # -- scopes ---------------------------------------------------------------------------
 
@@ -402,7 +424,8 @@ class Pacer:
         for w in self._waiters:
             if w.ticket is not None:
                 continue
-            lacking = [s for s in w.scopes if id(s) in blocked or s.room_at(now) > now]
+            bg = w.key[0] >= BACKGROUND
+            lacking = [s for s in w.scopes if id(s) in blocked or s.room_at(now, background=bg) > now]
             if not lacking:
                 for s in w.scopes:
                     s.hits.append(now)
@@ -413,7 +436,9 @@ class Pacer:
                 admitted.append(w)
                 continue
             w.rounds += 1
-            w.wake_at = min((s.room_at(now) for s in lacking if id(s) not in blocked), default=math.inf)
+            w.wake_at = min(
+                (s.room_at(now, background=bg) for s in lacking if id(s) not in blocked), default=math.inf
+            )
             blocked.update(id(s) for s in lacking)
         for w in admitted:
             self.admitted += 1

@@ -79,6 +79,7 @@ class WriteBackQueue:
         lane: Callable[[int], bool] | None = None,
         lane_workers: int = 2,
         is_permanent: Callable[[BaseException], bool] | None = None,
+        gather: float = 0.5,
     ) -> None:
         self._upload = upload
         self.delay = delay
@@ -91,6 +92,7 @@ class WriteBackQueue:
         self._cancel_on_change = cancel_on_change or (lambda key: True)
         self._lane = lane or (lambda key: False)
         self._lane_workers = lane_workers
+        self._gather = gather
         self._is_permanent = is_permanent or (lambda exc: False)
         # due keys waiting for a free worker, per lane ("bulk", "edit")
         self._queues: dict[str, deque[tuple[int, int]]] = {"bulk": deque(), "edit": deque()}
@@ -270,10 +272,17 @@ class WriteBackQueue:
     async def _take(self, lane: str) -> list[tuple[int, int]]:
         """The next upload of `lane` for a free worker: one key, or small keys up to max_batch."""
         q = self._queues[lane]
-        while not q:
-            if self._fed[lane].is_set():
-                self._fed[lane] = trio.Event()
-            await self._fed[lane].wait()
+        while True:
+            while not q:
+                if self._fed[lane].is_set():
+                    self._fed[lane] = trio.Event()
+                await self._fed[lane].wait()
+            if lane == "bulk" and self._gather and self._is_small(q[0][0]) and len(q) < self._max_batch:
+                # a tree being written (tar x, cp -r): let its files gather into one request
+                await trio.sleep(self._gather)
+                if not q:
+                    continue  # another worker took them
+            break
         first = q.popleft()
         if not self._is_small(first[0]):
             return [first]

@@ -374,3 +374,40 @@ def test_the_tier_comes_from_the_constructor_or_env(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError):
         PuterClient(token="t", api_url=API, tier="gold")
     assert math.isinf(Pacer("unlimited")._scope("fs:read").limit)
+
+
+@pytest.mark.trio
+async def test_background_work_leaves_room_for_interactive_requests(clock: trio.testing.MockClock) -> None:
+    pacer = Pacer("temp")  # fs:write: 30 per minute, 3 in flight
+    with priority(BACKGROUND):
+        bulk = []
+        with trio.move_on_after(1):
+            while True:
+                bulk.append(await pacer.acquire(["fs:write"]))
+    assert len(bulk) == 2  # of 3 in flight, one is left for others
+    t = await pacer.acquire(["fs:write"])  # an edit gets it at once
+    for b in [*bulk, t]:
+        b.release()
+    with priority(BACKGROUND):
+        n = 0
+        with trio.move_on_after(30):
+            while True:
+                (await pacer.acquire(["fs:write"])).release()
+                n += 1
+    assert n == 30 - 3 - 5  # the window: 30, minus what was used, minus the reserve (5)
+    t = await pacer.acquire(["fs:write"])  # still room for an interactive request
+    t.release()
+
+
+@pytest.mark.anyio
+async def test_a_temporary_account_gets_the_temp_tier() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"username": "alice", "is_temp": True})
+
+    async with PuterClient(token=TOKEN, api_url=API, transport=httpx.MockTransport(handler)) as c:
+        assert c.tier == "free"
+        await c.whoami()
+        assert c.tier == "temp"
+    async with PuterClient(token=TOKEN, api_url=API, transport=httpx.MockTransport(handler), tier="paid") as c:
+        await c.whoami()
+        assert c.tier == "paid"  # chosen: kept
