@@ -305,10 +305,11 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
     state_path = config.mount_state_file(s.mountpoint)
     # few retries of failures inside the client: the upload queue retries forever itself, and
     # a syscall should not wait long for an unreachable server (cached data is served instead).
-    # A 429 is different: the client waits for the budget and retries until --timeout.
+    # A 429 is different: the client waits for the budget and retries within --timeout (a bit
+    # less, so that running out of budget is reported as such, not as an unreachable server).
     async with PuterClient(
         token=s.token, ignore_ssl=not s.verify_tls, api_url=s.api_url, web_url=s.web_url,
-        max_retries=2, retry_max_delay=2.0, deadline=args.timeout, tier=s.tier, domain=s.domain,
+        max_retries=2, retry_max_delay=2.0, deadline=max(1.0, args.timeout - 2.0), tier=s.tier, domain=s.domain,
     ) as client:
         try:
             root = s.remote_root or await client.home()
