@@ -120,12 +120,15 @@ class _DirHandle:
 
 def refused_for_good(exc: BaseException) -> bool:
     """Whether the server refuses this upload as it is (retrying the same bytes cannot help):
-    too large for every route, a name or place it will not take, no permission."""
+    too large for every route, a name or place it will not take, no permission. A full
+    storage quota is not: space may be freed, and the upload is retried with backoff."""
     if isinstance(exc, AuthenticationError):
         return False  # the token; a new login fixes it
     if isinstance(exc, AlreadyExists):
         return "is a directory" in exc.message  # our own check: a directory in the way
-    return isinstance(exc, (QuotaExceeded, BadRequest, PermissionDenied))
+    if isinstance(exc, QuotaExceeded):
+        return exc.status == 413 or exc.code == "too_large"
+    return isinstance(exc, (BadRequest, PermissionDenied))
 
 
 class PuterOperations(pyfuse3.Operations):
