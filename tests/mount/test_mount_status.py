@@ -58,3 +58,25 @@ def test_status_names_the_real_server_and_the_pending_files(mount: MountedFs) ->
     entry = status_json(mount)
     assert entry["pending"] == 0 and entry["pending_files"] == [] and entry["last_error"] is None
     assert "last error" not in status(mount).stdout
+
+
+def test_status_and_umount_name_a_file_the_server_refuses(mount: MountedFs) -> None:
+    refuse = [{"path": p, "status": 403, "code": "forbidden", "message": "injected: not this file"} for p in UPLOAD_PATHS]
+    mount.emulator.set_faults(*refuse)
+    try:
+        (mount.path / "refused.txt").write_text("the server will not take this\n")
+        entry = wait_for(lambda: (e := status_json(mount))["failed_files"] and e, 30, "a failed file in status")
+        (failed,) = entry["failed_files"]
+        assert failed["path"] == "refused.txt" and "injected: not this file" in failed["reason"]
+        text = status(mount, str(mount.path)).stdout
+        assert "FAILED   refused.txt: " in text and "1 failed" in text
+        # umount does not wait for it forever, and does not call that a success.
+        mount.proc.expected_exit = True
+        res = subprocess.run(
+            [sys.executable, "-m", "puterfs", "umount", str(mount.path)],
+            env=mount.proc.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        mount.emulator.clear_faults()
+    assert res.returncode == 1 and "Unmounted" not in res.stdout, res
+    assert "refused.txt" in res.stderr and str(mount.cache_dir) in res.stderr
