@@ -61,8 +61,6 @@ class CliError(Exception):
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     """--domain and --tier (shared with `puterfs mount`)."""
-    from puterfs.client._pacing import TIER_NAMES
-
     p.add_argument(
         "--domain",
         metavar="NAME",
@@ -71,7 +69,7 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tier",
-        choices=TIER_NAMES,
+        choices=config.TIER_NAMES,
         help="the account's rate-limit tier the client paces itself to (default: the saved "
         "account's, else free)",
     )

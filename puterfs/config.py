@@ -15,6 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_API_URL = "https://api.puter.com"
 DEFAULT_WEB_URL = "https://puter.com"
+# The rate-limit tiers the client paces itself to (puterfs/client/_pacing.py; LIMITS.md).
+# Here so that the CLI's --tier choices need no import of the client.
+TIER_NAMES = ("free", "temp", "paid", "unlimited")
 
 # Chat models tried, in order, when none is given (`puterfs chat`, `.ai/`): cheap and widely
 # enabled. The real server has no default model (it answers "Model not found: undefined").

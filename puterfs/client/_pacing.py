@@ -43,6 +43,7 @@ from typing import Any
 
 import anyio
 
+from puterfs import config
 from puterfs.client._errors import RateLimited
 
 
@@ -56,7 +57,7 @@ class Budget:
     concurrency: int | None = None
 
 
-TIER_NAMES = ("free", "temp", "paid", "unlimited")
+TIER_NAMES = config.TIER_NAMES  # ("free", "temp", "paid", "unlimited"), kept where the CLI reads it cheaply
 
 # (window seconds, limit paid/free/temp, concurrency paid/free/temp or None); LIMITS.md.
 _FS: dict[str, tuple[float, tuple[int, int, int], tuple[int, int, int] | None]] = {

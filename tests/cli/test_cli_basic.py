@@ -330,3 +330,21 @@ def test_status_reads_the_newer_state_fields(run_cli, cli_env, tmp_path):
     finally:
         daemon.kill()
         daemon.wait()
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["status"], ["status", "--json"]])
+def test_quick_commands_import_no_client_or_fuse(cli_env, argv):
+    """`--version` and `status` stay fast (bench/startup.py times them): they must not load
+    httpx, trio, anyio or pyfuse3."""
+    code = (
+        "import sys\n"
+        "from puterfs import cli\n"
+        "try:\n"
+        "    cli.main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'trio', 'anyio', 'pyfuse3'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert "HEAVY []" in res.stderr, res.stderr
