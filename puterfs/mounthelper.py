@@ -37,6 +37,8 @@ VALUE_OPTIONS = {
     "ai_model": "--ai-model",
     "ai_timeout": "--ai-timeout",
     "log_file": "--log-file",
+    "domain": "--domain",
+    "tier": "--tier",
 }
 # option name -> the flag it turns on
 FLAG_OPTIONS = {

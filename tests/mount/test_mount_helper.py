@@ -126,6 +126,8 @@ def test_option_translation() -> None:
     )
     assert args == ["--remote-root", "/alice/Documents", "--write-back", "5", "--ai-timeout", "60", "--read-only", "/mnt/x"]
     assert user == "alice"
+    assert mounthelper.translate("puterfs:", "/m", ["tier=paid", "domain=puter.localhost"])[0] == [
+        "--tier", "paid", "--domain", "puter.localhost", "/m"]
     with pytest.raises(mounthelper.UsageError, match="needs a value"):
         mounthelper.translate("puterfs:", "/m", ["cache_dir"])
     assert mounthelper.translate("puterfs", "/m", [])[0] == ["/m"]
