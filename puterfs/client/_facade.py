@@ -5,8 +5,9 @@ parameter order, defaults and return shapes. puterfs additions are keyword-only.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from puterfs.client._errors import BadRequest
 from puterfs.client._retry import Idempotency
@@ -16,6 +17,8 @@ from puterfs.client.kv import _key
 from puterfs.client.workers import worker_spec
 
 if TYPE_CHECKING:
+    from puterfs.client._chat import ChatEvent
+    from puterfs.client.ai import AI
     from puterfs.client.apps import Apps
     from puterfs.client.auth import Auth
     from puterfs.client.hosting import Hosting
@@ -29,12 +32,108 @@ IDEMPOTENT = Idempotency.IDEMPOTENT
 class PutergenaiFacade:
     """Mixed into :class:`~puterfs.client.PuterClient`."""
 
+    ai: AI
     kv: KV
     apps: Apps
     hosting: Hosting
     workers: Workers
     auth: Auth
     net: Net
+
+    # ------------------------------------------------------------------ models
+
+    async def get_available_models(self, force_refresh: bool = False) -> dict[str, Any]:
+        """``{"models": [...]}`` from the public model list, cached for an hour (the last good
+        list is returned when a refresh fails)."""
+        return await self.ai.available_models(force_refresh)
+
+    async def update_model_mappings(self) -> None:
+        """Add every listed model to ``model_to_driver`` (26.07's only chat driver is ``ai-chat``)."""
+        await self.ai.update_model_mappings()
+
+    def get_model_list(self, models_data: dict[str, Any] | None = None) -> list[str]:
+        return self.ai.model_list(models_data)
+
+    async def is_model_available(self, model_name: str) -> bool:
+        return await self.ai.is_model_available(model_name)
+
+    async def chat_models(self) -> list[dict[str, Any]]:
+        """Model objects of the chat driver, including the test models (puterfs)."""
+        return await self.ai.chat_models()
+
+    # ------------------------------------------------------------------ ai
+
+    async def ai_chat(
+        self,
+        prompt: str | list[dict[str, Any]] | None = None,
+        options: dict[str, Any] | None = None,
+        test_mode: bool = False,
+        image_url: str | list[str] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        retry_count: int = 0,
+        strict_model: bool = False,
+    ) -> Any:
+        """Chat: ``{"response": <envelope>, "used_model": ...}``, or with ``options["stream"]``
+        an async iterator of ``(text, model)``. Without a model, ``gpt-5-nano`` (``fake`` in
+        ``test_mode``). ``retry_count`` is accepted for putergenai, which counted its model
+        fallbacks with it; this client does not switch models behind your back."""
+        return await self.ai.chat(prompt, options, test_mode, image_url, messages, retry_count, strict_model)
+
+    def ai_chat_events(
+        self,
+        prompt: str | list[dict[str, Any]] | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        options: dict[str, Any] | None = None,
+        image_url: str | list[str] | None = None,
+        strict_model: bool = False,
+    ) -> AsyncIterator[ChatEvent]:
+        """A chat answer as :class:`ChatEvent` objects (puterfs)."""
+        return self.ai.chat_events(
+            prompt, messages=messages, options=options, image_url=image_url, strict_model=strict_model
+        )
+
+    async def ai_img2txt(self, image: str | bytes | IO[bytes], test_mode: bool = False) -> str:
+        return await self.ai.img2txt(image, test_mode)
+
+    async def ai_txt2img(self, prompt: str, model: str = "pollinations-image", test_mode: bool = False) -> str:
+        return await self.ai.txt2img(prompt, model, test_mode)
+
+    async def ai_txt2img_bytes(self, prompt: str, model: str = "gpt-image-1", test_mode: bool = False) -> bytes:
+        """The generated image's bytes (puterfs)."""
+        return await self.ai.txt2img_bytes(prompt, model, test_mode)
+
+    async def ai_txt2speech(self, text: str, options: dict[str, Any] | None = None) -> bytes:
+        return await self.ai.txt2speech(text, options)
+
+    async def tts_voices(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """The voices of the speech driver (puterfs)."""
+        return await self.ai.voices(provider)
+
+    async def ai_speech2txt(
+        self,
+        source: str | bytes | IO[bytes],
+        options: dict[str, Any] | None = None,
+        test_mode: bool = False,
+    ) -> str | dict[str, Any]:
+        return await self.ai.speech2txt(source, options, test_mode)
+
+    async def ai_speech2speech(
+        self,
+        source: str | bytes | IO[bytes],
+        options: dict[str, Any] | None = None,
+        test_mode: bool = False,
+    ) -> bytes:
+        return await self.ai.speech2speech(source, options, test_mode)
+
+    async def ai_txt2vid(self, prompt: str, options: dict[str, Any] | None = None, test_mode: bool = False) -> Any:
+        return await self.ai.txt2vid(prompt, options, test_mode)
+
+    async def ai_list_models(self, force_refresh: bool = False) -> dict[str, Any]:
+        return await self.ai.list_models(force_refresh)
+
+    async def ai_list_model_providers(self, force_refresh: bool = False) -> list[str]:
+        return await self.ai.list_model_providers(force_refresh)
 
     # ------------------------------------------------------------------ auth
 
