@@ -5,22 +5,26 @@ parameter order, defaults and return shapes. puterfs additions are keyword-only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
-from puterfs.client._errors import BadRequest
+from puterfs.client._errors import BadRequest, PuterError
 from puterfs.client._retry import Idempotency
 from puterfs.client.apps import app_object
+from puterfs.client.fs import _fs_options
 from puterfs.client.hosting import root_dir_of
 from puterfs.client.kv import _key
 from puterfs.client.workers import worker_spec
 
 if TYPE_CHECKING:
     from puterfs.client._chat import ChatEvent
+    from puterfs.client._multipart import Content
+    from puterfs.client._presign import UploadSession
     from puterfs.client.ai import AI
     from puterfs.client.apps import Apps
     from puterfs.client.auth import Auth
+    from puterfs.client.fs import FS
     from puterfs.client.hosting import Hosting
     from puterfs.client.kv import KV
     from puterfs.client.net import Net
@@ -33,12 +37,137 @@ class PutergenaiFacade:
     """Mixed into :class:`~puterfs.client.PuterClient`."""
 
     ai: AI
+    fs: FS
     kv: KV
     apps: Apps
     hosting: Hosting
     workers: Workers
     auth: Auth
     net: Net
+
+    # ------------------------------------------------------------------ files
+
+    async def fs_stat(self, path: str) -> dict[str, Any]:
+        """The entry of ``path`` (``POST /stat``)."""
+        return await self.fs.stat(path)
+
+    async def fs_readdir(self, path: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every entry of a directory (fetched page by page)."""
+        return await self.fs.readdir(path, options)
+
+    async def fs_mkdir(self, path: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self.fs.mkdir(path, options)
+
+    async def fs_write(self, path: str, content: Content, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write a file; options ``overwrite`` (default True), ``dedupeName``,
+        ``createMissingParents``, ``metadata``."""
+        opts = dict(options or {})
+        metadata = opts.pop("metadata", None)
+        flags = _fs_options(opts, ("overwrite", "dedupe_name", "create_missing_parents"), "fs_write")
+        return await self.fs.write(path, content, metadata=metadata, **flags)
+
+    async def fs_write_large(
+        self,
+        path: str,
+        content: Content | AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+        overwrite: bool = True,
+        create_missing_parents: bool = False,
+        session: UploadSession | None = None,
+        on_progress: Callable[[UploadSession], Any] | None = None,
+        parallel: int = 4,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Upload through the presigned flow, any size, resumable (puterfs; see ``client.fs.write_large``)."""
+        return await self.fs.write_large(
+            path, content, size=size, overwrite=overwrite, create_missing_parents=create_missing_parents,
+            session=session, on_progress=on_progress, parallel=parallel, metadata=metadata,
+        )
+
+    async def fs_write_many(
+        self,
+        files: Sequence[tuple[str, Content]],
+        *,
+        overwrite: bool = True,
+        create_missing_parents: bool = False,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any] | PuterError]:
+        """Several files in one ``/batch`` per 64 (puterfs): an entry or the exception per file."""
+        return await self.fs.write_many(
+            files, overwrite=overwrite, create_missing_parents=create_missing_parents, metadata=metadata
+        )
+
+    async def fs_set_metadata(self, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Replace an entry's whole metadata (puterfs)."""
+        return await self.fs.set_metadata(path, metadata)
+
+    async def fs_read(
+        self, path: str, *, offset: int | None = None, length: int | None = None, size: int | None = None
+    ) -> bytes:
+        """The file's bytes, or ``length`` bytes from ``offset`` (puterfs keywords)."""
+        return await self.fs.read(path, offset=offset, length=length, size=size)
+
+    async def fs_read_into(
+        self,
+        path: str,
+        fileobj: IO[bytes],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        size: int | None = None,
+    ) -> int:
+        """Stream a file into ``fileobj`` (puterfs)."""
+        return await self.fs.read_into(path, fileobj, offset=offset, length=length, size=size)
+
+    async def fs_delete(self, path: str, *, recursive: bool = True) -> None:
+        await self.fs.delete(path, recursive=recursive)
+
+    async def fs_rename(
+        self, source: str, destination: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Rename to a full path or a bare name; ``{"overwrite": True}`` to replace."""
+        flags = _fs_options(options, ("overwrite", "dedupe_name", "create_missing_parents"), "fs_rename")
+        return await self.fs.rename(source, destination, **flags)
+
+    async def fs_copy(
+        self, source: str, destination: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Copy to the full path ``destination``; nothing is replaced unless ``{"overwrite": True}``."""
+        flags = _fs_options(options, ("overwrite", "dedupe_name", "create_missing_parents"), "fs_copy")
+        return await self.fs.copy(source, destination, **flags)
+
+    async def fs_move(
+        self, source: str, destination: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Move to the full path ``destination``; nothing is replaced unless ``{"overwrite": True}``."""
+        flags = _fs_options(options, ("overwrite", "dedupe_name", "create_missing_parents"), "fs_move")
+        return await self.fs.move(source, destination, **flags)
+
+    async def fs_touch(self, path: str) -> None:
+        await self.fs.touch(path)
+
+    async def fs_df(self) -> dict[str, Any]:
+        """``{"used", "capacity"}`` (puterfs's name)."""
+        return await self.fs.df()
+
+    async def fs_space(self) -> dict[str, Any]:
+        """``{"used", "capacity"}`` (``POST /df``)."""
+        return await self.fs.df()
+
+    async def fs_last_change(self) -> int:
+        return await self.fs.last_change()
+
+    async def fs_get_read_url(self, path: str, options: dict[str, Any] | None = None) -> str:
+        return await self.fs.read_url(path, options)
+
+    async def fs_upload(
+        self,
+        files: Content | Sequence[Content],
+        destination: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return await self.fs.upload(files, destination, options)
 
     # ------------------------------------------------------------------ models
 

@@ -684,7 +684,7 @@ async def write_large(
             log.info("%s; uploading %s through /batch", exc.message, target)
             if source.sequential:
                 raise
-            entry = await client._write_batch_one(
+            entry = await client.fs._write_batch_one(
                 target, _SourceFile(source), overwrite=overwrite, parents=create_missing_parents
             )
             if metadata is not None:

@@ -1,0 +1,740 @@
+"""``client.fs``: the Puter filesystem (legacy routes ``/stat``, ``/readdir``, ``/mkdir``,
+multipart ``/batch``, ``/read``, ``/rename``, ``/move``, ``/copy``, ``/delete``, ``/touch``,
+``/df``, ``/sign``; ``/fs/write`` for metadata), as the 26.07 server accepts them.
+
+Paths may be absolute (``/user/x``), home-relative (``~``, ``~/x``) or relative (``x``,
+resolved against the home). putergenai's flat ``fs_*`` methods on
+:class:`~puterfs.client.PuterClient` call these, turning their options dicts into the
+keyword flags here.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import posixpath
+from collections.abc import AsyncIterable, Callable, Sequence
+from contextlib import aclosing
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import anyio
+import httpx
+
+from puterfs.client._errors import (
+    BadRequest,
+    IsADirectory,
+    NotFound,
+    PermissionDenied,
+    PuterError,
+    ServerError,
+    error_from_body,
+)
+from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
+from puterfs.client._presign import LARGE_FILE, UploadSession, write_large
+from puterfs.client._retry import Idempotency
+
+if TYPE_CHECKING:
+    from puterfs.client._client import PuterClient
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENT = Idempotency.IDEMPOTENT
+SAFE_REJECTIONS = Idempotency.SAFE_REJECTIONS
+
+# /batch accepts at most 64 files per request (API reference §5.6).
+BATCH_MAX_FILES = 64
+# Writes that carry entry metadata go as JSON (/fs/write, /fs/batchWrite: /batch has no
+# metadata channel), their bytes base64 in the body; the server's JSON parser takes 50 MB.
+JSON_WRITE_MAX = 8 << 20  # bytes of content per JSON request; bigger files: /batch, then /move new_metadata
+READDIR_PAGE = 1000
+# A directory listing bigger than this many pages means the server loops on cursors.
+READDIR_MAX_PAGES = 100_000
+
+
+_OPTION_SPELLINGS = {
+    "overwrite": "overwrite",
+    "dedupeName": "dedupe_name",
+    "dedupe_name": "dedupe_name",
+    "createMissingParents": "create_missing_parents",
+    "create_missing_parents": "create_missing_parents",
+}
+
+
+def _fs_options(options: dict[str, Any] | None, allowed: tuple[str, ...], what: str) -> dict[str, bool]:
+    """putergenai/puter.js-style options (camelCase or snake_case) as snake_case booleans;
+    an unknown option is a :class:`BadRequest` rather than silently ignored."""
+    out: dict[str, bool] = {}
+    for key, value in (options or {}).items():
+        name = _OPTION_SPELLINGS.get(key)
+        if name is None or name not in allowed:
+            known = ", ".join(k for k, v in _OPTION_SPELLINGS.items() if v in allowed)
+            raise BadRequest(f"{what}: unknown option {key!r} (known: {known})")
+        if not isinstance(value, bool):
+            raise BadRequest(f"{what}: option {key!r} must be True or False")
+        out[name] = value
+    if out.get("overwrite") and out.get("dedupe_name"):
+        raise BadRequest(f"{what}: overwrite and dedupeName cannot both be set")
+    return out
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, name = posixpath.split(path)
+    return parent or "/", name
+
+
+def _seekable(fileobj: Any) -> bool:
+    try:
+        return bool(fileobj.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def legacy_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A v2 entry (``/fs/*`` answers: camelCase) with the legacy keys (``is_dir``, ``id``, ...)
+    added, so callers read one shape."""
+    out = dict(entry)
+    for v2_key, key in (("isDir", "is_dir"), ("parentUid", "parent_uid"), ("isShortcut", "is_shortcut"),
+                        ("isSymlink", "is_symlink"), ("isPublic", "is_public")):
+        if v2_key in entry and key not in out:
+            out[key] = entry[v2_key]
+    out.setdefault("id", entry.get("uid") or entry.get("uuid"))
+    return out
+
+
+class FS:
+    """The signed-in user's files."""
+
+    def __init__(self, client: PuterClient) -> None:
+        self._c = client
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        """The legacy entry of ``path`` (``POST /stat``)."""
+        return await self._c._post_json("/stat", {"path": await self._c._abs(path)}, idem=IDEMPOTENT)
+
+    async def readdir(self, path: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """All entries of a directory, fetched page by page."""
+        body: dict[str, Any] = {"path": await self._c._abs(path)}
+        body.update(options or {})
+        body.setdefault("limit", READDIR_PAGE)
+        # Sending the key "cursor" (even null) switches the server to the paginated
+        # envelope {items, cursor?}; a server that ignores it answers with an array.
+        body["cursor"] = None
+        entries: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for _ in range(READDIR_MAX_PAGES):
+            data = await self._c._post_json("/readdir", body, idem=IDEMPOTENT)
+            if isinstance(data, list):
+                entries.extend(data)
+                return entries
+            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+                raise ServerError("unexpected /readdir answer")
+            entries.extend(data["items"])
+            cursor = data.get("cursor")
+            if not cursor:
+                return entries
+            if cursor in seen:
+                raise ServerError("/readdir returned the same cursor twice")
+            seen.add(cursor)
+            body["cursor"] = cursor
+        raise ServerError("/readdir did not finish")
+
+    async def mkdir(self, path: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a directory and return its entry.
+
+        The server is idempotent: an existing directory is returned as is (no
+        "exists" error); a file in the way is 409. Options are snake_case
+        (``create_missing_parents``, ``dedupe_name`` (default False), ...); putergenai's
+        camelCase spellings are translated.
+        """
+        opts = dict(options or {})
+        for camel, snake in (("createMissingParents", "create_missing_parents"), ("dedupeName", "dedupe_name")):
+            if camel in opts:
+                opts.setdefault(snake, opts.pop(camel))
+        body = {"path": await self._c._abs(path), "dedupe_name": False, **opts}
+        # A retry of a plain mkdir finds the directory and returns it; with
+        # dedupe_name a retry would create "x (1)".
+        idem = SAFE_REJECTIONS if body.get("dedupe_name") else IDEMPOTENT
+        return await self._c._post_json("/mkdir", body, idem=idem)
+
+    def _write_op(
+        self, index: int, path: str, overwrite: bool, create_missing_parents: bool, dedupe_name: bool = False
+    ) -> dict[str, Any]:
+        parent, name = _split(path)
+        if not name:
+            raise BadRequest("cannot write to /")
+        return {
+            "op": "write",
+            "path": parent,
+            "name": name,
+            "item_upload_id": index,
+            "overwrite": overwrite,
+            # /batch renames on collision unless told not to (§5.6): only when asked.
+            "dedupe_name": dedupe_name,
+            "create_missing_parents": create_missing_parents,
+        }
+
+    async def _batch_upload(
+        self,
+        items: Sequence[tuple[str, UploadSource]],
+        *,
+        overwrite: bool,
+        create_missing_parents: bool,
+        dedupe_name: bool = False,
+    ) -> tuple[int, list[Any]]:
+        """One multipart ``/batch`` request; (status, per-op results)."""
+        body = MultipartBody()
+        ops = [
+            self._write_op(i, p, overwrite, create_missing_parents, dedupe_name) for i, (p, _) in enumerate(items)
+        ]
+        # puter.js order: every fileinfo, then every write op, then every file (§5.6).
+        for op, (_, source) in zip(ops, items, strict=True):
+            body.add_json("fileinfo", {"name": op["name"], "type": guess_type(op["name"]), "size": source.size})
+        for op in ops:
+            body.add_json("operation", op)
+        for op, (_, source) in zip(ops, items, strict=True):
+            body.add_file("file", op["name"], guess_type(op["name"]), source)
+        # Overwriting the same bytes twice is harmless; a non-overwrite write retried
+        # after it succeeded would fail with "already exists".
+        idem = IDEMPOTENT if overwrite else SAFE_REJECTIONS
+        response = await self._c._send("POST", self._c.api_url + "/batch", idem=idem, multipart=body)
+        data = self._c._json(response)
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ServerError("unexpected /batch answer", status=response.status_code)
+        return response.status_code, results
+
+    @staticmethod
+    def _op_result(status: int, result: Any) -> dict[str, Any] | PuterError:
+        if isinstance(result, dict) and result.get("error"):
+            op_status = result.get("status") if isinstance(result.get("status"), int) else status
+            return error_from_body(op_status, result)
+        if not isinstance(result, dict):
+            return ServerError("unexpected /batch result", status=status, body=result)
+        return result
+
+    async def write(
+        self,
+        path: str,
+        content: Content,
+        *,
+        overwrite: bool | None = None,
+        dedupe_name: bool = False,
+        create_missing_parents: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write a file and return its entry.
+
+        ``content`` is text (UTF-8), bytes, a binary file object (read from its
+        current position; streamed, never loaded whole) or a path to a local file.
+        ``overwrite`` (default True, False with ``dedupe_name``; False →
+        :class:`AlreadyExists` when the file exists), ``dedupe_name`` (True writes
+        ``name (1).ext`` when the name is taken; the returned entry has the name used),
+        ``create_missing_parents``, ``metadata`` (a dict stored as the entry's metadata,
+        merged by the server with the content type; RECORDED-2 §7). Sent as multipart
+        ``/batch``; with ``metadata`` as ``/fs/write`` (files up to 8 MiB) or ``/batch``
+        followed by ``/move new_metadata``. Content of 100 MiB or more goes up through the
+        presigned flow (:meth:`write_large`).
+        """
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError("metadata must be a dict")
+        if overwrite and dedupe_name:
+            raise BadRequest("fs write: overwrite and dedupe_name cannot both be set")
+        dedupe = bool(dedupe_name)
+        overwrite = (not dedupe) if overwrite is None else bool(overwrite)
+        parents = bool(create_missing_parents)
+        target = await self._c._abs(path)
+        source = UploadSource(content)
+        try:
+            if metadata is not None and source.size <= JSON_WRITE_MAX:
+                return (await self._json_writes([(target, source, metadata)], overwrite, parents, dedupe))[0]
+            if source.size >= LARGE_FILE and not dedupe:
+                return await write_large(
+                    self._c, target, source.original(), size=source.size, overwrite=overwrite,
+                    create_missing_parents=parents, metadata=metadata,
+                )
+            outcome = await self._write_batch_one(target, source, overwrite=overwrite, parents=parents, dedupe=dedupe)
+        finally:
+            source.close()
+        if metadata is not None:
+            written = str(outcome.get("path") or target)  # the deduplicated name, if it was
+            return await self.set_metadata(written, {"contentType": guess_type(target), **metadata})
+        return outcome
+
+    async def _write_batch_one(
+        self, target: str, source: UploadSource | Any, *, overwrite: bool, parents: bool, dedupe: bool = False
+    ) -> dict[str, Any]:
+        if not isinstance(source, UploadSource):
+            source = UploadSource(source)
+        status, results = await self._batch_upload(
+            [(target, source)], overwrite=overwrite, create_missing_parents=parents, dedupe_name=dedupe
+        )
+        outcome = self._op_result(status, results[0])
+        if isinstance(outcome, PuterError):
+            raise outcome
+        return outcome
+
+    async def write_large(
+        self,
+        path: str,
+        content: Content | AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+        overwrite: bool = True,
+        create_missing_parents: bool = False,
+        session: UploadSession | None = None,
+        on_progress: Callable[[UploadSession], Any] | None = None,
+        parallel: int = 4,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Upload through the presigned flow (any size; parts of the server's part size).
+
+        ``content`` as for :meth:`write`, or an async iterable of bytes (then ``size``
+        is required). ``on_progress(session)`` is called after the session starts,
+        after each part and at completion: persist ``session.to_json()`` and pass
+        ``UploadSession.from_json(...)`` back as ``session`` to resume. An existing file is
+        replaced only once the new one is complete (see ``_presign.py``).
+        """
+        return await write_large(
+            self._c, await self._c._abs(path), content, size=size, overwrite=overwrite,
+            create_missing_parents=create_missing_parents, session=session, on_progress=on_progress,
+            parallel=parallel, metadata=metadata,
+        )
+
+    async def _json_writes(
+        self,
+        items: Sequence[tuple[str, UploadSource, dict[str, Any]]],
+        overwrite: bool,
+        parents: bool,
+        dedupe: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Files with metadata, in one ``/fs/write`` (one item) or ``/fs/batchWrite`` request;
+        their entries in legacy form."""
+        reqs = []
+        for target, source, metadata in items:
+            data = b"".join([chunk async for chunk in source.chunks()])
+            reqs.append({
+                "fileMetadata": {
+                    "path": target, "size": len(data), "contentType": guess_type(target),
+                    "overwrite": overwrite, "dedupeName": dedupe, "createMissingParents": parents,
+                    "metadata": metadata,
+                },
+                "fileContent": base64.b64encode(data).decode("ascii"),
+                "encoding": "base64",
+            })
+        idem = IDEMPOTENT if overwrite else SAFE_REJECTIONS
+        if len(reqs) == 1:
+            answers = [await self._c._post_json("/fs/write", reqs[0], idem=idem)]
+        else:
+            answers = await self._c._post_json("/fs/batchWrite", reqs, idem=idem)
+        if not isinstance(answers, list) or len(answers) != len(reqs):
+            raise ServerError("unexpected /fs/batchWrite answer")
+        out = []
+        for a in answers:
+            entry = a.get("fsEntry") if isinstance(a, dict) else None
+            if not isinstance(entry, dict):
+                raise ServerError("unexpected /fs/write answer")
+            out.append(legacy_entry(entry))
+        return out
+
+    async def set_metadata(self, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Replace the whole metadata of an entry (contentType included: send it along) and
+        return the entry: a legacy ``/move`` onto its own name with ``new_metadata``
+        (RECORDED-2 §7). It also bumps the entry's ``modified``."""
+        target = await self._c._abs(path)
+        parent, name = _split(target)
+        if not name:
+            raise BadRequest("cannot set the metadata of /")
+        body = {
+            "source": target, "destination": parent, "new_name": name, "overwrite": False,
+            "dedupe_name": False, "new_metadata": metadata,
+        }
+        # onto its own path: no collision, so a retry after a success is harmless
+        data = await self._c._post_json("/move", body, idem=IDEMPOTENT)
+        moved = data.get("moved") if isinstance(data, dict) else None
+        if not isinstance(moved, dict):
+            raise ServerError("unexpected /move answer")
+        return moved
+
+    async def write_many(
+        self,
+        files: Sequence[tuple[str, Content]],
+        *,
+        overwrite: bool = True,
+        create_missing_parents: bool = False,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any] | PuterError]:
+        """Upload several files in one ``/batch`` request (one per 64 files).
+
+        Returns one item per file, in order: its entry, or the exception object for
+        that file (not raised). When a whole request fails, each of its files gets
+        that request's exception. With ``metadata`` (one dict per file) the files go
+        as ``/fs/batchWrite`` instead (up to 64 files and 8 MiB per request).
+        """
+        if metadata is not None:
+            return await self._write_many_with_metadata(files, list(metadata), overwrite, create_missing_parents)
+        out: list[dict[str, Any] | PuterError] = []
+        for start in range(0, len(files), BATCH_MAX_FILES):
+            chunk = files[start : start + BATCH_MAX_FILES]
+            sources: list[UploadSource] = []
+            try:
+                items = []
+                for path, content in chunk:
+                    source = UploadSource(content)
+                    sources.append(source)
+                    items.append((await self._c._abs(path), source))
+                status, results = await self._batch_upload(
+                    items, overwrite=overwrite, create_missing_parents=create_missing_parents
+                )
+                out.extend(self._op_result(status, r) for r in results)
+            except PuterError as exc:
+                out.extend([exc] * len(chunk))
+            finally:
+                for source in sources:
+                    source.close()
+        return out
+
+    async def _write_many_with_metadata(
+        self, files: Sequence[tuple[str, Content]], metadata: list[dict[str, Any]], overwrite: bool, parents: bool
+    ) -> list[dict[str, Any] | PuterError]:
+        if len(metadata) != len(files):
+            raise ValueError("one metadata dict per file")
+        out: list[dict[str, Any] | PuterError] = []
+        chunk: list[tuple[str, UploadSource, dict[str, Any]]] = []
+        size = 0
+
+        async def send() -> None:
+            try:
+                out.extend(await self._json_writes(chunk, overwrite, parents))
+            except PuterError as exc:
+                out.extend([exc] * len(chunk))
+            finally:
+                for _, source, _ in chunk:
+                    source.close()
+            chunk.clear()
+
+        for (path, content), md in zip(files, metadata, strict=True):
+            source = UploadSource(content)
+            if chunk and (len(chunk) >= BATCH_MAX_FILES or size + source.size > JSON_WRITE_MAX):
+                await send()
+                size = 0
+            chunk.append((await self._c._abs(path), source, md))
+            size += source.size
+        if chunk:
+            await send()
+        return out
+
+    async def _read_range(
+        self, path: str, offset: int | None, length: int | None, size: int | None
+    ) -> tuple[str, tuple[int, int] | None, bool]:
+        """Plan a read: (abs path, (first, last) byte or None for everything, empty?).
+
+        Puter answers 500 to a Range on an empty file or starting at/after EOF, and to
+        multi-ranges (§5.8), so ranges are clamped here against the size, taken from
+        ``size`` or a ``stat``.
+        """
+        target = await self._c._abs(path)
+        if (offset is not None and offset < 0) or (length is not None and length < 0):
+            raise BadRequest("offset and length must not be negative")
+        start = offset or 0
+        if start == 0 and length is None:
+            return target, None, False
+        if length == 0:
+            return target, None, True
+        if size is None:
+            entry = await self.stat(target)
+            if entry.get("is_dir"):
+                raise IsADirectory(f"{target} is a directory", status=400, code="cannot_read_a_directory")
+            size = int(entry.get("size") or 0)
+        if start >= size:
+            return target, None, True
+        end = size - 1 if length is None else min(size, start + length) - 1
+        if start == 0 and end == size - 1:
+            return target, None, False
+        return target, (start, end), False
+
+    async def read(
+        self, path: str, *, offset: int | None = None, length: int | None = None, size: int | None = None
+    ) -> bytes:
+        """The bytes of a file, or ``length`` bytes from ``offset`` (b"" at/after EOF).
+
+        ``size`` (keyword, optional) is the file size if the caller knows it; a
+        partial read otherwise stats the file first to clamp the range.
+        """
+        target, span, empty = await self._read_range(path, offset, length, size)
+        if empty:
+            return b""
+        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
+        response = await self._c._send(
+            "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers
+        )
+        if "text/html" in response.headers.get("content-type", ""):
+            # /read always answers application/octet-stream: an HTML page is a proxy's
+            raise ServerError(f"an HTML page answered the read of {target}, not the server", status=502)
+        data = response.content
+        if span and response.status_code == 200:
+            # The server ignored the Range: cut the slice out of the full body.
+            data = data[span[0] : span[1] + 1]
+        return data
+
+    async def read_into(
+        self,
+        path: str,
+        fileobj: IO[bytes],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        size: int | None = None,
+    ) -> int:
+        """Stream a file (or a range of it) into ``fileobj``; returns the bytes written.
+
+        ``fileobj.write`` is called with chunks as they arrive (a plain sync binary file
+        is fine), so large downloads are never held in memory. A retry after a broken
+        connection restarts the transfer; the caller's file is rewound to where it was
+        when ``fileobj`` supports ``seek``/``truncate``.
+        """
+        target, span, empty = await self._read_range(path, offset, length, size)
+        if empty:
+            return 0
+        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
+        origin = fileobj.tell() if _seekable(fileobj) else None
+        attempt = 0
+        while True:
+            attempt += 1
+            written = 0
+            response = await self._c._send(
+                "GET",
+                self._c.api_url + "/read",
+                idem=IDEMPOTENT,
+                params={"file": target},
+                headers=headers,
+                stream=True,
+            )
+            try:
+                skip = span[0] if span and response.status_code == 200 else 0
+                want = (span[1] - span[0] + 1) if span else None
+                async with aclosing(response.aiter_bytes()) as chunks:
+                    async for chunk in chunks:
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        if want is not None:
+                            chunk = chunk[: max(0, want - written)]
+                        if chunk:
+                            fileobj.write(chunk)
+                            written += len(chunk)
+                return written
+            except httpx.RequestError as exc:
+                from puterfs.client._client import _map_transport_error  # the transport's own mapping
+
+                err = _map_transport_error(exc)
+                if origin is None or attempt > self._c._retry.max_retries:
+                    raise err from exc
+                log.info("download of %s broke after %d bytes: %s; restarting", target, written, err)
+                fileobj.seek(origin)
+                fileobj.truncate()
+                await anyio.sleep(self._c._retry.delay(attempt))
+            finally:
+                await response.aclose()
+
+    async def _refuse_dangerous(self, target: str, what: str) -> None:
+        # Puter deletes a user's home on request and leaves the account broken (§5.12).
+        if target == "/" or target == await self._c.home():
+            raise PermissionDenied(f"refusing to {what} {target}: it is the root or your home directory")
+
+    async def delete(self, path: str, *, recursive: bool = True) -> None:
+        """Delete a file or directory (recursively by default).
+
+        The home directory and ``/`` are refused without sending anything. Retried
+        like an idempotent call; a retry answered with 404 counts as success (the
+        entry is gone, most likely deleted by the attempt whose answer was lost).
+        """
+        target = await self._c._abs(path)
+        await self._refuse_dangerous(target, "delete")
+        # Deleting twice has the effect of deleting once, except that a retry whose
+        # first attempt had already deleted the entry answers 404: that is success.
+        response = await self._c._send(
+            "POST",
+            self._c.api_url + "/delete",
+            idem=IDEMPOTENT,
+            json_body={"path": target, "recursive": bool(recursive)},
+            gone_ok_on_retry=True,
+        )
+        if response.status_code != 404:
+            # the server answers JSON; anything else (an HTML page from a proxy) is no
+            # proof that the entry is gone
+            self._c._json(response)
+
+    async def rename(
+        self,
+        source: str,
+        destination: str,
+        *,
+        overwrite: bool = False,
+        dedupe_name: bool = False,
+        create_missing_parents: bool = False,
+    ) -> dict[str, Any]:
+        """Rename ``source`` to ``destination`` and return the renamed entry.
+
+        ``destination`` is a full path (absolute, ``~/...`` or home-relative, as
+        putergenai passes it), or a bare name (no ``/``) for a new name in the same
+        directory. Within one directory this is ``/rename``; to another directory, or
+        with a flag set, it is :meth:`move` (same flags). An existing destination is
+        never replaced unless ``overwrite``.
+        """
+        src = await self._c._abs(source)
+        if not destination or not isinstance(destination, str):
+            raise BadRequest("rename needs a destination")
+        if "/" not in destination and not destination.startswith("~"):
+            if destination in (".", ".."):
+                raise BadRequest(f"cannot rename to {destination!r}")
+            dst = posixpath.join(_split(src)[0], destination)
+        else:
+            dst = await self._c._abs(destination)
+        if _split(dst)[0] != _split(src)[0] or overwrite or dedupe_name or create_missing_parents:
+            return await self.move(
+                src, dst, overwrite=overwrite, dedupe_name=dedupe_name, create_missing_parents=create_missing_parents
+            )
+        await self._refuse_dangerous(src, "rename")
+        if dst == src:
+            return await self.stat(src)
+        # Not idempotent: a retry after success would find no source.
+        return await self._c._post_json(
+            "/rename", {"path": src, "new_name": _split(dst)[1]}, idem=SAFE_REJECTIONS
+        )
+
+    async def _source_and_target(self, source: str, destination: str, what: str) -> tuple[str, str, str, str]:
+        src = await self._c._abs(source)
+        dst = await self._c._abs(destination)
+        await self._refuse_dangerous(src, what)
+        if dst == "/":
+            raise BadRequest(f"cannot {what} onto /")
+        # Puter accepts a directory moved onto itself and loses it from the tree (§5.10).
+        if dst == src or dst.startswith(src.rstrip("/") + "/"):
+            raise BadRequest(f"cannot {what} {src} onto or into itself", code="cannot_move_item_into_itself")
+        parent, name = _split(dst)
+        return src, dst, parent, name
+
+    async def _copy_move_body(
+        self, source: str, destination: str, what: str, overwrite: bool, dedupe_name: bool, parents: bool
+    ) -> dict[str, Any]:
+        if overwrite and dedupe_name:
+            raise BadRequest(f"fs {what}: overwrite and dedupe_name cannot both be set")
+        src, _dst, parent, name = await self._source_and_target(source, destination, what)
+        if parents:
+            # The server ignores create_missing_parents on /move (errata): make them first.
+            await self.mkdir(parent, {"create_missing_parents": True})
+        return {
+            "source": src,
+            "destination": parent,
+            "new_name": name,
+            "overwrite": bool(overwrite),
+            "dedupe_name": bool(dedupe_name),
+        }
+
+    async def move(
+        self,
+        source: str,
+        destination: str,
+        *,
+        overwrite: bool = False,
+        dedupe_name: bool = False,
+        create_missing_parents: bool = False,
+    ) -> dict[str, Any]:
+        """Move ``source`` to the full path ``destination``; returns the moved entry.
+
+        ``overwrite``: replace what is there, whatever its type (§5.10); otherwise an
+        existing destination is :class:`AlreadyExists`. ``dedupe_name``: move to
+        ``name (1)`` when the name is taken. ``create_missing_parents``: make the
+        destination's parents first. Sent as ``destination=<parent>, new_name=<basename>``.
+        """
+        body = await self._copy_move_body(source, destination, "move", overwrite, dedupe_name, create_missing_parents)
+        # A retried move whose first attempt succeeded finds no source: never retried
+        # once sent.
+        data = await self._c._post_json("/move", body, idem=SAFE_REJECTIONS)
+        moved = data.get("moved") if isinstance(data, dict) else None
+        if not isinstance(moved, dict):
+            raise ServerError("unexpected /move answer")
+        return moved
+
+    async def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        overwrite: bool = False,
+        dedupe_name: bool = False,
+        create_missing_parents: bool = False,
+    ) -> dict[str, Any]:
+        """Copy ``source`` (a file or a whole directory) to the full path ``destination``;
+        returns the new entry. Flags as :meth:`move` (nothing replaced unless ``overwrite``)."""
+        body = await self._copy_move_body(source, destination, "copy", overwrite, dedupe_name, create_missing_parents)
+        # Copying again over its own earlier result is harmless with overwrite.
+        data = await self._c._post_json("/copy", body, idem=IDEMPOTENT if overwrite else SAFE_REJECTIONS)
+        item = data[0] if isinstance(data, list) and data else data
+        copied = item.get("copied") if isinstance(item, dict) else None
+        if not isinstance(copied, dict):
+            raise ServerError("unexpected /copy answer")
+        return copied
+
+    async def touch(self, path: str) -> None:
+        """Create an empty file, or set an existing entry's times to now."""
+        await self._c._send(
+            "POST", self._c.api_url + "/touch", idem=IDEMPOTENT, json_body={"path": await self._c._abs(path)}
+        )
+
+    async def df(self) -> dict[str, Any]:
+        """``{"used": bytes, "capacity": bytes}``."""
+        data = await self._c._post_json("/df", {}, idem=IDEMPOTENT)
+        if not isinstance(data, dict):
+            raise ServerError("unexpected /df answer")
+        return data
+
+
+    async def last_change(self) -> int:
+        """Milliseconds timestamp of the user's last change (cheap to poll)."""
+        data = await self._c._get_json("/cache/last-change-timestamp")
+        try:
+            return int(data["timestamp"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ServerError("unexpected /cache/last-change-timestamp answer") from exc
+
+    async def read_url(self, path: str, options: dict[str, Any] | None = None) -> str:
+        """A signed, token-free URL that reads the file (``POST /sign``, action read)."""
+        item = {"path": await self._c._abs(path), "action": "read", **(options or {})}
+        data = await self._c._post_json("/sign", {"items": [item]}, idem=IDEMPOTENT)
+        sigs = data.get("signatures") if isinstance(data, dict) else None
+        sig = sigs[0] if isinstance(sigs, list) and sigs else None
+        url = (sig.get("read_url") or sig.get("url")) if isinstance(sig, dict) else None
+        if not isinstance(url, str) or not url:
+            raise NotFound(f"cannot sign {item['path']}", status=404, code="subject_does_not_exist")
+        return url
+
+    async def upload(
+        self,
+        files: Content | Sequence[Content],
+        destination: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Upload local files (paths or named binary file objects) into ``destination``
+        (default: home) in one ``/batch`` request. Returns ``{"results": [...]}`` with an
+        entry or an exception object per file."""
+        items = files if isinstance(files, (list, tuple)) else [files]
+        opts = options or {}
+        target_dir = await self._c._abs(destination or "~")
+        pairs: list[tuple[str, Content]] = []
+        for item in items:
+            if isinstance(item, str):
+                item = Path(item)  # here a string names a local file, as in putergenai
+            name = os.path.basename(os.fspath(item)) if isinstance(item, os.PathLike) else None
+            name = name or os.path.basename(str(getattr(item, "name", "") or ""))
+            if not name:
+                raise BadRequest("fs_upload needs paths or file objects with a name")
+            pairs.append((f"{target_dir.rstrip('/')}/{name}", item))
+        results = await self.write_many(
+            pairs,
+            overwrite=bool(opts.get("overwrite", True)),
+            create_missing_parents=bool(opts.get("create_missing_parents", opts.get("createMissingParents", False))),
+        )
+        return {"results": results}
