@@ -1,7 +1,9 @@
 """Puter HTTP client (knows HTTP, nothing of FUSE).
 
-``PuterClient`` keeps putergenai 3.5.0's public method names and signatures but speaks
-what the Puter 26.07 server accepts; every failure is one of the exceptions below.
+``PuterClient`` has every public method of putergenai 3.5.0 with its signature, and speaks
+what the Puter 26.07 server accepts; its areas (``client.fs``, ``client.ai``, ``client.kv``,
+``client.apps``, ``client.hosting``, ``client.workers``, ``client.auth``, ``client.net``)
+are the richer API. Every failure is one of the exceptions below, all ``ValueError``s.
 """
 
 from __future__ import annotations
