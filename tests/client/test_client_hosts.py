@@ -89,7 +89,7 @@ async def test_client_with_domain_sends_the_hosts_puter_routes_by() -> None:
         await client.login("alice", "password1")
         await client.fs_stat("/alice/x")
         url = await client.fs_get_read_url("/alice/x")
-        assert await client._url_bytes(url) == b"data"
+        assert await client.ai._url_bytes(url) == b"data"
     assert [(h, p, host) for h, p, host, _ in wire.seen] == [
         ("127.0.0.1", 4100, "puter.localhost:4100"),
         ("127.0.0.1", 4100, "api.puter.localhost:4100"),
@@ -117,7 +117,7 @@ async def test_emulator_by_localhost_names(emulator, puter_user) -> None:  # noq
         await client.fs_write("~/hosts.txt", b"by name")
         assert await client.fs_read("~/hosts.txt") == b"by name"
         # the signed URL names api.puter.localhost too, and is followed the same way
-        assert await client._url_bytes(await client.fs_get_read_url("~/hosts.txt")) == b"by name"
+        assert await client.ai._url_bytes(await client.fs_get_read_url("~/hosts.txt")) == b"by name"
 
 
 async def test_emulator_by_address_with_domain(emulator, puter_user) -> None:  # noqa: ANN001

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from test_client_support import API, TOKEN, WEB, exchange
 
-import puterfs.client._client as client_module
 import puterfs.client._presign as presign
+import puterfs.client.fs as fs_module
 from puterfs.client import AlreadyExists, PuterClient, PuterConnectionError, QuotaExceeded, UploadSession
 
 pytestmark = pytest.mark.anyio
@@ -325,7 +325,7 @@ async def test_too_large_for_batch_and_no_presign_fails_clearly(monkeypatch: pyt
 
 
 async def test_fs_write_uses_the_presigned_flow_for_large_content(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "LARGE_FILE", 2000)
+    monkeypatch.setattr(fs_module, "LARGE_FILE", 2000)
     fake = FakePuter(storage="http://api.puter.test")
     async with _client(fake) as client:
         await client.fs_write("/admin/w.bin", _data(2500))
