@@ -336,3 +336,120 @@ def test_json_body_caps_and_parsing(fresh: EmulatorProcess) -> None:
         r = api.post("/stat", content="path=" + "a" * (100 * 1024),
                      headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert r.status_code == 413
+
+
+# --- more scopes, in process (thousands of requests; same app, same limiter) ----------------
+
+
+def run_in_process(tmp_path, fn) -> None:  # noqa: ANN001
+    """Call ``fn(emu, client_for)`` under anyio with an in-process free-tier emulator."""
+    import anyio
+
+    from puterfs.emulator import Emulator
+
+    async def main() -> None:
+        emu = Emulator(tmp_path / "emu", tier="free")
+        clients: list[httpx.AsyncClient] = []
+
+        def client_for(token: str | None, **headers: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=emu.app, client=("127.0.0.1", 40000))
+            h = {"Host": "api.puter.localhost:4100", **headers}
+            if token:
+                h["Authorization"] = f"Bearer {token}"
+            c = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=h)
+            clients.append(c)
+            return c
+
+        try:
+            await fn(emu, client_for)
+        finally:
+            for c in clients:
+                await c.aclose()
+            emu.store.close()
+
+    anyio.run(main)
+
+
+def _temp_token(emu) -> tuple[str, str]:  # noqa: ANN001
+    from puterfs.emulator.admin import _new_user
+
+    u = _new_user(emu, temp=True)
+    return "/" + u["username"], u["token"]
+
+
+def _last_refusal(emu) -> dict:  # noqa: ANN001
+    return [e for e in emu.log.entries() if e["status"] == 429][-1]["ratelimit"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope", "limit"), [
+    ("POST", "/df", {}, "fs:df", 15),
+    ("GET", "/cache/last-change-timestamp", None, "fs:poll", 120),
+    ("POST", "/fs/abortWrite", {"uploadId": "00000000-0000-4000-8000-000000000000"}, "fs:multipart", 600),
+    ("POST", "/fs/stat", {"path": "~"}, "fs:stat", 300),
+    ("POST", "/sign", {"items": []}, "fs:sign", 60),
+])
+def test_temp_tier_windows(tmp_path, method: str, path: str, body: dict | None, scope: str,  # noqa: ANN001
+                           limit: int) -> None:
+    async def check(emu, client_for) -> None:  # noqa: ANN001
+        _, token = _temp_token(emu)  # a temp user: the temp tier
+        api = client_for(token)
+        for _ in range(limit):
+            assert (await api.request(method, path, json=body)).status_code != 429
+        assert_429(await api.request(method, path, json=body), WINDOW_429)
+        assert _last_refusal(emu) == {"scope": scope, "kind": "window"}
+
+    run_in_process(tmp_path, check)
+
+
+def test_mutations_have_a_sustained_hourly_window(tmp_path) -> None:  # noqa: ANN001
+    async def check(emu, client_for) -> None:  # noqa: ANN001
+        home, token = _temp_token(emu)  # temp: fs:mutate 600 per minute, fs:mutate-sustained 1800 per hour
+        api = client_for(token)
+        for _ in range(3):
+            for _ in range(600):
+                assert (await api.post("/mkdir", json={"path": f"{home}/d"})).status_code == 200
+            assert (await api.post("/mkdir", json={"path": f"{home}/d"})).status_code == 429
+            assert _last_refusal(emu) == {"scope": "fs:mutate", "kind": "window"}
+            emu.clock_offset += 61
+        # the minute window is open again, the hour is spent
+        assert_429(await api.post("/touch", json={"path": f"{home}/t.txt"}), WINDOW_429)
+        assert _last_refusal(emu) == {"scope": "fs:mutate-sustained", "kind": "window"}
+        emu.clock_offset += 3600 - 3 * 61 + 1  # the first 600 are an hour old
+        assert (await api.post("/touch", json={"path": f"{home}/t.txt"})).status_code == 200
+
+    run_in_process(tmp_path, check)
+
+
+def test_kvstore_driver_window(tmp_path) -> None:  # noqa: ANN001
+    async def check(emu, client_for) -> None:  # noqa: ANN001
+        _, token = _temp_token(emu)  # temp: puter-kvstore 200 per 10 s, per method
+        api = client_for(token)
+
+        async def kv(method: str, **args: object) -> httpx.Response:
+            return await api.post("/drivers/call", json={"interface": "puter-kvstore", "method": method,
+                                                         "args": args})
+
+        for _ in range(200):
+            assert (await kv("get", key="k")).status_code == 200
+        assert_429(await kv("get", key="k"), WINDOW_429)
+        assert _last_refusal(emu) == {"scope": "driver:puter-kvstore:get", "kind": "window"}
+        assert (await kv("set", key="k", value="v")).status_code == 200  # another method
+        emu.clock_offset += 10.1
+        assert (await kv("get", key="k")).status_code == 200
+
+    run_in_process(tmp_path, check)
+
+
+def test_signed_reads_are_counted_per_fingerprint(tmp_path) -> None:  # noqa: ANN001
+    """/file (signed URLs) is limited per client fingerprint, before the signature is checked."""
+    async def check(emu, client_for) -> None:  # noqa: ANN001
+        a = client_for(None, **{"User-Agent": "reader/1"})
+        b = client_for(None, **{"User-Agent": "reader/2"})
+        q = {"uid": "x", "expires": "1", "signature": "y"}
+        for _ in range(3000):
+            assert (await a.get("/file", params=q)).status_code != 429
+        assert_429(await a.get("/file", params=q), WINDOW_429)
+        assert _last_refusal(emu) == {"scope": "fs:signed-read", "kind": "window"}
+        assert (await b.get("/file", params=q)).status_code != 429
+
+    run_in_process(tmp_path, check)
