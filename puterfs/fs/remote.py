@@ -20,12 +20,20 @@ from typing import IO, Any
 import trio
 
 from puterfs.client import _pacing
-from puterfs.client._errors import AuthenticationError, PuterConnectionError, PuterError, PuterTimeout
+from puterfs.client._errors import (
+    AuthenticationError,
+    NotFound,
+    PuterConnectionError,
+    PuterError,
+    PuterTimeout,
+    ServerError,
+)
 from puterfs.client._multipart import guess_type
 from puterfs.client._presign import BATCH_MAX_FILE, UploadSession
 
 PROBE_TIMEOUT = 10.0  # the change poller's probe: longer means the server is not answering
 PRESIGN_BUSY = 16 * 1024 * 1024  # from this size a file skips a busy /batch for the presigned flow
+PROBE_FAILURES = 3  # consecutive failed probes before the server counts as unreachable
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
 log = logging.getLogger(__name__)
@@ -133,6 +141,7 @@ class Remote:
         # cached data) instead of each waiting for its own deadline.
         self.unreachable: str | None = None  # why, while the poller cannot get through
         self.on_reachable: Callable[[], None] | None = None  # the server is back
+        self._probe_failures = 0
         # A 401 is not temporary: until a new token is in place (resume_auth) no call is
         # sent at all; each fails at once with AuthenticationError (EACCES), and dirty files
         # stay in the cache. `on_auth_change` is called when this flips either way.
@@ -280,8 +289,36 @@ class Remote:
         )
         return [r if isinstance(r, BaseException) else RemoteEntry.from_json(r) for r in results]
 
+    def _uncertain(self, exc: BaseException, deadline: float) -> bool:
+        """Whether a failed non-idempotent call may have been done by the server (its answer
+        was lost, an error, a proxy's page) and there is time left to find out."""
+        return (
+            isinstance(exc, (PuterConnectionError, ServerError))
+            and self.unreachable is None
+            and trio.current_time() < deadline
+        )
+
     async def mkdir(self, rel: str) -> RemoteEntry:
-        return RemoteEntry.from_json(await self._call("mkdir", self.client.fs_mkdir, self.abspath(rel)))
+        """mkdir, reconciled: after an answer that says nothing (lost, 5xx, not JSON) the
+        server's state decides (a directory there now is ours), then the call is repeated."""
+        deadline = trio.current_time() + self.timeout
+        while True:
+            try:
+                return RemoteEntry.from_json(await self._call("mkdir", self.client.fs_mkdir, self.abspath(rel)))
+            except PuterError as exc:
+                if not self._uncertain(exc, deadline):
+                    raise
+                log.info("mkdir %s: %s; checking the server's state", rel, exc)
+                try:
+                    now = await self.stat(rel)
+                except NotFound:
+                    continue
+                except PuterError:
+                    await trio.sleep(0.1)
+                    continue
+                if now.is_dir:
+                    return now
+                raise
 
     async def delete(self, rel: str, *, recursive: bool) -> None:
         if not rel:
@@ -289,10 +326,35 @@ class Remote:
         await self._call("delete", self.client.fs_delete, self.abspath(rel), recursive=recursive)
 
     async def move(self, src: str, dst: str, *, overwrite: bool) -> RemoteEntry:
-        moved = await self._call(
-            "move", self.client.fs_move, self.abspath(src), self.abspath(dst), {"overwrite": overwrite}
-        )
-        return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
+        """move, reconciled: after an answer that says nothing the server's state decides
+        (the source gone and the destination there: it was done), else it is repeated; a
+        directory rename is never left half-known, so the tree cannot split."""
+        deadline = trio.current_time() + self.timeout
+        while True:
+            try:
+                moved = await self._call(
+                    "move", self.client.fs_move, self.abspath(src), self.abspath(dst), {"overwrite": overwrite}
+                )
+                return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
+            except PuterError as exc:
+                if not self._uncertain(exc, deadline):
+                    raise
+                log.info("move %s -> %s: %s; checking the server's state", src, dst, exc)
+                try:
+                    there = await self.stat(dst)
+                    try:
+                        await self.stat(src)
+                        still = True
+                    except NotFound:
+                        still = False
+                except NotFound:
+                    continue  # the destination is not there: not done, try again
+                except PuterError:
+                    await trio.sleep(0.1)
+                    continue
+                if not still:
+                    return there
+                # both exist: the move was not done; the next attempt says why if it fails
 
     async def set_metadata(
         self, rel: str, metadata: dict[str, Any], *, known: dict[str, Any] | None, is_dir: bool
@@ -321,11 +383,15 @@ class Remote:
                 "last-change", self.client.fs_last_change, probe=True, timeout=min(self.timeout, PROBE_TIMEOUT)
             ))
         except PuterConnectionError as exc:  # timeouts included
-            self.set_reachable(False, str(exc))
+            self._probe_failures += 1
+            if self._probe_failures >= PROBE_FAILURES:
+                self.set_reachable(False, str(exc))
             raise
         except PuterError:
+            self._probe_failures = 0
             self.set_reachable(True)  # it answered (with an error)
             raise
+        self._probe_failures = 0
         self.set_reachable(True)
         return ts
 
