@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # and rclone is its comparison in bench/pjdfstest.py).
 MOUNT_TOOLS := fusermount3:fuse3 gcc:gcc
 TEST_TOOLS := fio:fio stress-ng:stress-ng rsync:rsync git:git vim:vim systemd-analyze:systemd \
-	chromium:chromium node:nodejs npm:npm autoreconf:autoconf automake:automake rclone:rclone
+	chromium:chromium node:nodejs npm:npm autoreconf:autoconf automake:automake rclone:rclone curl:curl
 # playwright-core drives the system Chromium (no browser download); project-local, gitignored.
 # 1.61 is the newest that still runs on Debian 12's Node 18 (1.62 wants Node 20).
 PLAYWRIGHT_VERSION := 1.61.0

@@ -38,6 +38,8 @@ from puterfs.emulator.faults import Faults, RequestLog, Rule, StreamShaper
 from puterfs.emulator.hosting import serve_site
 from puterfs.emulator.ratelimit import Limiter, RateLimited, driver_gates, fingerprint, gates_for
 from puterfs.emulator.store import Store
+from puterfs.emulator.webdav import handle as serve_dav
+from puterfs.emulator.webdav import is_dav_host
 
 log = logging.getLogger(__name__)
 
@@ -527,6 +529,8 @@ class Emulator:
 
     async def dispatch(self, request: Request, rule: Rule | None) -> Response:
         method, path = request.method, request.url.path
+        if is_dav_host(request.headers.get("host", ""), self.domain):  # webdav.py
+            return await serve_dav(self, request)
         site = serve_site(self, method, path, request.headers.get("host", ""))
         if site is not None:  # <sub>.site.<domain>, <name>.workers.<domain>
             return site

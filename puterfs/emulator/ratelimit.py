@@ -94,6 +94,9 @@ FS_SIGNED_READ = Gates((Window("fs:signed-read", MIN, _all(3000), "fingerprint")
 FS_SIGNED_WRITE = Gates((Window("fs:signed-write", MIN, _all(600), "fingerprint"),),
                         Cap("fs:signed", _all(60), "fingerprint"))
 
+# WebDAV (controllers/webdav/WebDAVController.ts:98-102): every verb on dav.<domain>, before auth
+DAV = Gates((Window("dav", MIN, _all(600), "fingerprint"),), Cap("dav", _all(10), "fingerprint"))
+
 
 def _auth(scope: str, seconds: float, fp: int, ip: int) -> Gates:
     return Gates((Window(scope, seconds, _all(fp), "fingerprint"), Window(scope + ":ip", seconds, _all(ip), "ip")))

@@ -51,20 +51,26 @@ SKIP: dict[tuple[str, int], str] = {
     ("presign", 39): "fauxqs accepted 6 bytes on a URL signed for 5; the emulator answers 403 like S3",
     ("presign", 40): "follows presign 39 (the emulator kept the 5-byte declared size: its PUT was refused)",
     ("presign", 42): "follows presign 40 (no completed d.txt to read)",
-    ("fs3", 41): "WebDAV (dav.<domain>) is not served by the emulator (docs/emulator.md)",
-    ("fs3", 42): "follows fs3 41: the listing has no dav.txt",
     ("presign", 108): "fauxqs accepted a PUT on an expired URL; the emulator answers 403 like S3",
 }
 
 # Emulator clock moves before a record (seconds): the recording waited in real time.
 ADVANCE: dict[tuple[str, int], float] = {
     ("presign", 108): 62.0,  # "recorded ~62 s after startWrite with expiresInSeconds 5 (clamped to 60)"
+    ("dav", 66): 32.0,  # "PUT without token 32 s after LOCK"
 }
 # Recorded users of the second recording (RECORDED-2.md): the session's own user is mapped
 # onto the emulator's admin; the other one (exbob, when exalice's session uses "exbob's token")
 # is a second user of the same name.
 SECOND_USERS = {"presign.jsonl": "exalice", "fs-extra.jsonl": "exalice", "limits.jsonl": "exbob",
                 "kv.jsonl": "exalice", "apps.jsonl": "exalice"}
+# Sessions replayed as a real user of the recorded name (same name length: the recorded
+# Content-Length of a PROPFIND body holds the username), with its password, and the other users.
+OWN_USERS: dict[str, tuple[str, tuple[str, ...]]] = {"dav": ("exalice", ("exbob",))}
+# Request headers sent as recorded (WebDAV verbs), with recorded names, uids and lock tokens mapped.
+DAV_HEADERS = ("access-control-request-method", "depth", "destination", "overwrite", "if", "lock-token", "timeout", "content-type")
+DAV_ETAG_RE = re.compile(r'^"([0-9a-f-]{36})-(\d+)"$')
+_DAV_ETAG_IN_XML = re.compile(r"<D:href>([^<]*)</D:href>(?:(?!</D:response>).)*?<D:getetag>\"([0-9a-f-]{36})-", re.S)
 # Sessions whose user shows its signup details (email, last activity) on /whoami.
 SIGNED_UP_SESSIONS = {"apps"}
 # Size placeholders of big recorded bodies: "<1025 k characters>", "<342 x U+20AC>".
@@ -204,6 +210,40 @@ class Replayer:
 
     current_email_user: str | None = None
 
+    def basic_credentials(self, rec: dict[str, Any]) -> str:
+        """``user:password`` for the record's ``basic:*`` auth (RECORDED-2.md format additions)."""
+        kind = rec["auth"][len("basic:"):]
+        user = next((o for o in ("exalice", "exbob") if o in self.names), None) or "exalice"
+        mine = self.names.get(user, user)
+        if kind == "password":
+            return f"{mine}:{self.passwords.get(mine) or self.passwords.setdefault(user, user + '-pass1')}"
+        if kind == "wrong-password":
+            return f"{mine}:definitely-wrong-pw"
+        if kind == "unknown-user":
+            return "nosuchuser-xyz:whatever-pw1"
+        if kind == "-token":
+            return "-token:" + (self.tokens.get("gui") or "")
+        if kind == "-token-invalid":
+            return "-token:garbage"
+        m = re.fullmatch(r"-token\((.+)\)", kind)
+        return "-token:" + (self.tokens.get(m.group(1), "") if m else "")
+
+    def learn_headers(self, rec: dict[str, Any], resp: httpx.Response) -> None:
+        """WebDAV names entries and locks in headers: learn recorded uid/lock token -> ours."""
+        want = rec.get("response_headers") or {}
+        m, g = DAV_ETAG_RE.match(want.get("ETag", "")), DAV_ETAG_RE.match(resp.headers.get("etag", ""))
+        if m and g and resp.status_code == rec["status"]:
+            self.uids.setdefault(m.group(1), g.group(1))
+        if rec["response_kind"] == "text" and "<D:multistatus" in (rec.get("response") or ""):
+            # the uid of each listed entry, from its ETag, by href
+            got_tags = {m.group(1): m.group(2) for m in _DAV_ETAG_IN_XML.finditer(self.map_str(resp.text))}
+            for m in _DAV_ETAG_IN_XML.finditer(self.map_str(rec["response"])):
+                if m.group(1) in got_tags:
+                    self.uids.setdefault(m.group(2), got_tags[m.group(1)])
+        lt_want, lt_got = want.get("Lock-Token"), resp.headers.get("lock-token")
+        if lt_want and lt_got:
+            self.uids.setdefault(lt_want.strip("<>"), lt_got.strip("<>"))
+
     def build_request(self, rec: dict[str, Any]) -> dict[str, Any]:
         if rec["host"] == "s3":  # a PUT to a presigned storage URL: no Puter auth, raw bytes
             return {"url": self.storage.get(rec["path"], "http://unknown.invalid" + rec["path"]),
@@ -215,11 +255,22 @@ class Replayer:
         for k, v in sent.items():
             if k.lower() in ("origin", "range", "if-none-match", "if-modified-since"):
                 headers[k] = v
-        tok = self.token_for(rec)
+        if rec["host"] == "dav":
+            for k, v in sent.items():
+                if k.lower() in DAV_HEADERS:
+                    headers[k] = self.map_str(v)
+        if rec["auth"].startswith("basic:"):
+            headers["Authorization"] = "Basic " + base64.b64encode(self.basic_credentials(rec).encode()).decode()
+            tok = None
+        else:
+            tok = self.token_for(rec)
         if tok:
             headers["Authorization"] = f"Bearer {tok}"
         kw: dict[str, Any] = {"headers": headers}
         req = self.map_obj(rec.get("request"))
+        if isinstance(req, str):  # a raw text body (WebDAV XML, a DAV PUT)
+            kw["content"] = req.encode()
+            return kw
         if tok and rec["path"] == "/drivers/call" and isinstance(req, dict):
             # puter.js puts the token in the body (auth_token) and workers args (authorization)
             req = json.loads(json.dumps(req).replace('"<token>"', json.dumps(tok)))
@@ -328,6 +379,8 @@ def compare(rec: dict[str, Any], resp: httpx.Response, rp: Replayer, loose_value
     elif kind == "bytes" and "response_base64" in rec:
         if resp.content != base64.b64decode(rec["response_base64"]):
             problems.append(f"bytes differ: {resp.content[:40]!r}")
+    elif kind == "text" and rec["host"] == "dav":
+        problems += dav_text_problems(rec, resp, rp)
     elif kind == "empty" and resp.content:
         problems.append(f"expected an empty body, got {resp.content[:60]!r}")
     recorded_headers = rec.get("response_headers") or {}
@@ -343,6 +396,11 @@ def compare(rec: dict[str, Any], resp: httpx.Response, rp: Replayer, loose_value
         got_v = resp.headers.get(name)
         if got_v is None:
             problems.append(f"missing header {name}")
+        elif name == "ETag" and DAV_ETAG_RE.match(value):
+            # "<uid>-<mtime seconds>": the uid must be ours for the recorded one, the time is volatile
+            m, g = DAV_ETAG_RE.match(value), DAV_ETAG_RE.match(got_v)
+            if g is None or rp.map_str(m.group(1)) != g.group(1):
+                problems.append(f"header {name}: {got_v!r} != {value!r} (uid mapped)")
         elif name in ("Content-Length", "Content-Range", "Content-Disposition", "content-disposition") or (
             name.lower() == "etag" and not value.startswith("W/")
         ):
@@ -350,6 +408,44 @@ def compare(rec: dict[str, Any], resp: httpx.Response, rp: Replayer, loose_value
                 problems.append(f"header {name}: {got_v!r} != {value!r}")
     if rec.get("response_headers") and "Accept-Ranges" not in rec["response_headers"] and "accept-ranges" in resp.headers:
         problems.append("Accept-Ranges sent, the server does not")
+    return problems
+
+
+# WebDAV XML: volatile values (times, the seconds of an ETag) are compared by shape
+_DAV_VOLATILE = [
+    (re.compile(r"<D:getlastmodified>[^<]*</D:getlastmodified>"), "<D:getlastmodified>DATE</D:getlastmodified>"),
+    (re.compile(r"<D:creationdate>[^<]*</D:creationdate>"), "<D:creationdate>DATE</D:creationdate>"),
+    (re.compile(r'("[0-9a-f-]{36})-\d+"'), r'\1-SECONDS"'),
+]
+# Records whose listing also holds what other recorded sessions made on the same account
+DAV_FOREIGN_ENTRIES = {6: "the recorded home also held presign/, site/, site2/, sock/, worker.js of other sessions"}
+_DAV_BLOCK = re.compile(r"  <D:response>\n    <D:href>([^<]*)</D:href>.*?</D:response>", re.S)
+
+
+def _dav_norm(body: str) -> str:
+    for rx, rep in _DAV_VOLATILE:
+        body = rx.sub(rep, body)
+    return body
+
+
+def dav_text_problems(rec: dict[str, Any], resp: httpx.Response, rp: Replayer) -> list[str]:
+    """A DAV answer's text as recorded: error texts exactly, XML byte for byte but for the
+    volatile values (uids and lock tokens mapped)."""
+    want, got = rp.map_str(rec["response"]), resp.text
+    if "xml" not in (rec.get("content_type") or ""):
+        return [] if got == want else [f"text {got!r} != {want!r}"]
+    want, got = _dav_norm(want), _dav_norm(got)
+    if rec["seq"] not in DAV_FOREIGN_ENTRIES or rec["session"] != "dav":
+        return [] if got == want else [f"XML differs:\n--- got\n{got}\n--- recorded\n{want}"]
+    # only the entries this replay can have: each of ours must be the recorded one, in order
+    want_blocks = {m.group(1): m.group(0) for m in _DAV_BLOCK.finditer(want)}
+    got_blocks = [(m.group(1), m.group(0)) for m in _DAV_BLOCK.finditer(got)]
+    problems = [f"entry {h} not recorded" for h, _ in got_blocks if h not in want_blocks]
+    problems += [f"entry {h} differs:\n{b}\n--- recorded\n{want_blocks[h]}"
+                 for h, b in got_blocks if h in want_blocks and b != want_blocks[h]]
+    order = [h for h in want_blocks if h in dict(got_blocks)]
+    if [h for h, _ in got_blocks if h in want_blocks] != order:
+        problems.append("entries out of the recorded order")
     return problems
 
 
@@ -434,6 +530,13 @@ async def _replay_session(session: str, recs: list[dict[str, Any]], tmp: Path) -
                 bob = emu.store.create_user("exbob", "exbob-pass1")
                 emu.store.update_user(bob["id"], email_confirmed=1)
                 rp.tokens["exbob"] = emu.issue_token(emu.store.user_by_name("exbob"), "gui")
+        if session in OWN_USERS:
+            own, others = OWN_USERS[session]
+            for name in (own, *others):
+                pw = rp.passwords.setdefault(name, name + "-pass1")
+                u = emu.store.create_user(name, pw)
+                emu.store.update_user(u["id"], email=f"{name}@example.com", email_confirmed=1)
+            rp.tokens["gui"] = emu.issue_token(emu.store.user_by_name(own), "gui")
         for rec in recs:
             emu.clock_offset += ADVANCE.get((session, rec["seq"]), 0.0)
             if (session, rec["seq"]) in SKIP:
@@ -448,6 +551,7 @@ async def _replay_session(session: str, recs: list[dict[str, Any]], tmp: Path) -
                 results[rec["seq"]] = [f"transport error: {exc!r}"]
                 continue
             client.cookies.clear()  # recorded without sending cookies back
+            rp.learn_headers(rec, resp)
             rp.learn(rec, kw, resp)
             results[rec["seq"]] = compare(rec, resp, rp, loose_values=is_driver_record(rec))
     emu.store.close()
