@@ -1,36 +1,53 @@
 #!/usr/bin/env python3
-"""puterfs benchmark: the mount measured side by side with a local directory, in one run.
+"""puterfs benchmark: puterfs, rclone mount and the local disk side by side, in one run.
 
-Starts its own emulator (``python -m puterfs emulator``) on a free loopback port and its
-own mount (``python -m puterfs mount --foreground``), then prints:
+For each tier (``--tier free``, the strict emulator's default limits; ``--tier unlimited``,
+limits off; ``--tier both``, the default) it starts its own emulator (``python -m puterfs
+emulator``) on a free loopback port, a puterfs mount against it (``python -m puterfs mount
+--foreground``), an ``rclone mount --vfs-cache-mode writes`` of a local directory (the
+ceiling of a caching FUSE mount; skipped with a note when rclone is missing) and a plain
+local directory. Every workload runs ``--repeat`` times (default 3) interleaved across the
+targets (puterfs, rclone, local, puterfs, ...) and the median is reported. Each workload
+checks its result byte for byte or by hash, so a fast wrong answer cannot win.
 
-- sequential write (to close, and until fsync returns: the data is on the server) and
-  read throughput, mount vs local directory, and their ratio;
-- ``ls -l`` of a 1000-file directory, cold (fresh cache) vs warm, with the number of HTTP
-  requests each caused (from the emulator's request log);
-- ``stat`` latency, mount vs local;
-- small-file creation rate, mount vs local, and how long the uploads took;
-- the daemon's peak RSS while copying a large file, against the file's size.
+Workloads (issue 13): ``tar x`` of 1,000 small files (until it returns, and until the
+mount's state file says nothing is pending, with the HTTP requests and 429s from the
+emulator's request log); ``git clone`` of a 300-file local repository + ``git status``;
+``cp -r`` and ``rm -rf`` of 1,000 files; 50 editor-style saves (write a temp file, fsync,
+rename over); 100 appends each followed by ``sync``; a 4-process mixed namespace and data
+workload (2,000 operations, in the manner of fsstress); a sequential write and a cold read
+of a large file (``--big-mib``) against ``PuterClient.fs_write``/``fs_read`` of it; 2,000
+random 4 KiB reads of an uncached file (bytes downloaded vs bytes read); cold and warm
+``ls -lR`` of 1,000 entries (request counts); ``.ai/chat`` time to first byte against a
+direct streaming ``ai_chat``; and the daemon's peak RSS and CPU seconds per workload (from
+/proc of the daemon).
 
-Usage: ``python bench/run.py [--seq-mib 64] [--big-mib 96] [--files 1000] [--json]``.
-It is not part of pytest; it needs root (or fuse permissions) and /dev/fuse.
+It prints a table of figures and ratios with each issue-13 target beside it (met / not met)
+and writes JSON with ``--json PATH``. ``--smoke`` runs every workload once with tiny sizes
+(the test suite does that). Needs root (or fuse permissions) and /dev/fuse.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -42,6 +59,7 @@ from puterfs import config
 log = logging.getLogger("bench")
 
 MiB = 1024 * 1024
+TARGETS = ("puterfs", "rclone", "local")
 
 
 def free_port() -> int:
@@ -63,21 +81,22 @@ def wait(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
 class Emulator:
     """The emulator as a subprocess, plus its loopback admin routes (request log)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tier: str) -> None:
         self.data = workdir / "emulator"
         self.data.mkdir()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.logf = open(workdir / "emulator.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "puterfs", "emulator", "--port", str(self.port), "--data", str(self.data)],
+            [sys.executable, "-m", "puterfs", "emulator", "--port", str(self.port), "--data", str(self.data),
+             "--tier", tier, "--no-print-token"],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.token_file = self.data / "token"
         wait(self._ready, 60, "the emulator")
         self.token = self.token_file.read_text().strip()
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
-        self.username = self.http.get("/whoami").json()["username"]
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=300)
+        self.username = self._send("GET", "/whoami").json()["username"]
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -89,6 +108,16 @@ class Emulator:
         except httpx.HTTPError:
             return False
 
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """One request of the bench's own set-up; a 429 of the free tier waits its window."""
+        for _ in range(200):
+            resp = self.http.request(method, url, **kw)
+            if resp.status_code != 429:
+                resp.raise_for_status()
+                return resp
+            time.sleep(min(float(resp.headers.get("Retry-After") or 1), 30))
+        raise RuntimeError(f"{url}: still 429 after many waits")
+
     def clear_log(self) -> None:
         self.http.delete("/_emulator/log")
 
@@ -96,7 +125,7 @@ class Emulator:
         return [e for e in self.http.get("/_emulator/log").json() if not e["path"].startswith("/_emulator/")]
 
     def upload_many(self, parent: str, files: dict[str, bytes]) -> None:
-        """Create files directly on the server, 50 per /batch request."""
+        """Create files directly on the server (not through a mount), 50 per /batch request."""
         names = list(files)
         for start in range(0, len(names), 50):
             chunk = names[start : start + 50]
@@ -108,8 +137,7 @@ class Emulator:
                 for i, n in enumerate(chunk)
             ]
             upload = [("file", (n, files[n], "application/octet-stream")) for n in chunk]
-            resp = self.http.post("/batch", data={"fileinfo": infos, "operation": ops}, files=upload)
-            resp.raise_for_status()
+            resp = self._send("POST", "/batch", data={"fileinfo": infos, "operation": ops}, files=upload)
             if resp.status_code != 200:
                 raise RuntimeError(f"/batch partially failed: {resp.text[:300]}")
 
@@ -125,6 +153,8 @@ class Emulator:
 
 
 class Mount:
+    """A puterfs daemon (``--foreground``, so its pid is the daemon's own)."""
+
     def __init__(self, workdir: Path, emu: Emulator, name: str, *extra: str) -> None:
         self.path = workdir / name
         self.path.mkdir(exist_ok=True)
@@ -157,7 +187,7 @@ class Mount:
         except (OSError, ValueError):
             return None
 
-    def wait_uploaded(self, timeout: float = 600, settle: float = 1.0) -> float:
+    def wait_uploaded(self, timeout: float = 900, settle: float = 1.0) -> float:
         """Wait until nothing is pending; returns the perf_counter time the queue became empty.
 
         The state file is rewritten at most a few times per second, so the zero must hold
@@ -167,7 +197,7 @@ class Mount:
         while time.monotonic() < deadline:
             st = self.state()
             now = time.perf_counter()
-            if st and st.get("pending") == 0 and st.get("uploading") == 0:
+            if st and st.get("pending") == 0 and st.get("uploading", 0) == 0:
                 zero_since = zero_since or now
                 if now - zero_since >= settle:
                     return zero_since
@@ -176,12 +206,22 @@ class Mount:
             time.sleep(0.02)
         raise RuntimeError("uploads did not finish")
 
-    def hwm_kib(self) -> int:
+    def reset_peak(self) -> None:
+        """Reset VmHWM to the current RSS (Linux: ``echo 5 > /proc/PID/clear_refs``)."""
+        with contextlib.suppress(OSError), open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+
+    def hwm_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+                    return int(line.split()[1]) / 1024
         raise RuntimeError("no VmHWM")
+
+    def cpu_s(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -196,177 +236,701 @@ class Mount:
         self.logf.close()
 
 
+class Rclone:
+    """``rclone mount --vfs-cache-mode writes`` of a local directory (``backing``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.backing = workdir / "rclone-backing"
+        self.path = workdir / "rclone"
+        self.backing.mkdir()
+        self.path.mkdir()
+        self.logf = open(workdir / "rclone.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["rclone", "mount", str(self.backing), str(self.path), "--vfs-cache-mode", "writes",
+             "--cache-dir", str(workdir / "rclone-cache"), "--config", "/dev/null"],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rclone exited with {self.proc.returncode}; see {self.logf.name}")
+            return os.path.ismount(self.path)
+
+        wait(ready, 60, "rclone mount")
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=False, capture_output=True)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        self.logf.close()
+
+
 # --------------------------------------------------------------------------------------------
-# measurements
+# verification helpers
 
 
-def timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def write_file(path: Path, size: int, block: bytes, sync: bool) -> None:
-    with open(path, "wb") as f:
-        for _ in range(size // len(block)):
-            f.write(block)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def read_file(path: Path) -> int:
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(MiB):
-            n += len(chunk)
-    return n
-
-
-def bench_sequential(m: Mount, local: Path, size: int) -> dict[str, Any]:
-    mnt = m.path
-    block = os.urandom(MiB)
-    out: dict[str, Any] = {}
-    for label, sync in (("write (to close)", False), ("write + fsync (on the server)", True)):
-        t_local = timed(lambda sync=sync: write_file(local / "seq.bin", size, block, sync))
-        m.wait_uploaded()
-        t_mount = timed(lambda sync=sync: write_file(mnt / "seq.bin", size, block, sync))
-        out[label] = (size / MiB / t_mount, size / MiB / t_local)
-    # end to end without fsync: write, close, and the write-back delay plus the upload
-    m.wait_uploaded()
-    t0 = time.perf_counter()
-    write_file(mnt / "seq.bin", size, block, False)
-    t_mount = m.wait_uploaded() - t0
-    out["write + write-back upload"] = (size / MiB / t_mount, out["write + fsync (on the server)"][1])
-    t_local = timed(lambda: read_file(local / "seq.bin"))
-    t_mount = timed(lambda: read_file(mnt / "seq.bin"))
-    out["read (cached)"] = (size / MiB / t_mount, size / MiB / t_local)
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (and "dir" for every directory) under root."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for d in dirnames:
+            out[os.path.normpath(os.path.join(rel, d))] = "dir"
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                out[os.path.normpath(os.path.join(rel, name))] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
-def bench_listing(workdir: Path, emu: Emulator, n: int) -> dict[str, Any]:
-    emu.upload_many(f"/{emu.username}/many", {f"file{i:04d}.txt": f"{i}\n".encode() for i in range(n)})
-    m = Mount(workdir, emu, "mnt-list")
-    try:
-        results = {}
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise AssertionError(f"verification failed: {what}")
+
+
+def drop_file_cache(path: Path) -> None:
+    """Evict one file from the kernel's page cache (for the local and rclone cold reads)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# the mixed 4-process workload (in the manner of fsstress): each process works in its own
+# directory with a seeded random mix and keeps a model of what must be there; at the end the
+# tree must equal the model byte for byte.
+
+
+def mixed_worker(root: str, seed: int, ops: int) -> dict[str, str]:
+    rng = random.Random(seed)
+    base = Path(root)
+    base.mkdir()
+    files: dict[str, bytes] = {}
+    dirs: set[str] = {"."}
+    for i in range(ops):
+        op = rng.choice(("create", "create", "write", "append", "read", "rename", "unlink", "mkdir", "rmdir",
+                         "stat", "readdir", "truncate", "fsync"))  # fmt: skip
+        if op in ("write", "append", "read", "rename", "unlink", "truncate", "fsync") and not files:
+            op = "create"
+        if op == "create":
+            name = os.path.join(rng.choice(sorted(dirs)), f"f{i}")
+            data = rng.randbytes(rng.randint(0, 16384))
+            (base / name).write_bytes(data)
+            files[name] = data
+        elif op == "write":
+            name = rng.choice(sorted(files))
+            off = rng.randint(0, len(files[name]))
+            data = rng.randbytes(rng.randint(1, 8192))
+            with open(base / name, "r+b") as f:
+                f.seek(off)
+                f.write(data)
+            old = files[name]
+            files[name] = old[:off] + data + old[off + len(data) :]
+        elif op == "append":
+            name = rng.choice(sorted(files))
+            data = rng.randbytes(rng.randint(1, 4096))
+            with open(base / name, "ab") as f:
+                f.write(data)
+            files[name] += data
+        elif op == "read":
+            name = rng.choice(sorted(files))
+            check((base / name).read_bytes() == files[name], f"mixed read of {name}")
+        elif op == "rename":
+            name = rng.choice(sorted(files))
+            new = os.path.join(rng.choice(sorted(dirs)), f"r{i}")
+            os.rename(base / name, base / new)
+            files[new] = files.pop(name)
+        elif op == "unlink":
+            name = rng.choice(sorted(files))
+            os.unlink(base / name)
+            del files[name]
+        elif op == "mkdir":
+            d = os.path.normpath(os.path.join(rng.choice(sorted(dirs)), f"d{i}"))
+            os.mkdir(base / d)
+            dirs.add(d)
+        elif op == "rmdir":
+            empty = [d for d in dirs if d != "." and not any(k.startswith(d + "/") for k in files)
+                     and not any(o.startswith(d + "/") for o in dirs)]  # fmt: skip
+            if empty:
+                d = rng.choice(sorted(empty))
+                os.rmdir(base / d)
+                dirs.discard(d)
+        elif op == "stat":
+            name = rng.choice(sorted(files)) if files else "."
+            st = os.stat(base / name)
+            check(name == "." or st.st_size == len(files[name]), f"mixed stat size of {name}")
+        elif op == "readdir":
+            d = rng.choice(sorted(dirs))
+            os.listdir(base / d)
+        elif op == "truncate":
+            name = rng.choice(sorted(files))
+            n = rng.randint(0, len(files[name]))
+            with open(base / name, "r+b") as f:  # ftruncate (rclone refuses a path truncate)
+                f.truncate(n)
+            files[name] = files[name][:n]
+        elif op == "fsync":
+            name = rng.choice(sorted(files))
+            fd = os.open(base / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    model = {os.path.normpath(k): hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    model.update({d: "dir" for d in dirs if d != "."})
+    return model
+
+
+def _mixed_entry(args: tuple[str, int, int]) -> dict[str, str]:
+    return mixed_worker(*args)
+
+
+# --------------------------------------------------------------------------------------------
+# the bench
+
+
+class Figures(dict):
+    """A target's medians; a figure missing because the workload failed reads as NaN."""
+
+    def __missing__(self, key: str) -> float:
+        return float("nan")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, tier: str) -> None:
+        self.args = args
+        self.tier = tier
+        self.workdir = workdir
+        self.src = workdir / "src"
+        self.src.mkdir()
+        self.emu = Emulator(workdir, tier)
+        extra = ["--tier", tier] + (["--write-back", str(args.write_back)] if args.write_back is not None else [])
+        self.mount = Mount(workdir, self.emu, "puterfs", *extra)
+        self.write_back = args.write_back if args.write_back is not None else 2.0
+        self.rclone: Rclone | None = None
+        self.notes: list[str] = []
+        if shutil.which("rclone"):
+            try:
+                self.rclone = Rclone(workdir)
+            except RuntimeError as e:
+                self.notes.append(f"rclone column skipped: {e}")
+        else:
+            self.notes.append("rclone column skipped: rclone is not installed (apt-get install rclone)")
+        (workdir / "local").mkdir()
+        self.roots = {"puterfs": self.mount.path, "local": workdir / "local"}
+        if self.rclone:
+            self.roots["rclone"] = self.rclone.path
+        self.targets = [t for t in TARGETS if t in self.roots]
+        self.seq = 0
+        self.prepare_sources()
+
+    def stop(self) -> None:
+        for part in (self.mount, self.rclone):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.stop()
+        self.emu.stop()
+
+    def fresh(self, target: str, what: str) -> Path:
+        self.seq += 1
+        d = self.roots[target] / f"{what}-{self.seq}"
+        return d
+
+    # -- sources built once, outside every target --------------------------------------------
+
+    def prepare_sources(self) -> None:
+        a = self.args
+        rng = random.Random(13)
+        # 1,000 small files in 10 directories, as a tarball and as a tree
+        tree = self.src / "small"
+        for i in range(a.files):
+            d = tree / f"dir{i % 10}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"file{i:04d}.txt").write_bytes(f"line {i} {rng.random()}\n".encode())
+        self.small_hashes = tree_hashes(tree)
+        self.tarball = self.src / "small.tar"
+        with tarfile.open(self.tarball, "w") as tf:
+            tf.add(tree, arcname="small")
+        # a git repository of a.repo_files files
+        repo = self.src / "repo"
+        repo.mkdir()
+        for i in range(a.repo_files):
+            p = repo / f"pkg{i % 15}" / f"mod{i}.py"
+            p.parent.mkdir(exist_ok=True)
+            p.write_text("".join(f"x{j} = {rng.random()!r}\n" for j in range(rng.randint(5, 200))))
+        env = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="b@x", GIT_COMMITTER_NAME="bench",
+                   GIT_COMMITTER_EMAIL="b@x")  # fmt: skip
+        run(["git", "init", "-q", str(repo)])
+        run(["git", "-C", str(repo), "add", "-A"], env=env)
+        run(["git", "-C", str(repo), "commit", "-q", "-m", "bench"], env=env)
+        self.repo = repo
+        self.repo_hashes = {k: v for k, v in tree_hashes(repo).items() if not k.startswith(".git")}
+        self.big = os.urandom(a.big_mib * MiB)
+        self.big_sha = hashlib.sha256(self.big).hexdigest()
+
+    # -- measurement frame ---------------------------------------------------------------------
+
+    def measure(self, name: str, fn: Callable[[str], dict[str, float]]) -> None:
+        """Run fn(target) repeat times interleaved; fn returns {metric: value}; keep medians."""
+        samples: dict[str, dict[str, list[float]]] = {t: {} for t in self.targets}
+        errors: dict[str, str] = {}
+        for rep in range(self.args.repeat):
+            for target in self.targets:
+                log.info("  [%s] %s: %s, run %d", self.tier, name, target, rep + 1)
+                if target == "puterfs":
+                    self.mount.wait_uploaded(settle=self.args.settle)
+                    self.emu.clear_log()
+                    self.mount.reset_peak()
+                    cpu0 = self.mount.cpu_s()
+                try:
+                    out = fn(target)
+                except Exception as e:  # a target that fails a workload is reported, not fatal
+                    log.error("  [%s] %s FAILED on %s: %s", self.tier, name, target, e)
+                    errors.setdefault(target, f"{type(e).__name__}: {e}"[:300])
+                    continue
+                if target == "puterfs":
+                    entries = self.emu.log()
+                    out.setdefault("requests", len(entries))
+                    out["http 429"] = sum(1 for e in entries if e.get("status") == 429)
+                    out["daemon cpu s"] = self.mount.cpu_s() - cpu0
+                    out["daemon peak RSS MiB"] = self.mount.hwm_mib()
+                for k, v in out.items():
+                    samples[target].setdefault(k, []).append(v)
+        self.results[name] = {t: Figures({k: statistics.median(v) for k, v in m.items()}) for t, m in samples.items()}
+        for t, e in errors.items():
+            self.results[name][t]["error"] = e
+            self.notes.append(f"{name} failed on {t}: {e}")
+
+    def until_uploaded(self, target: str, t0: float, returned: float) -> dict[str, float]:
+        if target != "puterfs":
+            return {"s": returned - t0}
+        on_server = self.mount.wait_uploaded(settle=self.args.settle)
+        return {"s": returned - t0, "on server s": max(on_server, returned) - t0}
+
+    # -- workloads -----------------------------------------------------------------------------
+
+    def w_tar(self, target: str) -> dict[str, float]:
+        d = self.fresh(target, "tar")
+        d.mkdir()
+        t0 = time.perf_counter()
+        run(["tar", "xf", str(self.tarball), "-C", str(d)])
+        t1 = time.perf_counter()
+        out = self.until_uploaded(target, t0, t1)
+        check(tree_hashes(d / "small") == self.small_hashes, f"tar x tree on {target}")
+        return out
+
+    def w_git(self, target: str) -> dict[str, float]:
+        d = self.fresh(target, "clone")
+        t0 = time.perf_counter()
+        run(["git", "clone", "-q", "--no-hardlinks", str(self.repo), str(d)])
+        st = run(["git", "-C", str(d), "status", "--porcelain"]).stdout
+        t1 = time.perf_counter()
+        out = self.until_uploaded(target, t0, t1)
+        check(st == b"", f"git status clean on {target}: {st[:200]!r}")
+        got = {k: v for k, v in tree_hashes(d).items() if not k.startswith(".git")}
+        check(got == self.repo_hashes, f"git clone work tree on {target}")
+        run(["git", "-C", str(d), "fsck", "--no-progress"])
+        return out
+
+    def w_cp_rm(self, target: str) -> dict[str, float]:
+        d = self.fresh(target, "cp")
+        t0 = time.perf_counter()
+        run(["cp", "-r", str(self.src / "small"), str(d)])
+        t_cp = time.perf_counter() - t0
+        check(tree_hashes(d) == self.small_hashes, f"cp -r tree on {target}")
+        if target == "puterfs":
+            self.mount.wait_uploaded(settle=self.args.settle)
+        t0 = time.perf_counter()
+        run(["rm", "-rf", str(d)])
+        t_rm = time.perf_counter() - t0
+        check(not d.exists(), f"rm -rf on {target}")
+        return {"cp -r s": t_cp, "rm -rf s": t_rm}
+
+    def w_saves(self, target: str) -> dict[str, float]:
+        d = self.fresh(target, "saves")
+        d.mkdir()
+        doc = d / "doc.txt"
+        content = b""
+        t0 = time.perf_counter()
+        for i in range(self.args.saves):
+            content = f"revision {i}\n".encode() * (50 + i)
+            tmp = d / ".doc.txt.swp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, content)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, doc)
+        t1 = time.perf_counter()
+        out = self.until_uploaded(target, t0, t1)
+        check(doc.read_bytes() == content and sorted(os.listdir(d)) == ["doc.txt"], f"editor saves on {target}")
+        return out
+
+    def w_appends(self, target: str) -> dict[str, float]:
+        d = self.fresh(target, "appends")
+        d.mkdir()
+        f = d / "log.txt"
+        t0 = time.perf_counter()
+        for i in range(self.args.appends):
+            with open(f, "ab") as fh:
+                fh.write(f"entry {i}\n".encode())
+            os.sync()
+        t1 = time.perf_counter()
+        out = self.until_uploaded(target, t0, t1)
+        check(f.read_bytes() == b"".join(f"entry {i}\n".encode() for i in range(self.args.appends)),
+              f"appends on {target}")  # fmt: skip
+        return out
+
+    def w_mixed(self, target: str) -> dict[str, float]:
+        d = self.fresh(target, "mixed")
+        d.mkdir()
+        per = self.args.mixed_ops // 4
+        jobs = [(str(d / f"p{k}"), 1000 + k, per) for k in range(4)]
+        ctx = multiprocessing.get_context("fork")
+        t0 = time.perf_counter()
+        with ctx.Pool(4) as pool:
+            models = pool.map(_mixed_entry, jobs)
+        t1 = time.perf_counter()
+        out = self.until_uploaded(target, t0, t1)
+        for (root, _, _), model in zip(jobs, models, strict=True):
+            check(tree_hashes(Path(root)) == model, f"mixed workload tree {root} on {target}")
+        return out
+
+    def server_path(self, rel: Path) -> str:
+        return f"/{self.emu.username}/{rel.relative_to(self.mount.path).as_posix()}"
+
+    def client(self) -> Any:
+        from puterfs import PuterClient
+
+        return PuterClient(self.emu.token, api_url=self.emu.url, web_url=self.emu.url, tier=self.tier)
+
+    def visible(self, path: Path) -> None:
+        """Wait until a file put on the server directly shows in the mount (its --poll-interval)."""
+        wait(path.exists, 120, f"{path} to show in the mount", interval=0.2)
+
+    def w_sequential(self, target: str) -> dict[str, float]:
+        size = len(self.big)
+        d = self.fresh(target, "seq")
+        d.mkdir()
+        f = d / "big.bin"
+        block = 1 * MiB
+        t0 = time.perf_counter()
+        with open(f, "wb") as fh:
+            for off in range(0, size, block):
+                fh.write(self.big[off : off + block])
+        t1 = time.perf_counter()
+        out = {"write MiB/s": size / MiB / (t1 - t0)}
+        if target == "puterfs":
+            on = self.mount.wait_uploaded(settle=self.args.settle)
+            out["write+upload MiB/s"] = size / MiB / (max(on, t1) - t0)
+            # the file the mount uploaded, read back with the client: verification + its speed
+            remote = self.server_path(f)
+
+            async def client_rw() -> tuple[float, float]:
+                async with self.client() as c:
+                    r0 = time.perf_counter()
+                    data = await c.fs_read(remote)
+                    r1 = time.perf_counter()
+                    check(hashlib.sha256(data).hexdigest() == self.big_sha, "server copy of the mount's big file")
+                    await c.fs_write(remote + ".client", self.big)
+                    r2 = time.perf_counter()
+                    return r1 - r0, r2 - r1
+
+            t_read, t_write = asyncio.run(client_rw())
+            out["client fs_read MiB/s"] = size / MiB / t_read
+            out["client fs_write MiB/s"] = size / MiB / t_write
+            # cold read through the mount of a file it has never seen (put there directly)
+            cold_dir = f"/{self.emu.username}/cold-{self.seq}"
+            self.emu.upload_many(cold_dir, {"big.bin": self.big})
+            cold = self.mount.path / f"cold-{self.seq}" / "big.bin"
+            self.visible(cold)
+            self.emu.clear_log()
+        else:
+            cold = f
+            drop_file_cache(f)
+            if target == "rclone" and self.rclone:
+                drop_file_cache(self.rclone.backing / f.relative_to(self.rclone.path))
+        t0 = time.perf_counter()
+        h = hashlib.sha256()
+        with open(cold, "rb", buffering=0) as fh:
+            while chunk := fh.read(MiB):
+                h.update(chunk)
+        t1 = time.perf_counter()
+        check(h.hexdigest() == self.big_sha, f"cold read on {target}")
+        out["cold read MiB/s"] = size / MiB / (t1 - t0)
+        return out
+
+    def w_random(self, target: str) -> dict[str, float]:
+        size = len(self.big)
+        name = f"rand-{self.seq + 1}"
+        if target == "puterfs":
+            self.emu.upload_many(f"/{self.emu.username}/{name}", {"big.bin": self.big})
+            f = self.mount.path / name / "big.bin"
+            self.seq += 1
+            self.visible(f)
+        else:
+            d = self.fresh(target, "rand")
+            d.mkdir()
+            f = d / "big.bin"
+            f.write_bytes(self.big)
+            drop_file_cache(f)
+            if target == "rclone" and self.rclone:
+                drop_file_cache(self.rclone.backing / f.relative_to(self.rclone.path))
+        rng = random.Random(42)
+        offsets = [rng.randrange(0, size - 4096) // 4096 * 4096 for _ in range(self.args.random_reads)]
+        if target == "puterfs":
+            os.stat(f)  # the lookup is not part of the read cost
+            self.emu.clear_log()
+        t0 = time.perf_counter()
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            for off in offsets:
+                check(os.pread(fd, 4096, off) == self.big[off : off + 4096], f"random read at {off} on {target}")
+        finally:
+            os.close(fd)
+        t1 = time.perf_counter()
+        out = {"s": t1 - t0, "bytes read": 4096.0 * len(offsets)}
+        if target == "puterfs":
+            out["bytes downloaded"] = float(sum(e.get("bytes_out") or 0 for e in self.emu.log()))
+        return out
+
+    def w_ls(self, target: str) -> dict[str, float]:
+        n, ndirs = self.args.files, 10
+        files = {f"d{i % ndirs}/e{i:04d}": f"{i}\n".encode() for i in range(n)}
+        if target == "puterfs":
+            self.seq += 1
+            top = f"ls-{self.seq}"
+            for k in range(ndirs):
+                sub = {name.split("/")[1]: data for name, data in files.items() if name.startswith(f"d{k}/")}
+                self.emu.upload_many(f"/{self.emu.username}/{top}/d{k}", sub)
+            d = self.mount.path / top
+            self.visible(d)
+        else:
+            d = self.fresh(target, "ls")
+            for name, data in files.items():
+                (d / name).parent.mkdir(parents=True, exist_ok=True)
+                (d / name).write_bytes(data)
+        out: dict[str, float] = {}
         for label in ("cold", "warm"):
-            emu.clear_log()
-            t = timed(lambda: subprocess.run(["ls", "-l", str(m.path / "many")], check=True, capture_output=True))
-            results[label] = (t, len(emu.log()))
-        return results
-    finally:
-        m.stop()
-
-
-def bench_stat(mnt: Path, local: Path, rounds: int = 2000) -> dict[str, float]:
-    for root in (mnt, local):
-        (root / "stat.txt").write_bytes(b"x")
-    out = {}
-    for label, root in (("mount", mnt), ("local", local)):
-        p = str(root / "stat.txt")
-        samples = []
-        for _ in range(rounds):
+            if target == "puterfs":
+                self.emu.clear_log()
             t0 = time.perf_counter()
-            os.stat(p)
-            samples.append(time.perf_counter() - t0)
-        out[label] = statistics.median(samples) * 1e6
-    return out
+            listing = run(["ls", "-lR", str(d)]).stdout.decode()
+            out[f"{label} s"] = time.perf_counter() - t0
+            if target == "puterfs":
+                out[f"{label} requests"] = float(len(self.emu.log()))
+            names = {ln.split()[-1] for ln in listing.splitlines() if ln.startswith("-")}
+            check(len(names) == n, f"ls -lR {label} on {target}: {len(names)} of {n} files")
+        return out
+
+    def w_chat(self, target: str) -> dict[str, float]:
+        prompt = f"benchmark prompt {self.seq}"
+        self.seq += 1
+        chat = self.mount.path / ".ai" / "chat"
+        t0 = time.perf_counter()
+        with open(chat, "wb") as fh:
+            fh.write(prompt.encode() + b"\n")
+        with open(chat, "rb", buffering=0) as fh:
+            first = fh.read(1)
+            t1 = time.perf_counter()
+            rest = first + fh.read()
+        check(rest == prompt.encode() + b"\n", f".ai/chat answer {rest[:80]!r}")
+
+        async def direct() -> tuple[float, str]:
+            async with self.client() as c:
+                s0 = time.perf_counter()
+                stream = await c.ai_chat(prompt, options={"stream": True})
+                text, ttfb = "", None
+                async for delta, _model in stream:
+                    if ttfb is None and delta:
+                        ttfb = time.perf_counter() - s0
+                    text += delta
+                return ttfb or 0.0, text
+
+        ttfb, text = asyncio.run(direct())
+        check(text.strip() == prompt, f"ai_chat answer {text[:80]!r}")
+        return {"first byte s": t1 - t0, "ai_chat first byte s": ttfb}
+
+    def run_all(self) -> dict[str, Any]:
+        self.results: dict[str, Any] = {}
+        self.measure("tar x", self.w_tar)
+        self.measure("git clone + status", self.w_git)
+        self.measure("cp -r / rm -rf", self.w_cp_rm)
+        self.measure("editor saves", self.w_saves)
+        self.measure("appends + sync", self.w_appends)
+        self.measure("mixed 4-process", self.w_mixed)
+        self.measure("sequential", self.w_sequential)
+        self.measure("random 4 KiB reads", self.w_random)
+        self.measure("ls -lR", self.w_ls)
+        targets, self.targets = self.targets, ["puterfs"]
+        try:
+            self.measure(".ai/chat", self.w_chat)
+        finally:
+            self.targets = targets
+        sizes = {k: getattr(self.args, k) for k in ("repeat", "big_mib", "files", "repo_files", "saves", "appends",
+                                                    "mixed_ops", "random_reads")}  # fmt: skip
+        return {"tier": self.tier, "targets": self.targets, "notes": self.notes, "sizes": sizes,
+                "write_back_s": self.write_back, "workloads": self.results}  # fmt: skip
 
 
-def bench_small_files(m: Mount, local: Path, n: int) -> dict[str, float]:
-    payload = os.urandom(1024)
-    out = {}
-    for label, root in (("local", local / "small"), ("mount", m.path / "small")):
-        root.mkdir()
-
-        def create(root: Path = root) -> None:
-            for i in range(n):
-                (root / f"f{i:04d}").write_bytes(payload)
-
-        out[label] = n / timed(create)
-    t0 = time.perf_counter()
-    out["uploaded after (s)"] = m.wait_uploaded() - t0
-    return out
+WORKLOADS = ("tar x", "git clone + status", "cp -r / rm -rf", "editor saves", "appends + sync", "mixed 4-process",
+             "sequential", "random 4 KiB reads", "ls -lR", ".ai/chat")  # fmt: skip
 
 
-def bench_rss(m: Mount, local: Path, size: int) -> dict[str, float]:
-    src = local / "big.bin"
-    write_file(src, size, os.urandom(MiB), False)
-    m.wait_uploaded()
-    before = m.hwm_kib()
-    t0 = time.perf_counter()
-    shutil.copyfile(src, m.path / "big.bin")
-    t = m.wait_uploaded() - t0
-    after = m.hwm_kib()
-    return {"file MiB": size / MiB, "peak RSS before MiB": before / 1024, "peak RSS after MiB": after / 1024,
-            "growth / file size": (after - before) * 1024 / size, "copy+upload MiB/s": size / MiB / t}  # fmt: skip
+# --------------------------------------------------------------------------------------------
+# targets and the table
+
+
+def verdicts(tr: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(what, puterfs figure, reference figure, ratio, target + met/not met) rows."""
+    w = tr["workloads"]
+    rows: list[tuple[str, str, str, str, str]] = []
+    have_rclone = "rclone" in tr["targets"]
+    ref = "rclone" if have_rclone else "local"
+    a = tr["sizes"]
+    n_files = a["files"]
+
+    def verdict(ok: bool | None, text: str) -> str:
+        return f"{text}: " + ("n/a" if ok is None else "met" if ok else "NOT met")
+
+    def time_row(label: str, wl: str, key: str, limit: float | None = 1.5) -> None:
+        p = w[wl]["puterfs"][key]
+        r = w[wl][ref][key]
+        loc = w[wl]["local"][key]
+        ratio = p / r if r else float("inf")
+        rows.append((label, f"{p:.3f} s", f"{ref} {r:.3f} s, local {loc:.3f} s", f"{ratio:.2f}",
+                     verdict(ratio <= limit if limit and have_rclone else None,
+                             f"<= {limit} x rclone") if limit else "-"))  # fmt: skip
+
+    time_row(f"tar x {n_files:,} files (returns)", "tar x", "s")
+    tx = w["tar x"]["puterfs"]
+    lag = tx["on server s"] - tx["s"]
+    rows.append(("tar x: on the server after", f"{tx['on server s']:.3f} s", "", f"+{lag:.2f} s",
+                 verdict(lag <= tr["write_back_s"] + 2, f"<= write-back {tr['write_back_s']:g} s + 2 s")))
+    rows.append(("tar x: HTTP requests", f"{tx['requests']:.0f}", "", "", verdict(tx["requests"] <= 30, "<= 30")))
+    time_row(f"git clone {a['repo_files']} files + status", "git clone + status", "s")
+    time_row(f"cp -r {n_files:,} files", "cp -r / rm -rf", "cp -r s")
+    time_row(f"rm -rf {n_files:,} files", "cp -r / rm -rf", "rm -rf s")
+    time_row(f"{a['saves']} editor saves", "editor saves", "s")
+    time_row(f"{a['appends']} appends + sync", "appends + sync", "s", None)
+    time_row(f"mixed 4-process, {a['mixed_ops']:,} ops", "mixed 4-process", "s")
+    for wl in ("tar x", "git clone + status", "cp -r / rm -rf", "editor saves", "mixed 4-process"):
+        n = w[wl]["puterfs"]["http 429"]
+        rows.append((f"{wl}: 429 answers", f"{n:.0f}", "", "",
+                     verdict(n == 0 if tr["tier"] == "free" else None, "0 on the free tier")))  # fmt: skip
+    sq = w["sequential"]
+    p, loc = sq["puterfs"]["write MiB/s"], sq["local"]["write MiB/s"]
+    rows.append((f"sequential write {a['big_mib']} MiB (to close)", f"{p:.1f} MiB/s", f"local {loc:.1f} MiB/s" +
+                 (f", rclone {sq['rclone']['write MiB/s']:.1f}" if have_rclone else ""),
+                 f"{p / loc:.2f}", verdict(p / loc >= 0.5, ">= 0.5 x local")))  # fmt: skip
+    rows.append(("sequential write + upload", f"{sq['puterfs']['write+upload MiB/s']:.1f} MiB/s",
+                 f"client fs_write {sq['puterfs']['client fs_write MiB/s']:.1f} MiB/s",
+                 f"{sq['puterfs']['write+upload MiB/s'] / sq['puterfs']['client fs_write MiB/s']:.2f}", "-"))
+    c, cr = sq["puterfs"]["cold read MiB/s"], sq["puterfs"]["client fs_read MiB/s"]
+    rows.append(("cold sequential read", f"{c:.1f} MiB/s", f"client fs_read {cr:.1f} MiB/s, local "
+                 f"{sq['local']['cold read MiB/s']:.1f}", f"{c / cr:.2f}", verdict(c / cr >= 0.8, ">= 0.8 x client")))
+    rr = w["random 4 KiB reads"]
+    rows.append((f"{a['random_reads']:,} random 4 KiB reads", f"{rr['puterfs']['s']:.3f} s", f"{ref} {rr[ref]['s']:.3f} s",
+                 f"{rr['puterfs']['s'] / rr[ref]['s']:.2f}", "-"))
+    amp = rr["puterfs"]["bytes downloaded"] / rr["puterfs"]["bytes read"]
+    rows.append(("  bytes downloaded / bytes read", f"{amp:.2f}",
+                 f"{rr['puterfs']['bytes downloaded'] / MiB:.1f} MiB of {rr['puterfs']['bytes read'] / MiB:.1f}",
+                 "", "-"))  # fmt: skip
+    ls = w["ls -lR"]["puterfs"]
+    rows.append((f"ls -lR {n_files:,} entries, cold", f"{ls['cold s']:.3f} s, {ls['cold requests']:.0f} req",
+                 f"{ref} {w['ls -lR'][ref]['cold s']:.3f} s", "",
+                 verdict(ls["cold requests"] <= 11, "<= 1 listing request per directory (11)")))  # fmt: skip
+    rows.append((f"ls -lR {n_files:,} entries, warm", f"{ls['warm s']:.3f} s, {ls['warm requests']:.0f} req",
+                 f"{ref} {w['ls -lR'][ref]['warm s']:.3f} s", "", verdict(ls["warm requests"] == 0, "0 requests")))
+    ch = w[".ai/chat"]["puterfs"]
+    rows.append((".ai/chat first byte", f"{ch['first byte s']:.3f} s", f"ai_chat {ch['ai_chat first byte s']:.3f} s",
+                 f"{ch['first byte s'] / max(ch['ai_chat first byte s'], 1e-9):.2f}", "-"))
+    peak = max(m["puterfs"].get("daemon peak RSS MiB", 0) for m in w.values())
+    rows.append(("daemon peak RSS, all workloads", f"{peak:.0f} MiB", "", "", verdict(peak < 150, "< 150 MiB")))
+    return rows
+
+
+def report(all_results: list[dict[str, Any]]) -> None:
+    for tr in all_results:
+        print(f"\nputerfs benchmark, emulator tier {tr['tier']!r} (median of the runs; same machine, same run)")
+        for note in tr["notes"]:
+            print(f"  note: {note}")
+        rows = verdicts(tr)
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        head = ("workload", "puterfs", "reference", "ratio", "target")
+        widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
+        print("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+        for r in rows:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        print("\n  daemon per workload (median):  peak RSS MiB   CPU s   requests")
+        for name, m in tr["workloads"].items():
+            p = m["puterfs"]
+            print(f"    {name:28} {p.get('daemon peak RSS MiB', 0):10.0f} {p.get('daemon cpu s', 0):8.2f} "
+                  f"{p.get('requests', 0):9.0f}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seq-mib", type=int, default=64, help="size of the sequential file (MiB)")
-    ap.add_argument("--big-mib", type=int, default=96, help="size of the large copy for the RSS check (MiB)")
-    ap.add_argument("--files", type=int, default=1000, help="entries in the listed directory")
-    ap.add_argument("--small", type=int, default=200, help="small files to create")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--tier", choices=("free", "unlimited", "both"), default="both",
+                    help="emulator limits: free (strict, the default tier), unlimited (off), or both (default)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each workload per target (median; default 3)")
+    ap.add_argument("--big-mib", type=int, default=64, help="size of the large file (MiB, default 64)")
+    ap.add_argument("--files", type=int, default=1000, help="small files for tar x, cp -r, rm -rf, ls -lR")
+    ap.add_argument("--repo-files", type=int, default=300, help="files in the cloned git repository")
+    ap.add_argument("--saves", type=int, default=50, help="editor-style saves")
+    ap.add_argument("--appends", type=int, default=100, help="appends, each followed by sync")
+    ap.add_argument("--mixed-ops", type=int, default=2000, help="operations of the 4-process workload")
+    ap.add_argument("--random-reads", type=int, default=2000, help="random 4 KiB reads")
+    ap.add_argument("--write-back", type=float, default=None, help="the mount's --write-back (default: its own)")
+    ap.add_argument("--settle", type=float, default=1.0, help="how long 'nothing pending' must hold (s)")
+    ap.add_argument("--smoke", action="store_true", help="every workload once, tiny sizes, free tier only")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.repeat, args.big_mib, args.files, args.repo_files = 1, 1, 20, 10
+        args.saves, args.appends, args.mixed_ops, args.random_reads = 3, 3, 40, 20
+        args.write_back = 0.2 if args.write_back is None else args.write_back
+        args.settle = 0.5
+        args.tier = "free" if args.tier == "both" else args.tier
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    workdir = Path(tempfile.mkdtemp(prefix="puterfs-bench-"))
-    local = workdir / "local"
-    local.mkdir()
-    results: dict[str, Any] = {}
-    emu = Emulator(workdir)
-    try:
-        m = Mount(workdir, emu, "mnt")
+    tiers = ("free", "unlimited") if args.tier == "both" else (args.tier,)
+    all_results = []
+    for tier in tiers:
+        workdir = Path(tempfile.mkdtemp(prefix=f"puterfs-bench-{tier}-"))
+        log.info("tier %s, work directory %s", tier, workdir)
+        bench = None
         try:
-            log.info("sequential I/O (%d MiB)...", args.seq_mib)
-            results["sequential MB/s (mount, local)"] = bench_sequential(m, local, args.seq_mib * MiB)
-            log.info("stat latency...")
-            results["stat median µs"] = bench_stat(m.path, local)
-            log.info("small files (%d)...", args.small)
-            results["small files / s"] = bench_small_files(m, local, args.small)
-            log.info("large copy (%d MiB), daemon peak RSS...", args.big_mib)
-            results["large copy"] = bench_rss(m, local, args.big_mib * MiB)
+            bench = Bench(args, workdir, tier)
+            all_results.append(bench.run_all())
         finally:
-            m.stop()
-        log.info("ls -l of %d files, cold and warm...", args.files)
-        results["ls -l (seconds, requests)"] = bench_listing(workdir, emu, args.files)
-    finally:
-        emu.stop()
-        if not args.keep:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(workdir)
-        else:
-            log.info("work directory kept: %s", workdir)
-
-    report(results)
+            if bench is not None:
+                bench.stop()
+            if not args.keep:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(workdir)
+            else:
+                log.info("work directory kept: %s", workdir)
+    report(all_results)
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "tiers": all_results}, indent=2))
     return 0
-
-
-def report(r: dict[str, Any]) -> None:
-    print("\nputerfs benchmark (mount vs local directory, same data, same run)\n")
-    print(f"{'sequential':34} {'mount MB/s':>12} {'local MB/s':>12} {'ratio':>8}")
-    for label, (mnt, loc) in r["sequential MB/s (mount, local)"].items():
-        print(f"  {label:32} {mnt:12.1f} {loc:12.1f} {mnt / loc:8.3f}")
-    st = r["stat median µs"]
-    print(f"\n{'stat (median)':34} {st['mount']:10.1f}µs {st['local']:10.1f}µs {st['local'] / st['mount']:8.3f}")
-    sf = r["small files / s"]
-    print(f"{'create 1 KiB files':34} {sf['mount']:10.0f}/s {sf['local']:10.0f}/s {sf['mount'] / sf['local']:8.3f}")
-    print(f"  {'uploads done after':32} {sf['uploaded after (s)']:11.2f}s")
-    ls = r["ls -l (seconds, requests)"]
-    print(f"\n{'ls -l':34} {'seconds':>12} {'requests':>12}")
-    for label, (t, n) in ls.items():
-        print(f"  {label:32} {t:12.3f} {n:12d}")
-    print(f"  {'cold / warm time':32} {ls['cold'][0] / max(ls['warm'][0], 1e-9):12.1f}")
-    big = r["large copy"]
-    print("\nlarge copy")
-    for k, v in big.items():
-        print(f"  {k:32} {v:12.2f}")
 
 
 if __name__ == "__main__":
