@@ -50,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="write-back cache folder (default: under $XDG_CACHE_HOME/puterfs)")
     p.add_argument("--cache-size", type=_size, default=_size("10G"), help="clean cached data kept at most (default 10G; dirty data is never evicted)")
     p.add_argument("--write-back", type=float, default=2.0, metavar="SECONDS", help="quiet period after the last close before a file is uploaded (default 2)")
-    p.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="how often to check the server for changes made elsewhere (default 2)")
+    p.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="while the change events are down or refused: how often to check the server's change timestamp (default 2)")
+    p.add_argument("--listing-max-age", type=float, default=60.0, metavar="SECONDS", help="a directory listing is read again at the first use after this long, whatever the change events say (default 60)")
+    p.add_argument("--relist-interval", type=float, default=30.0, metavar="SECONDS", help="one recently used directory whose listing is older than --listing-max-age is re-read in the background this often, for changes that send no event (/touch; default 30)")
     p.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS", help="how long the kernel may cache attributes (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of one filesystem request to the server (default 60)")
     p.add_argument("--ai-model", help="chat model the .ai/ files start with (default: picked from the server's list)")
@@ -338,6 +340,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
         ops = PuterOperations(
             remote, cache, attr_timeout=args.attr_timeout, write_back=args.write_back,
+            listing_max_age=args.listing_max_age,
             cache_size=args.cache_size, read_only=args.read_only, on_change=on_change,
             links=not getattr(args, "no_links", False),
         )
@@ -380,12 +383,16 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             ready(False, f"cannot mount on {s.mountpoint}: {exc}")
             return 1
         log.info("mounted %s%s on %s", s.api_url, root, s.mountpoint)
+        from puterfs.fs.freshness import Freshness
+
+        freshness = Freshness(ops, relist_interval=args.relist_interval, on_change=on_change)
         stop = _Stop(ops, changed, mountpoint_real)
         account = client.username
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(ops.queue.run)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
+                nursery.start_soon(freshness.run)
                 nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop, auth)
                 nursery.start_soon(auth.run)
                 if ops.ai is not None:
@@ -555,6 +562,8 @@ def _state(ops: Any, s: _Settings, root: str, account: str | None, auth: Any = N
         # uploads the server refused as they are (not retried until the file changes)
         "failed_files": ops.failed_files(),
         "large_uploads": ops.large_upload_progress(),
+        # {"mode": "events"|"polling", "reason": why not events (None while they arrive)}
+        "freshness": ops.freshness.state() if getattr(ops, "freshness", None) is not None else None,
     }
 
 

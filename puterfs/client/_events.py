@@ -471,6 +471,11 @@ class EventStream:
                 reason = str(exc)
             except (PuterError, _Closed) as exc:
                 reason = str(exc)
+            except BaseException:  # closed by the consumer (aclose) or cancelled: let go of the socket
+                self.connected = False
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await t.close()
+                raise
             finally:
                 self.connected = False
             await t.close()

@@ -52,6 +52,7 @@ class Node:
     # names removed here locally -> sequence number of the removal: a listing requested
     # before that must not bring them back
     tombstones: dict[str, int] | None = None
+    used_at: float = 0.0  # trio time a handler last used this directory's listing
     in_tree: bool = True
     page_fp: object = None  # what the kernel's page cache holds (see Operations.open)
     link_target: bytes | None = None  # a symlink's target, once known

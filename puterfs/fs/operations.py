@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -53,6 +54,22 @@ from puterfs.fs.writeback import WriteBackQueue
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+
+
+def _mutating(fn: Any) -> Any:
+    """A handler that changes the namespace on the server: while one runs, change events
+    wait (puterfs/fs/freshness.py), so the echo of our own change never lands half-way."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: PuterOperations, *args: Any, **kw: Any) -> Any:
+        self.mutations += 1
+        try:
+            return await fn(self, *args, **kw)
+        finally:
+            self.mutations -= 1
+
+    return wrapper
+
 SMALL_FILE = 256 * 1024  # files up to this size are uploaded together in one /batch request
 EDIT_MAX = 1 << 20  # a change of a file the server has, up to this size, takes the edit lane
 READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
@@ -177,6 +194,9 @@ class PuterOperations(pyfuse3.Operations):
         self.large_uploads: dict[int, tuple[int, int]] = {}  # entry id -> (done, total) bytes
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
+        self.mutations = 0  # namespace changes of ours under way (see _mutating)
+        self.events_live = False  # change events arrive (freshness.py): the timestamp poll rests
+        self.freshness: Any = None  # puterfs.fs.freshness.Freshness, set by the mount
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
@@ -212,6 +232,9 @@ class PuterOperations(pyfuse3.Operations):
     async def poll_changes(self, interval: float) -> None:
         """Watch the server's change timestamp; a move makes every listing stale."""
         while True:
+            if self.events_live:
+                await trio.sleep(interval)
+                continue
             try:
                 ts = await self.remote.last_change()
             except PuterError as exc:
@@ -379,6 +402,7 @@ class PuterOperations(pyfuse3.Operations):
     def _posix_metadata(self, mode: int, mtime_ns: int) -> dict[str, str]:
         return posix_metadata(None if stat.S_ISLNK(mode) else mode, mtime_ns)
 
+    @_mutating
     async def _push_metadata(self, key: int) -> None:
         node = self._meta_jobs.pop(key, None)  # a change meanwhile puts it back
         if node is None or not node.in_tree or node is self.table.root:
@@ -485,9 +509,11 @@ class PuterOperations(pyfuse3.Operations):
         node.attr_epoch = self.epoch
         return node
 
-    async def _children(self, dirnode: Node) -> dict[str, Node]:
+    async def _children(self, dirnode: Node, *, use: bool = True) -> dict[str, Node]:
         if not dirnode.is_dir:
             raise FsError(errno.ENOTDIR)
+        if use:
+            dirnode.used_at = trio.current_time()  # recently used: re-listed in the background
         if self._fresh(dirnode):
             assert dirnode.children is not None
             return dirnode.children
@@ -896,6 +922,7 @@ class PuterOperations(pyfuse3.Operations):
                 log.info("%s: the server holds an interrupted upload of ours; replacing it", path)
                 current = None
         if current is not None and current.fingerprint != base:
+            log.debug("%s: server %s, ours based on %s", path, current.fingerprint, base)
             # the server's copy changed while we had local edits: keep both
             parent, name = split(path)
             keep_as = join(parent, conflict_name(name, time.time()))
@@ -1147,6 +1174,7 @@ class PuterOperations(pyfuse3.Operations):
         return None  # directory operations are synchronous with the server
 
     @fuse_errors
+    @_mutating
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._refuse_ai(parent_inode, name)
         self._check_writable()
@@ -1182,6 +1210,7 @@ class PuterOperations(pyfuse3.Operations):
         return parent, text, node
 
     @fuse_errors
+    @_mutating
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent, text, node = await self._existing(parent_inode, name)
         if not node.is_dir:
@@ -1243,6 +1272,7 @@ class PuterOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ unlink / rename
 
     @fuse_errors
+    @_mutating
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent, text, node = await self._existing(parent_inode, name)
         if node.is_dir:
@@ -1299,6 +1329,7 @@ class PuterOperations(pyfuse3.Operations):
             self._delete_entry(node)
 
     @fuse_errors
+    @_mutating
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
         ctx: pyfuse3.RequestContext,

@@ -178,6 +178,23 @@ class Remote:
             log.warning("the server cannot be reached (%s); serving cached data, retrying", why)
             self.unreachable = why or "unreachable"
 
+    def relpath(self, path: str | None) -> str | None:
+        """The mount-relative path of a server path, None when it is outside the mount."""
+        if not path:
+            return None
+        path = path.rstrip("/") or "/"
+        if self.root == "/":
+            return path.lstrip("/")
+        if path == self.root:
+            return ""
+        if path.startswith(self.root + "/"):
+            return path[len(self.root) + 1:]
+        return None
+
+    def events(self) -> Any:
+        """The server's change events (`PuterClient.events`): Connected/Resync, ItemEvent, ..."""
+        return self.client.events()
+
     def abspath(self, rel: str) -> str:
         if not rel:
             return self.root

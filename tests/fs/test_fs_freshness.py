@@ -1,0 +1,171 @@
+"""Change events applied to the listing cache (puterfs/fs/freshness.py), one rule at a time.
+
+The mount-level behaviour is tested through two real mounts in tests/mount/test_mount_events.py;
+these pin the rules that keep local data safe, on a real PuterOperations and cache journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from puterfs.client._events import ItemEvent, normalize_entry
+from puterfs.fs.cache import CacheStore
+from puterfs.fs.freshness import Freshness
+from puterfs.fs.operations import PuterOperations
+from puterfs.fs.remote import Remote, RemoteEntry
+
+ROOT = "/alice"
+
+
+def entry(path: str, uid: str, *, size: int = 3, modified: int = 100, is_dir: bool = False) -> dict[str, Any]:
+    return {"uid": uid, "id": uid, "path": f"{ROOT}/{path}" if path else ROOT, "name": path.rpartition("/")[2],
+            "is_dir": is_dir, "size": size, "modified": modified, "created": 50, "metadata": None}
+
+
+def event(name: str, e: dict[str, Any], old: str | None = None) -> ItemEvent:
+    return ItemEvent(name=name, entry=normalize_entry(e), old_path=f"{ROOT}/{old}" if old else None, raw=e)
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Any:
+    cache = CacheStore(tmp_path / "cache")
+    o = PuterOperations(Remote(None, ROOT), cache)
+    root = o.table.root
+    o._apply_listing(root, [RemoteEntry.from_json(entry("a.txt", "u-a")),
+                            RemoteEntry.from_json(entry("docs", "u-docs", is_dir=True, size=0))], o.table.next_seq())
+    docs = root.children["docs"]
+    o._apply_listing(docs, [RemoteEntry.from_json(entry("docs/b.txt", "u-b"))], o.table.next_seq())
+    yield o
+    cache.close()
+
+
+@pytest.fixture
+def fresh(ops: Any) -> Freshness:
+    return Freshness(ops, kernel=False)
+
+
+def _clean_copy(ops: Any, rel: str) -> Any:
+    node = ops.table.by_path[rel]
+    uid, size, modified = node.remote_fp
+    node.entry = ops.cache.create_for_remote(rel, size=size, uid=uid, modified=modified, mode=node.mode)
+    return node.entry
+
+
+def _dirty(ops: Any, rel: str) -> Any:
+    node = ops.table.by_path[rel]
+    ent = _clean_copy(ops, rel)
+    ent.complete = True
+    ops._dirty(node)
+    return ent
+
+
+def test_added_in_a_listed_folder_appears_and_unlisted_is_ignored(ops: Any, fresh: Freshness) -> None:
+    fresh.apply(event("item.added", entry("new.txt", "u-new", size=7)))
+    node = ops.table.root.children["new.txt"]
+    assert node.size == 7 and node.remote_fp == ("u-new", 7, 100)
+    fresh.apply(event("item.added", entry("unlisted/x.txt", "u-x")))
+    assert "unlisted/x.txt" not in ops.table.by_path
+    fresh.apply(event("item.added", {**entry("x", "u-out"), "path": "/bob/x"}))  # outside the mount
+    assert "x" not in ops.table.root.children
+
+
+def test_echo_changes_nothing(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    ent = _clean_copy(ops, "a.txt")
+    fresh.apply(event("item.added", entry("a.txt", "u-a")))
+    assert ops.table.root.children["a.txt"] is node and node.entry is ent and fresh.echoes == 1
+
+
+def test_changed_content_drops_the_clean_copy(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    ent = _clean_copy(ops, "a.txt")
+    fresh.apply(event("item.added", entry("a.txt", "u-a", size=9, modified=200)))  # /batch overwrite
+    assert ent.id not in ops.cache.entries and node.entry is None
+    assert ops.table.root.children["a.txt"] is node and node.size == 9
+
+
+def test_changed_content_never_drops_dirty_data(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    ent = _dirty(ops, "a.txt")
+    fresh.apply(event("item.updated", entry("a.txt", "u-a", size=9, modified=200)))
+    assert node.entry is ent and ent.dirty and ent.id in ops.cache.entries
+    assert (ent.base_uid, ent.base_size, ent.base_modified) == ("u-a", 3, 100)  # the conflict rule sees it
+
+
+def test_removed_dirty_file_stays_and_goes_up_again(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    ent = _dirty(ops, "a.txt")
+    fresh.apply(event("item.removed", entry("a.txt", "u-a")))
+    assert ops.table.root.children["a.txt"] is node and node.entry is ent and ent.dirty
+    assert node.remote_fp is None and ent.base_uid is None  # uploaded as a new file
+
+
+def test_removed_clean_file_and_folder_go_with_their_cached_data(ops: Any, fresh: Freshness) -> None:
+    ent = _clean_copy(ops, "docs/b.txt")
+    fresh.apply(event("item.removed", entry("docs", "u-docs", is_dir=True, size=0)))
+    assert "docs" not in ops.table.root.children and "docs/b.txt" not in ops.table.by_path
+    assert ent.id not in ops.cache.entries
+    # a listing requested before the event must not bring it back
+    assert ops.table.root.tombstones and "docs" in ops.table.root.tombstones
+
+
+def test_removed_folder_with_a_dirty_file_below_stays(ops: Any, fresh: Freshness) -> None:
+    ent = _dirty(ops, "docs/b.txt")
+    fresh.apply(event("item.removed", entry("docs", "u-docs", is_dir=True, size=0)))
+    assert "docs" in ops.table.root.children and ent.id in ops.cache.entries and ent.dirty
+
+
+def test_rename_keeps_inode_and_cached_data(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    inode = node.inode
+    ent = _clean_copy(ops, "a.txt")
+    fresh.apply(event("item.updated", entry("z.txt", "u-a", modified=101)))  # /rename: no old path, modified bumped
+    root = ops.table.root.children
+    assert "a.txt" not in root and root["z.txt"].inode == inode
+    assert ops.cache.paths.get("z.txt") is ent and "a.txt" not in ops.cache.paths
+
+
+def test_move_between_folders_and_out_of_view(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    fresh.apply(event("item.moved", entry("docs/a.txt", "u-a", modified=101), old="a.txt"))  # moves bump modified
+    assert "a.txt" not in ops.table.root.children and ops.table.root.children["docs"].children["a.txt"] is node
+    fresh.apply(event("item.moved", entry("elsewhere/a.txt", "u-a", modified=102), old="docs/a.txt"))
+    assert "a.txt" not in ops.table.root.children["docs"].children and not node.in_tree
+
+
+def test_late_events_do_not_undo_newer_local_state(ops: Any, fresh: Freshness) -> None:
+    """An event sent before a change of ours that is already applied here (the echo of our
+    first rename arriving after our second, an update of the old name) changes nothing; one of
+    the same second is settled by reading the listing again."""
+    node = ops.table.root.children["a.txt"]
+    node.remote_fp = ("u-a", 3, 105)  # what our own rename/upload answered
+    fresh.apply(event("item.updated", entry("old-name.txt", "u-a", modified=104)))
+    fresh.apply(event("item.moved", entry("docs/a.txt", "u-a", modified=104), old="a.txt"))
+    assert ops.table.root.children["a.txt"] is node and "a.txt" not in ops.table.root.children["docs"].children
+    assert "old-name.txt" not in ops.table.root.children
+    fresh.apply(event("item.moved", entry("docs/a.txt", "u-a", modified=105), old="a.txt"))
+    assert ops.table.root.children["a.txt"] is node  # not applied blindly...
+    assert ops.table.root.listed_epoch == -1 and ops.table.root.children["docs"].listed_epoch == -1  # ...re-read
+
+
+def test_move_of_a_dirty_file_leaves_it_to_the_listings(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    ent = _dirty(ops, "a.txt")
+    fresh.apply(event("item.moved", entry("docs/a.txt", "u-a", modified=101), old="a.txt"))
+    assert ops.table.root.children["a.txt"] is node and node.entry is ent and ent.path == "a.txt"
+    assert ops.table.root.listed_epoch == -1  # read again; the dirty file is kept by the listing
+
+
+def test_removal_of_another_object_at_the_path_is_ignored(ops: Any, fresh: Freshness) -> None:
+    node = ops.table.root.children["a.txt"]
+    fresh.apply(event("item.removed", entry("a.txt", "u-someone-else")))
+    assert ops.table.root.children["a.txt"] is node
+
+
+def test_pending_upload_is_ignored(ops: Any, fresh: Freshness) -> None:
+    e = {"id": "k", "uid": "k", "path": f"{ROOT}/p.txt", "name": "p.txt", "is_dir": False, "size": 3,
+         "pending_upload": True, "status": "pending"}
+    fresh.apply(event("item.pending", e))
+    assert "p.txt" not in ops.table.root.children
