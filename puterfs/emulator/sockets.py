@@ -282,13 +282,16 @@ class SocketHub:
     # --- HTTP long-polling -----------------------------------------------------------------------
 
     def _host_allowed(self, host: str) -> bool:
-        from puterfs.emulator.app import host_kind
+        from puterfs.emulator.app import _is_ip_host, host_kind
 
         name = host.rsplit(":", 1)[0].strip("[]").lower() if host else ""
         if host_kind(host, self.emu.domain) in ("api", "root"):
             return name in (self.emu.domain, "api." + self.emu.domain)
-        # the emulator serves every route on a loopback name or address (see app.py); so here
-        return name in ("localhost", "127.0.0.1", "::1") or name.replace(".", "").isdigit()
+        if _is_ip_host(host):
+            # the emulator serves every route on an address unless told to refuse them as
+            # the real server does (app.py); so here
+            return not getattr(self.emu, "refuse_ip_hosts", False)
+        return name == "localhost"
 
     async def handle_http(self, request: Request) -> Response:
         q = request.query_params
