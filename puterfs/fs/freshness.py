@@ -371,7 +371,7 @@ class Freshness:
                 pass
 
         async for item in self._recv:
-            await trio.to_thread.run_sync(run, item)
+            await trio.to_thread.run_sync(run, item, abandon_on_cancel=True)  # never holds up an unmount
 
     # ------------------------------------------------------------------ slow re-listing
 
