@@ -101,6 +101,10 @@ class Freshness:
         if isinstance(ev, Connected):
             # changes made before the socket (or while it was down) are not known: re-read
             self.ops.epoch += 1
+            # the server answers: the poller, the reachability probe, rests from now on
+            set_reachable = getattr(self.ops.remote, "set_reachable", None)
+            if set_reachable is not None:
+                set_reachable(True)
             self._set_mode("events", None)
             if isinstance(ev, Resync):
                 log.info("change events back after %.1fs; listings are read again", ev.gap)
