@@ -232,7 +232,7 @@ class PuterOperations(pyfuse3.Operations):
     async def poll_changes(self, interval: float) -> None:
         """Watch the server's change timestamp; a move makes every listing stale."""
         while True:
-            if self.events_live:  # the events say what changes, and that the server answers
+            if self.events_live and not self.remote.suspect:  # the events say what changes
                 await self._abort_orphans()
                 await trio.sleep(interval)
                 continue

@@ -142,6 +142,9 @@ class Remote:
         self.unreachable: str | None = None  # why, while the poller cannot get through
         self.on_reachable: Callable[[], None] | None = None  # the server is back
         self._probe_failures = 0
+        # A call could not reach the server: the poller probes even while change events
+        # arrive (which otherwise let it rest), until a probe gets through.
+        self.suspect = False
         # A 401 is not temporary: until a new token is in place (resume_auth) no call is
         # sent at all; each fails at once with AuthenticationError (EACCES), and dirty files
         # stay in the cache. `on_auth_change` is called when this flips either way.
@@ -212,7 +215,11 @@ class Remote:
             with trio.fail_after(limit):
                 result = await coro_fn(*args, **kw)
         except trio.TooSlowError:
+            self.suspect = self.suspect or not probe
             raise PuterTimeout(f"{what} took longer than {limit:.0f}s") from None
+        except PuterConnectionError:
+            self.suspect = self.suspect or not probe
+            raise
         except AuthenticationError as exc:
             self.refuse_auth(exc.message)
             raise
@@ -406,9 +413,11 @@ class Remote:
             raise
         except PuterError:
             self._probe_failures = 0
+            self.suspect = False
             self.set_reachable(True)  # it answered (with an error)
             raise
         self._probe_failures = 0
+        self.suspect = False
         self.set_reachable(True)
         return ts
 
