@@ -431,9 +431,10 @@ class PuterOperations(pyfuse3.Operations):
         old = node.remote_fp
         node.remote_fp = result.fingerprint
         ent = node.entry
-        if ent is not None and not ent.dirty and old is not None and ent.base_uid == old[0]:
+        if (ent is not None and ent.id in self.cache.entries and not ent.dirty and old is not None
+                and (ent.base_uid, ent.base_size, ent.base_modified) == old):
             # the update bumped `modified`: the cached content is still the server's
-            self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified)
+            self.cache.set_base(ent, uid=result.uid, size=result.size, modified=result.modified, etag=ent.base_etag)
         if node.page_fp == ("remote", old):
             node.page_fp = ("remote", result.fingerprint)
 
