@@ -95,8 +95,11 @@ class Emulator:
         self.token_file = self.data / "token"
         wait(self._ready, 60, "the emulator")
         self.token = self.token_file.read_text().strip()
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=300)
-        self.username = self._send("GET", "/whoami").json()["username"]
+        secret = (self.data / "admin-secret").read_text().strip()
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}", "X-Emulator-Secret": secret},
+            timeout=300,
+        )
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:

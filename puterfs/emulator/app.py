@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -267,6 +268,9 @@ class Emulator:
         self.refuse_ip_hosts = refuse_ip_hosts
         self.capacity: int | None = None
         self.behind_server = False  # set by the CLI runner: drops then close the socket for real
+        # set by the CLI runner: /_emulator/* then needs this in X-Emulator-Secret (an app
+        # driven in process is reachable only from its own process)
+        self.admin_secret: str | None = None
         # puter.com's captcha on /login, /login/otp, /login/recovery-code, /signup (routes_gui.py)
         self.captcha = False
         self.captchas: dict[str, tuple[str, float]] = {}
@@ -355,6 +359,13 @@ class Emulator:
             request = Request(scope, receive)
             if not _is_loopback(scope.get("client")):
                 await api_error(403, "forbidden", "emulator admin routes are loopback-only")(scope, receive, send)
+                return None
+            if self.admin_secret is not None and not hmac.compare_digest(
+                request.headers.get("x-emulator-secret", ""), self.admin_secret
+            ):
+                await api_error(
+                    403, "forbidden", "emulator admin routes need X-Emulator-Secret (DATA/admin-secret)"
+                )(scope, receive, send)
                 return None
             from puterfs.emulator.admin import handle_admin
 

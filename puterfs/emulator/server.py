@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -49,6 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ADMIN_SECRET_FILE = "admin-secret"
+ADMIN_SECRET_HEADER = "X-Emulator-Secret"
+
+
+def write_admin_secret(data: Path) -> str:
+    """A fresh secret for the admin routes in DATA/admin-secret (0600; DATA is 0700)."""
+    import secrets
+
+    secret = secrets.token_hex(24)
+    path = data / ADMIN_SECRET_FILE
+    tmp = path.with_name(ADMIN_SECRET_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (secret + "\n").encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return secret
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -61,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                    domain=args.domain, tier=args.tier,
                    refuse_ip_hosts=args.refuse_ip_hosts)
     emu.behind_server = True
+    # /_emulator/* (request log with bodies, fault switches) answers only who can read DATA
+    emu.admin_secret = write_admin_secret(data)
     emu.captcha = args.captcha
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

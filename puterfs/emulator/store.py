@@ -125,7 +125,8 @@ def dedupe(name: str, taken: Any) -> str:
 class Store:
     def __init__(self, data_dir: str | os.PathLike[str]):
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)  # the server secret, tokens and every user's files
         (self.data_dir / "blobs").mkdir(exist_ok=True)
         self.tmp_dir = self.data_dir / "tmp"
         self.tmp_dir.mkdir(exist_ok=True)
@@ -133,7 +134,11 @@ class Store:
             stale.unlink(missing_ok=True)
         # check_same_thread=False: the in-process app may be driven from test threads;
         # every access still happens from one thread at a time.
-        self.db = sqlite3.connect(self.data_dir / "fs.sqlite3", check_same_thread=False, isolation_level=None)
+        old_umask = os.umask(0o077)
+        try:
+            self.db = sqlite3.connect(self.data_dir / "fs.sqlite3", check_same_thread=False, isolation_level=None)
+        finally:
+            os.umask(old_umask)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

@@ -99,7 +99,10 @@ class EmulatorProcess:
         self.url = url
         self.port = int(url.rsplit(":", 1)[1])
         self.token = (self.data_dir / "token").read_text().strip()
-        self._client = httpx.Client(base_url=self.url, timeout=30)
+        secret_file = self.data_dir / "admin-secret"
+        self.admin_secret = secret_file.read_text().strip() if secret_file.exists() else ""
+        # the admin routes need the secret the emulator wrote into its data dir
+        self._client = httpx.Client(base_url=self.url, timeout=30, headers={"X-Emulator-Secret": self.admin_secret})
         return self
 
     @staticmethod

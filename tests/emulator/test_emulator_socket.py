@@ -266,7 +266,8 @@ def test_websocket_direct_and_upgrade(emulator: Any) -> None:
 
             p = _Polling(http, emulator.url + "/socket.io/")
             await p.open()
-            assert (await http.get(emulator.url + "/_emulator/sockets")).json()["sessions"]
+            assert (await http.get(emulator.url + "/_emulator/sockets",
+                                   headers={"X-Emulator-Secret": emulator.admin_secret})).json()["sessions"]
             up = _WebSocket(http, emulator.url + "/socket.io/")
             # upgrade by hand: the same sid, probe, then 5
             key = base64.b64encode(os.urandom(16)).decode()
