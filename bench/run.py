@@ -100,6 +100,7 @@ class Emulator:
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}", "X-Emulator-Secret": secret},
             timeout=300,
         )
+        self.username = self._send("GET", "/whoami").json()["username"]
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
