@@ -350,3 +350,23 @@ def test_interrupted_upload_is_not_a_conflict_after_crash(mount_factory: MountFa
     assert not [n for n in names if ".conflict-" in n], names
     m.proc.stop()
     print("interrupted upload + kill -9: server copy recognised as ours, 0 conflict copies, bytes lost 0")
+
+
+def test_stalled_read_fails_with_etimedout_and_the_mount_stays_usable(mount_factory: MountFactory, emulator: Any) -> None:
+    m = mount_factory(timeout=3)
+    m.remote.write("slow.bin", b"s" * 1000)
+    m.remote.write("other.txt", b"other")
+    wait_for((m.path / "slow.bin").exists, 10, "slow.bin visible")
+    assert (m.path / "other.txt").read_bytes() == b"other"
+    emulator.set_faults({"method": "GET", "path": "/read", "stall": True})
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as exc:
+            (m.path / "slow.bin").read_bytes()
+        elapsed = time.monotonic() - t0
+    finally:
+        emulator.clear_faults()
+    assert exc.value.errno == errno.ETIMEDOUT, exc.value
+    assert (m.path / "other.txt").read_bytes() == b"other"  # cached data still answers
+    assert (m.path / "slow.bin").read_bytes() == b"s" * 1000  # and the file reads once the server does
+    print(f"stalled /read: ETIMEDOUT after {elapsed:.1f}s (--timeout 3), mount usable")
