@@ -509,11 +509,16 @@ class Bench:
                 if target == "puterfs":
                     entries = self.emu.log()
                     out.setdefault("requests", len(entries))
+                    by_path = self.paths.setdefault(name, {})
+                    for e in entries:  # the last run's requests by route, for "what dominated"
+                        by_path[f"{e['method']} {e['path']}"] = by_path.get(f"{e['method']} {e['path']}", 0) + 1
                     out["http 429"] = sum(1 for e in entries if e.get("status") == 429)
                     out["daemon cpu s"] = self.mount.cpu_s() - cpu0
                     out["daemon peak RSS MiB"] = self.mount.hwm_mib()
                 for k, v in out.items():
                     samples[target].setdefault(k, []).append(v)
+            if "puterfs" in self.targets and rep < self.args.repeat - 1:
+                self.paths.pop(name, None)
         self.results[name] = {t: Figures({k: statistics.median(v) for k, v in m.items()}) for t, m in samples.items()}
         for t, e in errors.items():
             self.results[name][t]["error"] = e
@@ -772,6 +777,7 @@ class Bench:
 
     def run_all(self) -> dict[str, Any]:
         self.results: dict[str, Any] = {}
+        self.paths: dict[str, dict[str, int]] = {}
         self.measure("tar x", self.w_tar)
         self.measure("git clone + status", self.w_git)
         self.measure("cp -r / rm -rf", self.w_cp_rm)
@@ -789,6 +795,7 @@ class Bench:
         sizes = {k: getattr(self.args, k) for k in ("repeat", "big_mib", "files", "repo_files", "saves", "appends",
                                                     "mixed_ops", "random_reads")}  # fmt: skip
         return {"tier": self.tier, "targets": self.targets, "notes": self.notes, "sizes": sizes,
+                "requests_by_route": self.paths,
                 "write_back_s": self.write_back, "workloads": self.results}  # fmt: skip
 
 
