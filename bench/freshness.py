@@ -11,7 +11,7 @@ Starts its own emulator and mounts (see bench/run.py), then:
 - counts the HTTP requests one idle mount with working change events sends in ``--idle``
   seconds (from the emulator's request log), as requests per minute.
 
-Usage: ``python bench/freshness.py [--rounds 10] [--idle 60] [--json]``.
+Usage: ``python bench/freshness.py [--rounds 10] [--idle 60] [--tier free] [--json]``.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10, help="rounds of create/mkdir/rename/delete per mount")
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idleness to count requests over")
+    ap.add_argument("--tier", default="free", help="the emulator's rate-limit tier (default free, as a new account)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="puterfs-bench-fresh-"))
     results: dict[str, Any] = {}
-    emu = Emulator(workdir)
+    emu = Emulator(workdir, args.tier)
     home = f"/{emu.username}"
     try:
         access = emu.http.post("/auth/create-access-token", json={"permissions": ["full-api-access"]}).json()["token"]
