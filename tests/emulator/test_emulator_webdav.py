@@ -4,6 +4,7 @@ the ``dav`` rate limit scope (600 per 60 s per fingerprint before auth, 10 in fl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -287,3 +288,86 @@ def test_dav_rate_limit_in_flight(tmp_path: Path) -> None:
         finally:
             for cl in clients:
                 cl.close()
+
+
+# --- in process: the events of WebDAV changes, 2FA ---------------------------------------------
+
+SEP = "\x1e"
+
+
+@pytest.fixture
+async def dav_client(tmp_path: Path):  # noqa: ANN201
+    from puterfs.emulator import Emulator
+
+    emu = Emulator(tmp_path / "emu", username="alice", password="alicepass1")
+    transport = httpx.ASGITransport(app=emu.app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30,
+                                 headers={"Host": "dav.puter.localhost:4100"}) as client:
+        yield emu, client
+    emu.store.close()
+
+
+@pytest.mark.anyio
+async def test_dav_changes_announce_like_the_fs_routes(dav_client: tuple) -> None:
+    """Each WebDAV change goes through the HTTP FS routes' mutation path: the same socket.io
+    frames as /mkdir, /fs/write, /copy, /move and /delete, each followed by cache.updated."""
+    emu, client = dav_client
+    api = {"Host": "api.puter.localhost:4100"}
+    r = await client.get("/socket.io/?EIO=4&transport=polling", headers=api)
+    sid = json.loads(r.text[1:])["sid"]
+    poll = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    await client.post(poll, headers=api, content="40" + json.dumps({"auth_token": emu.token}))
+    assert (await client.get(poll, headers=api)).text.startswith("40")
+    auth = ("alice", "alicepass1")
+    d = "/alice/ev"
+
+    async def frames() -> list[tuple[str, dict]]:
+        text = (await client.get(poll, headers=api)).text
+        return [tuple(json.loads(p[2:])) for p in text.split(SEP)]
+
+    steps = [
+        (("MKCOL", d, {}, None), "item.added", d),
+        (("PUT", d + "/a.txt", {}, b"one"), "item.added", d + "/a.txt"),
+        (("PUT", d + "/a.txt", {}, b"two"), "item.updated", d + "/a.txt"),
+        (("COPY", d + "/a.txt", {"Destination": d + "/b.txt"}, None), "item.added", d + "/b.txt"),
+        (("MOVE", d + "/b.txt", {"Destination": d + "/c.txt"}, None), "item.moved", d + "/c.txt"),
+        (("DELETE", d, {}, None), "item.removed", d),
+    ]
+    for (method, path, headers, body), event, where in steps:
+        r = await client.request(method, path, headers=headers, content=body, auth=auth)
+        assert r.status_code in (201, 204), (method, r.status_code, r.text)
+        got = await frames()
+        assert [name for name, _ in got] == [event, "cache.updated"], (method, got)
+        assert got[0][1]["path"] == where
+    assert (await client.request("PROPFIND", d, auth=auth)).status_code == 404
+
+
+@pytest.mark.anyio
+async def test_dav_basic_auth_with_2fa_code_appended(dav_client: tuple) -> None:
+    from puterfs.emulator.auth import new_totp_secret, totp
+
+    emu, client = dav_client
+    secret = new_totp_secret()
+    emu.store.update_user(emu.store.user_by_name("alice")["id"], otp_enabled=1, otp_secret=secret)
+    r = await client.request("PROPFIND", "/alice", headers={"Depth": "0"}, auth=("alice", "alicepass1"))
+    assert (r.status_code, r.text) == (401, "Invalid credentials")  # the code is required
+    r = await client.request("PROPFIND", "/alice", headers={"Depth": "0"},
+                             auth=("alice", "alicepass1" + totp(secret)))
+    assert r.status_code == 207
+    wrong = "000000" if totp(secret) != "000000" else "111111"
+    r = await client.request("PROPFIND", "/alice", headers={"Depth": "0"}, auth=("alice", "alicepass1" + wrong))
+    assert r.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_dav_lock_expires_after_30_s(dav_client: tuple) -> None:
+    emu, client = dav_client
+    auth = ("alice", "alicepass1")
+    assert (await client.put("/alice/l.txt", content=b"x", auth=auth)).status_code == 201
+    r = await client.request("LOCK", "/alice/l.txt", auth=auth)
+    assert "Second-7200" in r.text
+    assert (await client.put("/alice/l.txt", content=b"y", auth=auth)).status_code == 423
+    emu.clock_offset += 29.0
+    assert (await client.put("/alice/l.txt", content=b"y", auth=auth)).status_code == 423
+    emu.clock_offset += 1.5
+    assert (await client.put("/alice/l.txt", content=b"z", auth=auth)).status_code == 204
