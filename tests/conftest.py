@@ -11,10 +11,11 @@ import pytest
 from puterfs.emulator.testing import EmulatorProcess
 
 # The rate-limit tier of every emulator the test suite starts (issue 8): the one place it is set.
-# EmulatorProcess() reads it from $PUTERFS_EMULATOR_TIER, emulator_app passes it. "unlimited"
-# until the client paces itself; flips to "free" with the client's pacing (issue 8).
+# EmulatorProcess() reads it from $PUTERFS_EMULATOR_TIER, emulator_app passes it. The client
+# paces itself (puterfs/client/_pacing.py), so the whole suite runs against the free tier's
+# limits, as a real server enforces them (temporary users get the temp tier's).
 # Tests about the limits themselves pass tier="free" explicitly.
-EMULATOR_TIER = "unlimited"
+EMULATOR_TIER = "free"
 os.environ["PUTERFS_EMULATOR_TIER"] = EMULATOR_TIER
 
 
@@ -26,6 +27,18 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProce
         yield proc
     finally:
         proc.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(request: pytest.FixtureRequest) -> None:
+    """Each test that uses the session emulator starts with its rate-limit windows empty, as
+    on a server nobody used for a while: tests see the limits, but not each other's traffic
+    (/login's window, 10 per 15 minutes per client, would otherwise be shared by the suite)."""
+    if "emulator" not in request.fixturenames:
+        return
+    emu = request.getfixturevalue("emulator")
+    if emu.proc is not None and emu.proc.poll() is None:
+        emu.set_tier(EMULATOR_TIER, reset=True)
 
 
 @dataclass

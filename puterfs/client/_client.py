@@ -350,7 +350,8 @@ class PuterClient(PutergenaiFacade):
                         delay = 0.0
                     else:
                         delay = self._retry.delay(refusals, err.retry_after)
-                    if may_retry(idem, err, sent=True) and _before(end, delay):
+                    # max_retries=0 turns off every retry, 429s included
+                    if self._retry.max_retries > 0 and may_retry(idem, err, sent=True) and _before(end, delay):
                         log.info(
                             "%s %s: HTTP 429 (%s); retry %d after the window slides",
                             method, _path_of(url), "in flight" if concurrent else "window", refusals,

@@ -305,7 +305,7 @@ async def test_window_429_waits_and_succeeds(clock: trio.testing.MockClock) -> N
         calls.append(trio.current_time())
         return answers[len(calls) - 1]
 
-    async with _client(handler, max_retries=0) as client:
+    async with _client(handler, max_retries=1) as client:  # (0 would turn off 429 retries too)
         entry = await client.fs_stat("/admin/a")
     assert entry["uid"] == "u1"
     assert len(calls) == 3

@@ -35,12 +35,12 @@ async def client(emulator: Any, puter_user: Any) -> AsyncIterator[PuterClient]:
         token=puter_user.token,
         api_url=getattr(puter_user, "url", None) or emulator.url,
         web_url=getattr(puter_user, "url", None) or emulator.url,
-        # Fault-injection tests want the first error, not the client's backoff (nor its
-        # waiting out a 429 for the budget: deadline 0).
+        # Fault-injection tests want the first error, not the client's backoff (max_retries=0
+        # also means a 429 is not retried).
         max_retries=0,
-        deadline=0,
     )
     async with c:
+        await c.whoami()  # as the mount does at start: a temporary user's client paces to the temp tier
         yield c
 
 
