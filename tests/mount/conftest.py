@@ -175,6 +175,30 @@ class RemoteError(Exception):
         self.status = status
 
 
+class _WaitOn429(httpx.BaseTransport):
+    """The test's own view of the server shares the account's rate limits with the mount:
+    a request refused with 429 waits for the window (1, 2, 4 ... s, a minute at most) and is
+    sent again, as the mount's client does. Only requests with an in-memory body are resent."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        delay, waited = 1.0, 0.0
+        while True:
+            response = self._inner.handle_request(request)
+            resendable = isinstance(request.stream, httpx.ByteStream)
+            if response.status_code != 429 or not resendable or waited >= 60:
+                return response
+            response.close()
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class RemoteView:
     """A synchronous view of the server relative to the mount root.
 
@@ -190,6 +214,7 @@ class RemoteView:
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(120.0, connect=10.0),
+            transport=_WaitOn429(httpx.HTTPTransport()),
         )
 
     def __repr__(self) -> str:
