@@ -201,6 +201,9 @@ class Mount:
         while time.monotonic() < deadline:
             st = self.state()
             now = time.perf_counter()
+            if st and "budget_exhausted" in str(st.get("last_error") or ""):
+                # the tier's hourly budget is spent: waiting would take up to an hour
+                raise RuntimeError(f"the mount ran out of the tier's request budget: {st['last_error']}")
             if st and st.get("pending") == 0 and st.get("uploading", 0) == 0:
                 zero_since = zero_since or now
                 if now - zero_since >= settle:
@@ -495,12 +498,12 @@ class Bench:
         for rep in range(self.args.repeat):
             for target in self.targets:
                 log.info("  [%s] %s: %s, run %d", self.tier, name, target, rep + 1)
-                if target == "puterfs":
-                    self.mount.wait_uploaded(settle=self.args.settle)
-                    self.emu.clear_log()
-                    self.mount.reset_peak()
-                    cpu0 = self.mount.cpu_s()
                 try:
+                    if target == "puterfs":
+                        self.mount.wait_uploaded(settle=self.args.settle)
+                        self.emu.clear_log()
+                        self.mount.reset_peak()
+                        cpu0 = self.mount.cpu_s()
                     out = fn(target)
                 except Exception as e:  # a target that fails a workload is reported, not fatal
                     log.error("  [%s] %s FAILED on %s: %s", self.tier, name, target, e)
