@@ -425,6 +425,8 @@ class Bench:
         self.src = workdir / "src"
         self.src.mkdir()
         self.emu = Emulator(workdir, tier)
+        self.prepare_sources()
+        self.prepare_server()
         extra = ["--tier", tier] + (["--write-back", str(args.write_back)] if args.write_back is not None else [])
         self.mount = Mount(workdir, self.emu, "puterfs", *extra)
         self.write_back = args.write_back if args.write_back is not None else 2.0
@@ -443,7 +445,7 @@ class Bench:
             self.roots["rclone"] = self.rclone.path
         self.targets = [t for t in TARGETS if t in self.roots]
         self.seq = 0
-        self.prepare_sources()
+        self.used: dict[str, int] = {}
 
     def stop(self) -> None:
         for part in (self.mount, self.rclone):
@@ -488,6 +490,23 @@ class Bench:
         self.repo_hashes = {k: v for k, v in tree_hashes(repo).items() if not k.startswith(".git")}
         self.big = os.urandom(a.big_mib * MiB)
         self.big_sha = hashlib.sha256(self.big).hexdigest()
+
+    def prepare_server(self) -> None:
+        """Files put on the server directly, before the mount starts, one set per run: the mount
+        lists them fresh and has never cached their data (no wait on its change polling)."""
+        u = self.emu.username
+        n, ndirs = self.args.files, 10
+        for rep in range(self.args.repeat):
+            self.emu.upload_many(f"/{u}/cold-{rep}", {"big.bin": self.big})
+            self.emu.upload_many(f"/{u}/rand-{rep}", {"big.bin": self.big})
+            for k in range(ndirs):
+                self.emu.upload_many(f"/{u}/ls-{rep}/d{k}", {f"e{i:04d}": f"{i}\n".encode() for i in range(n)
+                                                             if i % ndirs == k})  # fmt: skip
+
+    def server_set(self, what: str) -> Path:
+        rep = self.used.get(what, 0)
+        self.used[what] = rep + 1
+        return self.mount.path / f"{what}-{rep}"
 
     # -- measurement frame ---------------------------------------------------------------------
 
@@ -667,10 +686,7 @@ class Bench:
             out["client fs_read MiB/s"] = size / MiB / t_read
             out["client fs_write MiB/s"] = size / MiB / t_write
             # cold read through the mount of a file it has never seen (put there directly)
-            cold_dir = f"/{self.emu.username}/cold-{self.seq}"
-            self.emu.upload_many(cold_dir, {"big.bin": self.big})
-            cold = self.mount.path / f"cold-{self.seq}" / "big.bin"
-            self.visible(cold)
+            cold = self.server_set("cold") / "big.bin"
             self.emu.clear_log()
         else:
             cold = f
@@ -689,12 +705,8 @@ class Bench:
 
     def w_random(self, target: str) -> dict[str, float]:
         size = len(self.big)
-        name = f"rand-{self.seq + 1}"
         if target == "puterfs":
-            self.emu.upload_many(f"/{self.emu.username}/{name}", {"big.bin": self.big})
-            f = self.mount.path / name / "big.bin"
-            self.seq += 1
-            self.visible(f)
+            f = self.server_set("rand") / "big.bin"
         else:
             d = self.fresh(target, "rand")
             d.mkdir()
@@ -725,13 +737,7 @@ class Bench:
         n, ndirs = self.args.files, 10
         files = {f"d{i % ndirs}/e{i:04d}": f"{i}\n".encode() for i in range(n)}
         if target == "puterfs":
-            self.seq += 1
-            top = f"ls-{self.seq}"
-            for k in range(ndirs):
-                sub = {name.split("/")[1]: data for name, data in files.items() if name.startswith(f"d{k}/")}
-                self.emu.upload_many(f"/{self.emu.username}/{top}/d{k}", sub)
-            d = self.mount.path / top
-            self.visible(d)
+            d = self.server_set("ls")
         else:
             d = self.fresh(target, "ls")
             for name, data in files.items():
