@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from puterfs.client._errors import BadRequest, ServerError
+from puterfs.client._paging import all_pages
 from puterfs.client._retry import Idempotency
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 IFACE = "puter-apps"
 DRIVER = "es:app"
-MAX_PAGES = 10_000
 
 # puter.js's camelCase attribute names -> the server's (toAppObject).
 _APP_KEYS = {
@@ -99,20 +99,7 @@ class Apps:
 
     async def list(self) -> list[dict[str, Any]]:
         """Every app the user can edit, page by page."""
-        items: list[dict[str, Any]] = []
-        args: dict[str, Any] = {"predicate": ["user-can-edit"], "cursor": None}
-        for _ in range(MAX_PAGES):
-            page = await self._call("select", dict(args), Idempotency.IDEMPOTENT)
-            if isinstance(page, list):
-                return items + page
-            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
-                raise ServerError("apps select: unexpected answer", body=page)
-            items.extend(page["items"])
-            cursor = page.get("cursor")
-            if not cursor or cursor == args["cursor"]:
-                return items
-            args["cursor"] = cursor
-        raise ServerError("apps select did not finish")
+        return await all_pages(self._call, "select", {"predicate": ["user-can-edit"]}, "apps select")
 
     async def update(self, ident: str, **attrs: Any) -> dict[str, Any]:
         """Change an app's attributes (``name`` renames it); returns the app."""

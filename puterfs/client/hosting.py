@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from puterfs.client._errors import BadRequest, ServerError
+from puterfs.client._errors import BadRequest
+from puterfs.client._paging import all_pages
 from puterfs.client._retry import Idempotency
 
 if TYPE_CHECKING:
     from puterfs.client._client import PuterClient
 
 IFACE = "puter-subdomains"
-MAX_PAGES = 10_000
 _ROOT_KEYS = ("root_dir", "rootDir", "dir", "dirPath", "dir_path", "path")
 
 
@@ -69,21 +69,9 @@ class Hosting:
 
     async def list(self) -> list[dict[str, Any]]:
         """Every site of the user, page by page (worker hosts left out, as puter.js does)."""
-        items: list[dict[str, Any]] = []
-        args: dict[str, Any] = {"cursor": None}
-        for _ in range(MAX_PAGES):
-            page = await self._call("select", dict(args), Idempotency.IDEMPOTENT)
-            if isinstance(page, list):
-                page = {"items": page}
-            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
-                raise ServerError("subdomains select: unexpected answer", body=page)
-            items.extend(s for s in page["items"]
-                         if not (isinstance(s, dict) and str(s.get("subdomain", "")).startswith("workers.puter.")))
-            cursor = page.get("cursor")
-            if not cursor or cursor == args["cursor"]:
-                return items
-            args["cursor"] = cursor
-        raise ServerError("subdomains select did not finish")
+        sites = await all_pages(self._call, "select", {}, "subdomains select")
+        return [s for s in sites
+                if not (isinstance(s, dict) and str(s.get("subdomain", "")).startswith("workers.puter."))]
 
     async def update(self, subdomain: str, root_dir: str) -> dict[str, Any]:
         """Serve another directory; returns the site."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from puterfs.client._errors import BadRequest, NotFound, ServerError
+from puterfs.client._paging import all_pages
 from puterfs.client._retry import Idempotency
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 IFACE = "workers"
 DRIVER = "worker-service"
 SANDBOX_INDEX_URL = "https://worker-sandbox.puter.com/"
-MAX_PAGES = 10_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -74,20 +74,7 @@ class Workers:
 
     async def list(self) -> list[dict[str, Any]]:
         """Every worker of the user."""
-        items: list[dict[str, Any]] = []
-        args: dict[str, Any] = {"cursor": None}
-        for _ in range(MAX_PAGES):
-            page = await self._call("getFilePaths", dict(args), Idempotency.IDEMPOTENT)
-            if isinstance(page, list):
-                return items + page
-            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
-                raise ServerError("workers getFilePaths: unexpected answer", body=page)
-            items.extend(page["items"])
-            cursor = page.get("cursor")
-            if not cursor or cursor == args["cursor"]:
-                return items
-            args["cursor"] = cursor
-        raise ServerError("workers getFilePaths did not finish")
+        return await all_pages(self._call, "getFilePaths", {}, "workers getFilePaths")
 
     async def get(self, name: str) -> dict[str, Any]:
         """One worker; :class:`NotFound` when there is none of that name."""
