@@ -231,16 +231,21 @@ class Mount:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(300)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        _stop_mount_process(self.proc, self.path, grace=300)
         self.logf.close()
+
+
+def _stop_mount_process(proc: subprocess.Popen[bytes], path: Path, grace: float) -> None:
+    """SIGTERM a mount daemon, kill it after ``grace`` s, and detach its mount if still there."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if os.path.ismount(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
 
 
 class Rclone:
@@ -267,15 +272,7 @@ class Rclone:
 
     def stop(self) -> None:
         subprocess.run(["fusermount3", "-u", str(self.path)], check=False, capture_output=True)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        _stop_mount_process(self.proc, self.path, grace=30)
         self.logf.close()
 
 
