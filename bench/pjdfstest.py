@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import Emulator, Mount, wait  # noqa: E402  (bench/run.py: the emulator and mount helpers)
+from run import Emulator, Mount, _stop_mount_process, wait  # noqa: E402  (bench/run.py: the emulator and mount helpers)
 
 DEFAULT_MIRROR = "/work/.mirror/pjd+pjdfstest/repo"
 TOOLS = ("git", "autoreconf", "make", "cc", "prove")
@@ -53,20 +52,25 @@ def build(mirror: Path, into: Path) -> Path:
     return src
 
 
-def run_file(test: Path, cwd: Path, timeout: float) -> tuple[int, int]:
-    """(passed, planned) subtests of one .t file run in `cwd`."""
+def run_file(test: Path, cwd: Path, timeout: float, save: Path | None = None) -> tuple[int, int]:
+    """(passed, planned) subtests of one .t file run in `cwd`; its TAP output goes to `save`."""
     try:
         out = subprocess.run(["sh", str(test)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                              errors="replace", start_new_session=True).stdout  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out += "\n# timed out\n"
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(out)
     plan = re.search(r"^1\.\.(\d+)", out, re.M)
     planned = int(plan.group(1)) if plan else 0
     passed = len(re.findall(r"^ok \d+", out, re.M))
     return passed, planned
 
 
-def run_suite(src: Path, root: Path, groups: list[str] | None, timeout: float, label: str) -> dict[str, Any]:
+def run_suite(src: Path, root: Path, groups: list[str] | None, timeout: float, label: str,
+              outdir: Path | None = None) -> dict[str, Any]:  # fmt: skip
     tests = sorted((src / "tests").glob("*/*.t"))
     if groups:
         tests = [t for t in tests if t.parent.name in groups]
@@ -76,7 +80,8 @@ def run_suite(src: Path, root: Path, groups: list[str] | None, timeout: float, l
     for i, t in enumerate(tests):
         work = root / f"t{i}"
         work.mkdir()
-        p, n = run_file(t, work, timeout)
+        save = outdir / label / t.parent.name / f"{t.stem}.tap" if outdir else None
+        p, n = run_file(t, work, timeout, save)
         passed += p
         planned += n
         g = per_group.setdefault(t.parent.name, [0, 0])
@@ -87,6 +92,38 @@ def run_suite(src: Path, root: Path, groups: list[str] | None, timeout: float, l
         print(f"  {label}: {t.parent.name}/{t.name}: {p}/{n}", flush=True)
     return {"passed": passed, "planned": planned, "files": len(tests), "seconds": round(time.monotonic() - started),
             "groups": per_group}
+
+
+# bench/constrained_fs.py targets: the flags each passes (see that file)
+CONSTRAINED = {
+    "constrained": [],  # exactly puterfs's design refusals: the ceiling for puterfs
+    "owners": ["--owners"],  # what-if: entries owned by their creators, chown passed through
+    "passthrough": ["--owners", "--special"],  # what-if: FIFOs/sockets/devices too (hard links still refused)
+}
+
+
+class ConstrainedMount:
+    """bench/constrained_fs.py over a local directory: passthrough with puterfs's design refusals
+    (or fewer of them: CONSTRAINED)."""
+
+    def __init__(self, workdir: Path, name: str) -> None:
+        self.backing = workdir / f"{name}-backing"
+        self.path = workdir / f"{name}-mnt"
+        self.backing.mkdir()
+        self.path.mkdir()
+        self.logf = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "constrained_fs.py"), str(self.backing),
+             str(self.path), "--allow-other", *CONSTRAINED[name]],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait(lambda: os.path.ismount(self.path) or self.proc.poll() is not None, 60, "constrained mount")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"constrained_fs exited with {self.proc.returncode}; see {self.logf.name}")
+
+    def stop(self) -> None:
+        _stop_mount_process(self.proc, self.path, grace=30)
+        self.logf.close()
 
 
 class RcloneMount:
@@ -107,21 +144,16 @@ class RcloneMount:
             raise RuntimeError(f"rclone mount exited with {self.proc.returncode}; see {self.logf.name}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        _stop_mount_process(self.proc, self.path, grace=60)
         self.logf.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mirror", default=os.environ.get("PJDFSTEST_MIRROR", DEFAULT_MIRROR))
-    ap.add_argument("--only", default="puterfs,rclone", help="comma list of puterfs, rclone, local")
+    ap.add_argument("--only", default="puterfs,rclone", help="comma list of puterfs, rclone, local, " + ", ".join(CONSTRAINED))
+    ap.add_argument("--tier", default="free", help="the emulator's rate-limit tier for the puterfs target")
+    ap.add_argument("--outdir", type=Path, help="keep each file's TAP output in OUTDIR/<target>/<group>/<n>.tap")
     ap.add_argument("--groups", help="comma list of test groups (default: all)")
     ap.add_argument("--per-file-timeout", type=float, default=180.0)
     ap.add_argument("--json", action="store_true")
@@ -151,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             print(f"pjdfstest on {target}...", flush=True)
             if target == "puterfs":
-                emu = Emulator(workdir)
+                emu = Emulator(workdir, args.tier)
                 try:
                     m = Mount(workdir, emu, "puterfs-mnt", "--allow-other")
                     try:
                         root = m.path / "pjd"
                         root.mkdir()
-                        results["puterfs"] = run_suite(src, root, groups, args.per_file_timeout, "puterfs")
+                        results["puterfs"] = run_suite(src, root, groups, args.per_file_timeout, "puterfs", args.outdir)
                     finally:
                         m.stop()
                 finally:
@@ -165,13 +197,19 @@ def main(argv: list[str] | None = None) -> int:
             elif target == "rclone":
                 r = RcloneMount(workdir)
                 try:
-                    results["rclone"] = run_suite(src, r.path, groups, args.per_file_timeout, "rclone")
+                    results["rclone"] = run_suite(src, r.path, groups, args.per_file_timeout, "rclone", args.outdir)
                 finally:
                     r.stop()
+            elif target in CONSTRAINED:
+                c = ConstrainedMount(workdir, target)
+                try:
+                    results[target] = run_suite(src, c.path, groups, args.per_file_timeout, target, args.outdir)
+                finally:
+                    c.stop()
             elif target == "local":
                 root = workdir / "local"
                 root.mkdir()
-                results["local"] = run_suite(src, root, groups, args.per_file_timeout, "local")
+                results["local"] = run_suite(src, root, groups, args.per_file_timeout, "local", args.outdir)
             else:
                 print(f"unknown target {target!r}", file=sys.stderr)
                 return 2
@@ -183,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(workdir)
     print()
     for name, r in results.items():
-        print(f"{name:8} {r['passed']:5} of {r['planned']:5} subtests passed ({r['files']} files, {r['seconds']} s)")
+        print(f"{name:11} {r['passed']:5} of {r['planned']:5} subtests passed ({r['files']} files, {r['seconds']} s)")
+    if results:
+        names = list(results)
+        print()
+        print(f"{'group':12}" + "".join(f"{n:>16}" for n in names))
+        for g in sorted({g for r in results.values() for g in r["groups"]}):
+            cells = [results[n]["groups"].get(g) for n in names]
+            print(f"{g:12}" + "".join(f"{(f'{c[0]}/{c[1]}' if c else '-'):>16}" for c in cells))
     if "puterfs" in results and "rclone" in results and results["rclone"]["passed"]:
         print(f"puterfs / rclone: {results['puterfs']['passed'] / results['rclone']['passed']:.2f}")
     if args.json:
