@@ -108,6 +108,12 @@ class PutergenaiFacade:
         """The file's bytes, or ``length`` bytes from ``offset`` (puterfs keywords)."""
         return await self.fs.read(path, offset=offset, length=length, size=size)
 
+    async def fs_read_version(
+        self, path: str, *, offset: int | None = None, length: int | None = None, size: int | None = None
+    ) -> tuple[bytes, str | None]:
+        """``fs_read`` with the server's version of the bytes, its ETag (puterfs)."""
+        return await self.fs.read_version(path, offset=offset, length=length, size=size)
+
     async def fs_read_into(
         self,
         path: str,

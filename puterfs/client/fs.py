@@ -462,9 +462,20 @@ class FS:
         ``size`` (keyword, optional) is the file size if the caller knows it; a
         partial read otherwise stats the file first to clamp the range.
         """
+        data, _ = await self.read_version(path, offset=offset, length=length, size=size)
+        return data
+
+    async def read_version(
+        self, path: str, *, offset: int | None = None, length: int | None = None, size: int | None = None
+    ) -> tuple[bytes, str | None]:
+        """Like `read`, with the version the bytes come from: the answer's ``ETag`` (the
+        quoted MD5 of the content, or the object store's multipart ``"<md5>-<parts>"``; a
+        ranged answer carries the ETag of the whole file), unquoted; None when there was no
+        request (an empty range) or no ETag. Puter ignores conditional requests (§5.8), so
+        a caller that expects a version compares this itself."""
         target, span, empty = await self._read_range(path, offset, length, size)
         if empty:
-            return b""
+            return b"", None
         headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
         response = await self._c._send(
             "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers
@@ -476,7 +487,7 @@ class FS:
         if span and response.status_code == 200:
             # The server ignored the Range: cut the slice out of the full body.
             data = data[span[0] : span[1] + 1]
-        return data
+        return data, parse_etag(response.headers.get("etag"))
 
     async def read_into(
         self,
@@ -738,3 +749,11 @@ class FS:
             create_missing_parents=bool(opts.get("create_missing_parents", opts.get("createMissingParents", False))),
         )
         return {"results": results}
+
+
+def parse_etag(value: str | None) -> str | None:
+    """``"abc"`` -> ``abc``; a weak ETag (``W/"..."``, Express's for JSON bodies) is no
+    content version: None."""
+    if not value or value.startswith("W/"):
+        return None
+    return value.strip().strip('"') or None

@@ -124,6 +124,16 @@ class CacheEntry:
     uploaded_seq: int = 0
     # what data/<id>.id says now (memory only; None: not known)
     written: dict[str, Any] | None = None
+    # Change detection by version (memory only, docs/reliability.md): the server's entries
+    # cannot show a same-size overwrite within the same second, its ETag can. `unverified`:
+    # a change event (or a gap in them) may mean another version; the next open or read asks
+    # the server for its ETag first. `echo_due`: the fingerprint our last upload got, whose
+    # change event is still to come (that event is ours, not another client's);
+    # `seen_fps`: fingerprints events showed since our upload started (an echo that came
+    # before the upload's answer).
+    unverified: bool = False
+    echo_due: tuple[str | None, int, int | None] | None = None
+    seen_fps: set[tuple[str | None, int, int | None]] = field(default_factory=set)
 
     def has_range(self, off: int, size: int) -> bool:
         if self.complete or self.dirty:

@@ -22,12 +22,13 @@ Three sources, from precise to coarse:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from puterfs.client._errors import EventsRefused
+from puterfs.client._errors import EventsRefused, NotFound, PuterError
 from puterfs.client._events import Connected, Disconnected, ItemEvent, Resync
 from puterfs.fs.inodes import Node
 from puterfs.fs.remote import RemoteEntry, split
@@ -106,6 +107,7 @@ class Freshness:
             if set_reachable is not None:
                 set_reachable(True)
             self._set_mode("events", None)
+            unverify_all(self.ops)  # what changed while there were no events is not known
             if isinstance(ev, Resync):
                 log.info("change events back after %.1fs; listings are read again", ev.gap)
         elif isinstance(ev, Disconnected):
@@ -208,12 +210,23 @@ class Freshness:
         if parent is ops.table.root and name == ".ai" and ops.ai is not None:
             return
         node = parent.children.get(name)
+        ent = node.entry if node is not None else None
+        if ent is not None and ent.dirty and not e.is_dir:
+            ent.seen_fps.add(e.fingerprint)  # maybe the echo of an upload not answered yet
         if node is None and parent.tombstones and name in parent.tombstones:
             # removed here since the last listing: a late event or a new file? the listing says
             parent.listed_epoch = -1
             return
         if node is not None and node.remote_fp == e.fingerprint and node.is_dir == e.is_dir:
             self.echoes += 1
+            if ent is not None and not ent.dirty and not e.is_dir:
+                if ent.echo_due == e.fingerprint:
+                    ent.echo_due = None  # the event of our own upload
+                else:
+                    # the same (uid, size, modified): no event of ours, or a same-size overwrite
+                    # elsewhere within the same second; the version (ETag) tells, at the next use
+                    ent.unverified = True
+                    node.page_fp = None
             if e.metadata is not None and node.remote_meta != e.metadata:
                 ops._set_remote(node, e)
             return
@@ -399,4 +412,81 @@ class Freshness:
                 log.debug("background re-listing of %r failed: %s", node.path or "/", exc)
 
 
-__all__ = ["Freshness", "RECENT"]
+# ---------------------------------------------------------------------- versions (ETags)
+#
+# A server entry shows (uid, size, whole-second modified): a same-size overwrite within the
+# same second leaves it as it was. The file's ETag (the MD5 of its content, on every /read
+# answer, ranged ones included) changes with every overwrite, so the cache keeps the version
+# its data came from (`CacheEntry.base_etag`): each ranged read is compared with it (a
+# mismatch drops the cached blocks and reads again, never a file assembled from two
+# versions), and a clean cached file that may have changed (`unverified`) asks the server
+# for its ETag (one byte) before it is used again.
+
+
+def unverify_all(ops: Any) -> None:
+    """Every clean cached file may have changed (a gap in the change events, a change the
+    poller saw): each checks its version before its next use."""
+    for ent in ops.cache.entries.values():
+        if not ent.dirty:
+            ent.unverified = True
+            ent.echo_due = None
+
+
+async def verify(ops: Any, node: Node, *, force: bool = False) -> None:
+    """Check an `unverified` (or with `force` any) clean cached file against the server's
+    version (see above)."""
+    ent = node.entry
+    if ent is None or ent.dirty or not (ent.unverified or force) or ent.id not in ops.cache.entries:
+        return
+    try:
+        etag = await ops.remote.version(node.path, ent.size)
+    except NotFound:
+        return  # gone: the listing says so at its next read
+    except PuterError as exc:
+        log.debug("%s: version check failed (%s); serving the cached copy", node.path, exc)
+        return  # the cached copy answers while the server does not; checked again next time
+    if node.entry is not ent or ent.dirty:
+        return
+    ent.unverified = False
+    if etag is None or etag == ent.base_etag:
+        return
+    if ent.base_etag is None and not ent.blocks and not ent.complete:
+        ent.base_etag = etag  # nothing cached yet: this is the version blocks will come from
+        ops.cache.save(ent)
+        return
+    await content_changed(ops, node, ent, etag)
+
+
+async def content_changed(ops: Any, node: Node, ent: Any, etag: str) -> None:
+    """The server's version of clean cached `ent` is `etag`, not the one its data came from:
+    its blocks are dropped (the file stays, sparse, at the server's current size) and the
+    kernel's pages of it too."""
+    log.info("%s changed on the server (version %s, cached %s): its cached data is dropped",
+             node.path, etag, ent.base_etag)
+    try:
+        e: RemoteEntry | None = await ops.remote.stat(node.path)
+    except NotFound:
+        e = None
+    if node.entry is not ent or ent.dirty or ent.id not in ops.cache.entries:
+        return  # replaced or written meanwhile
+    size = e.size if e is not None else ent.size
+    fd = ops._fd(node)
+    os.ftruncate(fd, 0)
+    os.ftruncate(fd, size)
+    ent.size = size
+    ent.blocks.clear()
+    ent.complete = size == 0
+    ent.unverified = False
+    ent.echo_due = None
+    if e is not None:
+        ops.cache.set_base(ent, uid=e.uid, size=e.size, modified=e.modified, etag=etag)
+        ops._set_remote(node, e)
+    else:
+        ops.cache.set_base(ent, uid=ent.base_uid, size=size, modified=ent.base_modified, etag=etag)
+    node.page_fp = None  # the next open drops the kernel's pages
+    fr = getattr(ops, "freshness", None)
+    if fr is not None:
+        fr._invalidate_inode(node)
+
+
+__all__ = ["Freshness", "RECENT", "content_changed", "unverify_all", "verify"]

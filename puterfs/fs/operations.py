@@ -47,8 +47,19 @@ from puterfs.client._errors import (
 )
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry, CacheStore
 from puterfs.fs.errors import FsError, fuse_errors
+from puterfs.fs.freshness import content_changed, unverify_all
+from puterfs.fs.freshness import verify as verify_version
 from puterfs.fs.inodes import LINK_SUFFIX, InodeTable, Node
-from puterfs.fs.remote import Remote, RemoteEntry, conflict_name, join, posix_metadata, split, unlistable
+from puterfs.fs.remote import (
+    Remote,
+    RemoteEntry,
+    conflict_name,
+    join,
+    posix_metadata,
+    split,
+    unlistable,
+    upload_etag,
+)
 from puterfs.fs.writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -243,6 +254,7 @@ class PuterOperations(pyfuse3.Operations):
             else:
                 if self._last_change is not None and ts != self._last_change:
                     self.epoch += 1
+                    unverify_all(self)  # a same-size overwrite shows in no listing
                 self._last_change = ts
             await self._abort_orphans()
             await trio.sleep(interval)
@@ -662,7 +674,16 @@ class PuterOperations(pyfuse3.Operations):
                 stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
                 begin = start_block * BLOCK_SIZE
                 length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
-                data = await self.remote.read(node.path, begin, length, size=ent.size)
+                data, etag = await self.remote.read_version(node.path, begin, length, size=ent.size)
+                if node.entry is not ent:
+                    return  # replaced while we fetched
+                if etag is not None and etag != ent.base_etag:
+                    if ent.base_etag is not None or ent.blocks:
+                        # another version than the cached blocks': never a file of two versions
+                        await content_changed(self, node, ent, etag)
+                        break
+                    ent.base_etag = etag  # the first blocks: the version they all must share
+                    self.cache.save(ent)
                 if len(data) != length:
                     raise PuterError(
                         f"short read of {node.path}: wanted {length} bytes at {begin}, got {len(data)} "
@@ -774,6 +795,7 @@ class PuterOperations(pyfuse3.Operations):
             raise
         for ent in entries:
             ent.maybe_remote = True
+            ent.seen_fps.clear()
         try:
             return await coro
         except BaseException as exc:
@@ -793,6 +815,11 @@ class PuterOperations(pyfuse3.Operations):
         ent.uploaded_seq = self.table.next_seq()  # listings requested before now may lack it
         if ent.id not in self.cache.entries:
             return
+        etag = upload_etag(etag, result.size) if etag is not None else None
+        # its change event is still to come, unless it came before this answer
+        ent.echo_due = None if result.fingerprint in ent.seen_fps else result.fingerprint
+        ent.seen_fps.clear()
+        ent.unverified = False
         if ent.version == version:
             self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified, etag=etag)
         else:
@@ -909,7 +936,14 @@ class PuterOperations(pyfuse3.Operations):
             raise AlreadyExists(f"{path} is a directory on the server", code="conflict")
         md5, snapshot = self._local_md5(ent)
         base = (ent.base_uid, ent.base_size, ent.base_modified) if ent.base_uid is not None else None
-        if current is not None and current.fingerprint != base:
+        changed = current is not None and current.fingerprint != base
+        if current is not None and not changed and ent.base_etag is not None:
+            # the entry cannot show a same-size overwrite within the same second; its version can
+            theirs_version = await self.remote.version(path, current.size)
+            changed = theirs_version is not None and theirs_version != ent.base_etag
+            if changed:
+                log.info("%s: the server's version is %s, ours is based on %s", path, theirs_version, ent.base_etag)
+        if current is not None and changed:
             maybe_ours = current.size == ent.size or bool(ent.sent_md5)
             theirs = await self._server_md5(path, current.size) if maybe_ours else None
             if theirs == md5:
@@ -923,7 +957,7 @@ class PuterOperations(pyfuse3.Operations):
                 # data) is what the server holds: not another client's edit
                 log.info("%s: the server holds an interrupted upload of ours; replacing it", path)
                 current = None
-        if current is not None and current.fingerprint != base:
+        if current is not None and changed:
             log.debug("%s: server %s, ours based on %s", path, current.fingerprint, base)
             # the server's copy changed while we had local edits: keep both
             parent, name = split(path)
@@ -1552,6 +1586,10 @@ class PuterOperations(pyfuse3.Operations):
         await self._refresh_attr(node)
         if writable and flags & os.O_TRUNC:
             await self._truncate(node, 0)
+        elif node.entry is not None and not node.entry.dirty and (node.entry.unverified or node.entry.blocks):
+            # a partly cached file is checked at every open: its missing blocks must come from
+            # the version its cached ones are of
+            await verify_version(self, node, force=True)
         return self._open_handle(node, flags)
 
     @fuse_errors
@@ -1609,6 +1647,8 @@ class PuterOperations(pyfuse3.Operations):
             raise FsError(errno.EBADF)
         node = h.node
         ent = self._ensure_entry(node)
+        if ent.unverified:  # a change event may mean another version (freshness.verify)
+            await verify_version(self, node)
         if off >= ent.size:
             return b""
         size = min(size, ent.size - off)
@@ -1618,6 +1658,9 @@ class PuterOperations(pyfuse3.Operations):
             else:
                 h.readahead = 1
             await self._fetch(node, off, size, readahead=h.readahead)
+            if off >= ent.size:
+                return b""  # the server's new version is shorter
+            size = min(size, ent.size - off)
         self.cache.touch(ent)
         data = os.pread(self._fd(node), size, off)
         h.next_off = off + len(data)

@@ -33,6 +33,10 @@ from puterfs.client._presign import BATCH_MAX_FILE, UploadSession
 
 PROBE_TIMEOUT = 10.0  # the change poller's probe: longer means the server is not answering
 PRESIGN_BUSY = 16 * 1024 * 1024  # from this size a file skips a busy /batch for the presigned flow
+# Up to this size the server's ETag of a file is the MD5 of its content (recorded: 5 MiB
+# through /batch); above the object store's part size it is a multipart ETag
+# ("<md5 of the part MD5s>-<parts>", recorded for 10 MiB + 1 byte), which only the server knows.
+PLAIN_ETAG_MAX = 5 * 1024 * 1024
 PROBE_FAILURES = 3  # consecutive failed probes before the server counts as unreachable
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
@@ -240,6 +244,23 @@ class Remote:
         )
         return data
 
+    async def read_version(self, rel: str, offset: int, length: int, *, size: int) -> tuple[bytes, str | None]:
+        """`read`, with the version (ETag) of the file the bytes come from (None: unknown)."""
+        data, etag = await self._call(
+            "read", self.client.fs_read_version, self.abspath(rel), offset=offset, length=length, size=size,
+            timeout=self.timeout + length / (256 * 1024),
+        )
+        return data, etag
+
+    async def version(self, rel: str, size: int) -> str | None:
+        """The server's current version (ETag) of a file of `size` bytes, for the price of one
+        byte (an empty file is read whole: Puter refuses any Range on it)."""
+        if size <= 0:
+            _, etag = await self._call("read", self.client.fs_read_version, self.abspath(rel))
+        else:
+            _, etag = await self.read_version(rel, 0, 1, size=size)
+        return etag
+
     async def upload(
         self, rel: str, source: IO[bytes], size: int, *, overwrite: bool = True, metadata: dict[str, Any] | None = None
     ) -> RemoteEntry:
@@ -426,6 +447,11 @@ def _pacing_idempotent() -> Any:
     from puterfs.client._retry import Idempotency
 
     return Idempotency.IDEMPOTENT
+
+
+def upload_etag(md5: str, size: int) -> str | None:
+    """The ETag the server will give content we upload with this MD5 (None: not known here)."""
+    return md5 if size <= PLAIN_ETAG_MAX else None
 
 
 def join(parent: str, name: str) -> str:

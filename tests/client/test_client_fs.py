@@ -354,6 +354,23 @@ async def test_read_range_ignored_by_server_is_sliced(client: PuterClient, route
     assert await client.fs_read("/x/a.txt", offset=6, length=5, size=12) == b"world"
 
 
+async def test_read_version_is_the_etag_of_the_whole_file_even_for_a_range(
+    client: PuterClient, router: respx.MockRouter
+) -> None:
+    full = exchange("fs-more.jsonl", "read full (headers)")
+    ranged = exchange("fs-more.jsonl", "read Range bytes=3-100 (end past EOF)")
+    after = exchange("fs-more.jsonl", "read after overwrite (new ETag?)")
+    router.get(f"{API}/read").mock(side_effect=[recorded_response(r) for r in (full, ranged, after)])
+    data, v1 = await client.fs_read_version("/x/a.txt")
+    part, v2 = await client.fs_read_version("/x/a.txt", offset=3, length=97, size=12)
+    _, v3 = await client.fs_read_version("/x/a.txt")
+    assert (data, part) == (b"hello world\n", b"lo world\n")
+    assert v1 == v2 == "6f5902ac237024bdd0c176cb93063dc4"  # the quoted MD5, unquoted
+    assert v3 == "6a296d58d4c490710b8e85ad23170d08" != v1  # an overwrite changes it
+    # an empty range sends nothing and knows no version
+    assert await client.fs_read_version("/x/a.txt", offset=12, length=1, size=12) == (b"", None)
+
+
 async def test_read_errors(client: PuterClient, router: respx.MockRouter) -> None:
     router.get(f"{API}/read").mock(
         side_effect=[

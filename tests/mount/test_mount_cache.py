@@ -32,7 +32,8 @@ def test_cached_content_is_served_from_disk_after_remount(mount_factory: MountFa
     m = m.remount()  # same cache dir, a fresh daemon and a cold kernel page cache
     m.emulator.clear_log()
     assert (m.path / "cached.bin").read_bytes() == data
-    assert _read_bytes_logged(m.emulator) == 0, "a fully cached, unchanged file was downloaded again"
+    # what changed while unmounted is not known: one byte asks for the version (ETag), no more
+    assert _read_bytes_logged(m.emulator) <= 1, "a fully cached, unchanged file was downloaded again"
 
 
 def test_cache_size_bounds_clean_data_lru(mount_factory: MountFactory) -> None:
@@ -49,7 +50,7 @@ def test_cache_size_bounds_clean_data_lru(mount_factory: MountFactory) -> None:
     m = m.remount()
     m.emulator.clear_log()
     assert (m.path / "f5.bin").read_bytes() == blobs["f5.bin"]
-    assert _read_bytes_logged(m.emulator) == 0
+    assert _read_bytes_logged(m.emulator) <= 1  # the version check's one byte
     # the oldest was evicted: it comes from the server again, intact
     assert (m.path / "f0.bin").read_bytes() == blobs["f0.bin"]
     assert _read_bytes_logged(m.emulator) >= MIB

@@ -1,0 +1,109 @@
+"""Change detection by version: another client's same-size overwrite within the same second.
+
+The server's entries show (uid, size, whole-second modified), which such an overwrite leaves
+as it was; its ETag (on every /read answer, ranged ones included) changes. The mount must see
+the new version of a cached file, never assemble a partly cached file from blocks of two
+versions, and keep both versions when a local edit was made on top of the old one."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from mount_testlib import MountedFs, wait_for
+
+BLOCK = 1 << 20  # the mount's unit of partial caching (puterfs.fs.cache.BLOCK_SIZE)
+
+
+def _fp(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return (entry["uid"], entry["size"], entry["modified"])
+
+
+def _events(m: MountedFs) -> None:
+    wait_for(lambda: ((m.proc.state() or {}).get("freshness") or {}).get("mode") == "events", 20, "change events")
+
+
+def _overwrite_within_the_second(
+    m: MountedFs, name: str, first: bytes, second: bytes, between: Callable[[str], None]
+) -> str:
+    """Put `first` on the server as another client would, run `between(rel)` (the mount caches
+    it), then overwrite it with `second` (same size) so that the server's entry stays exactly
+    as it was (same uid, size and second). Tried again under a new name when the second ran out
+    under load. Returns the name used."""
+    assert len(first) == len(second) and first != second
+    for attempt in range(8):
+        rel = f"{attempt}-{name}"
+        time.sleep(1.0 - time.time() % 1.0)  # the start of a second: the server's clock is this one
+        before = m.remote.write(rel, first)
+        between(rel)
+        after = m.remote.write(rel, second)
+        if _fp(before) == _fp(after):
+            print(f"same-second overwrite on attempt {attempt + 1}: entry {_fp(after)} unchanged")
+            return rel
+    pytest.fail("could not overwrite within the same second in 8 attempts")
+
+
+def test_cached_file_overwritten_within_the_second_shows_the_new_version(mount: MountedFs) -> None:
+    _events(mount)
+    os.listdir(mount.path)
+    a, b = b"version A " * 10, b"version B " * 10
+
+    def cache_it(rel: str) -> None:
+        wait_for(lambda: (mount.path / rel).read_bytes() == a, 5, "the first version through the mount")
+
+    rel = _overwrite_within_the_second(mount, "same.txt", a, b, cache_it)
+    wait_for(lambda: (mount.path / rel).read_bytes() == b, 5, "the other client's version through the mount")
+    print(f"bytes compared: {len(b)}; the mount shows the new version")
+
+
+def test_partly_cached_file_is_never_two_versions(mount: MountedFs) -> None:
+    _events(mount)
+    os.listdir(mount.path)
+    size = BLOCK + 10  # two blocks: the first cached, the second not
+    a, b = b"A" * size, b"B" * size
+
+    def cache_first_block(rel: str) -> None:
+        wait_for(lambda: (mount.path / rel).exists(), 5, "the file in the mount")
+        fd = os.open(mount.path / rel, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, 0) == a[:4096]
+        finally:
+            os.close(fd)
+
+    rel = _overwrite_within_the_second(mount, "part.bin", a, b, cache_first_block)
+    # at once, no waiting for the change event: the open checks the version of what is cached
+    data = (mount.path / rel).read_bytes()
+    assert data.count(b"A") == 0 and data == b, f"{data.count(b'A')} bytes of the old version in the read"
+    print(f"bytes compared: {size}; bytes of the old version: 0")
+
+
+def test_local_edit_on_top_of_a_same_second_overwrite_keeps_both(mount: MountedFs) -> None:
+    _events(mount)
+    os.listdir(mount.path)
+    a, b = b"the server's first text\n", b"another client's text!!\n"
+    fds: list[int] = []
+
+    def open_for_edit(rel: str) -> None:
+        wait_for(lambda: (mount.path / rel).read_bytes() == a, 5, "the first version through the mount")
+        fds.append(os.open(mount.path / rel, os.O_RDWR))  # an editor holding the file open
+
+    rel = _overwrite_within_the_second(mount, "edit.txt", a, b, open_for_edit)
+    for fd in fds[:-1]:
+        os.close(fd)
+    fd = fds[-1]
+    os.pwrite(fd, b"T", 0)  # a local edit of version A, racing the other client's B
+    os.close(fd)
+    mount.wait_uploaded(30)
+    stem = rel.rsplit(".", 1)[0]
+
+    def both() -> list[str]:
+        return [n for n in mount.remote.listdir() if n.startswith(stem + ".conflict-")]
+
+    copies = wait_for(both, 10, "the server's version kept as a conflict copy")
+    assert len(copies) == 1, copies
+    assert mount.remote.read(copies[0]) == b, "the other client's version is lost"
+    assert mount.remote.read(rel) == b"T" + a[1:], "the local edit is lost"
+    print("versions kept: 2 of 2; bytes lost: 0")
