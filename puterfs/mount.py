@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="write-back cache folder (default: under $XDG_CACHE_HOME/puterfs)")
     p.add_argument("--cache-size", type=_size, default=_size("10G"), help="clean cached data kept at most (default 10G; dirty data is never evicted)")
     p.add_argument("--write-back", type=float, default=2.0, metavar="SECONDS", help="quiet period after the last close before a file is uploaded (default 2)")
+    p.add_argument("--sync-uploads", action="store_true", help="fsync(2) returns only once the server holds the file (default: once it is on the local disk; the upload follows in the background)")
     p.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="while the change events are down or refused: how often to check the server's change timestamp (default 2)")
     p.add_argument("--listing-max-age", type=float, default=60.0, metavar="SECONDS", help="a directory listing is read again at the first use after this long, whatever the change events say (default 60)")
     p.add_argument("--relist-interval", type=float, default=30.0, metavar="SECONDS", help="one recently used directory whose listing is older than --listing-max-age is re-read in the background this often, for changes that send no event (/touch; default 30)")
@@ -342,7 +343,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             remote, cache, attr_timeout=args.attr_timeout, write_back=args.write_back,
             listing_max_age=args.listing_max_age,
             cache_size=args.cache_size, read_only=args.read_only, on_change=on_change,
-            links=not getattr(args, "no_links", False),
+            links=not getattr(args, "no_links", False), sync_uploads=getattr(args, "sync_uploads", False),
         )
         try:
             await ops.prepare()

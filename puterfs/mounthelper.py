@@ -48,6 +48,7 @@ FLAG_OPTIONS = {
     "ai_all_users": "--ai-all-users",
     "nonempty": "--nonempty",
     "no_links": "--no-links",
+    "sync_uploads": "--sync-uploads",
     "insecure": "--insecure",
     "debug": "--debug",
 }

@@ -179,8 +179,10 @@ class PuterOperations(pyfuse3.Operations):
         upload_workers: int = 4,
         on_change: Callable[[], None] | None = None,
         links: bool = True,
+        sync_uploads: bool = False,
     ) -> None:
         super().__init__()
+        self.sync_uploads = sync_uploads  # fsync waits for the server (else: for the local disk)
         self.links = links  # symlinks as NAME.rclonelink files (docs/inodes.md)
         self.remote = remote
         self.cache = cache
@@ -834,7 +836,7 @@ class PuterOperations(pyfuse3.Operations):
             node.page_fp = ("remote", result.fingerprint) if node.page_fp is not None else None
 
     async def _upload(self, keys: Any) -> dict[int, BaseException | None]:
-        if len(keys) > 1 or any(not self._is_edit(k) for k in keys):
+        if len(keys) > 1 or any(not self._is_edit(k) and not self.queue.awaited(k) for k in keys):
             # bulk (a tree being written, large files): reads and edits go first
             with self.remote.background():
                 return await self._upload_keys(keys)
@@ -1703,10 +1705,14 @@ class PuterOperations(pyfuse3.Operations):
         ent = node.entry
         if ent is None or not ent.dirty or not node.in_tree:
             return
-        fd = self._fd(node)
-        await trio.to_thread.run_sync(os.fsync, fd)
+        # durable on the local disk: the data, then the journal row (and the directories)
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self._fd(node))
         self.cache.save(ent)
-        await self.queue.upload_now(ent.id)
+        await trio.to_thread.run_sync(self.cache.sync_entry, ent)
+        if self.sync_uploads:
+            await self.queue.upload_now(ent.id)  # and on the server (its own lane)
+        else:
+            self.queue.upload_soon(ent.id)  # the upload follows in the background
 
     @fuse_errors
     async def release(self, fh: int) -> None:

@@ -16,7 +16,11 @@ docs/write-back.md):
   (removed) only when an upload of its *current* generation succeeded.
 * A failed upload is retried after a doubling delay, capped (default 5 min); the key stays
   pending until it succeeds or ``cancel`` drops it (the file was deleted).
-* ``upload_now`` (fsync) makes a key due at once and waits for the next outcome.
+* ``upload_now`` (fsync with ``--sync-uploads``) makes a key due at once and waits for the
+  next outcome. A key somebody waits for goes to the *sync* lane, which has workers of its
+  own: an fsync is never queued behind uploads nobody waits for (a queued key is moved there).
+* ``upload_soon`` (fsync by default: durable on the local disk) starts the quiet period of a
+  file still open for writing, so a file kept open is uploaded too; nobody waits.
 * An upload that fails for good (``is_permanent(error)``: the server refuses the file as it
   is) marks the key *failed* with the server's message: it is not retried until it changes
   again (or the next mount), and it no longer keeps ``wait_idle`` waiting. Its data stays.
@@ -37,6 +41,8 @@ from dataclasses import dataclass, field
 import trio
 
 log = logging.getLogger(__name__)
+
+LANES = ("bulk", "edit", "sync")
 
 UploadFn = Callable[[Sequence[int]], Awaitable[dict[int, BaseException | None]]]
 
@@ -78,6 +84,7 @@ class WriteBackQueue:
         cancel_on_change: Callable[[int], bool] | None = None,
         lane: Callable[[int], bool] | None = None,
         lane_workers: int = 2,
+        sync_workers: int = 2,
         is_permanent: Callable[[BaseException], bool] | None = None,
         gather: float = 0.5,
     ) -> None:
@@ -92,11 +99,12 @@ class WriteBackQueue:
         self._cancel_on_change = cancel_on_change or (lambda key: True)
         self._lane = lane or (lambda key: False)
         self._lane_workers = lane_workers
+        self._sync_workers = sync_workers
         self._gather = gather
         self._is_permanent = is_permanent or (lambda exc: False)
-        # due keys waiting for a free worker, per lane ("bulk", "edit")
-        self._queues: dict[str, deque[tuple[int, int]]] = {"bulk": deque(), "edit": deque()}
-        self._fed: dict[str, trio.Event] = {"bulk": trio.Event(), "edit": trio.Event()}
+        # due keys waiting for a free worker, per lane ("bulk", "edit", "sync": awaited by fsync)
+        self._queues: dict[str, deque[tuple[int, int]]] = {lane: deque() for lane in LANES}
+        self._fed: dict[str, trio.Event] = {lane: trio.Event() for lane in LANES}
         self._items: dict[int, _Item] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, gen, key)
         self._wakeup = trio.Event()
@@ -176,6 +184,8 @@ class WriteBackQueue:
             item.due = trio.current_time()
             heapq.heappush(self._heap, (item.due, item.gen, key))
             self._wakeup.set()
+        elif item.scope is None:
+            self._promote(item)  # queued for a bulk or edit worker, not started: the sync lane
         while True:
             w = _Waiter()
             item.waiters.append(w)
@@ -185,6 +195,23 @@ class WriteBackQueue:
             if self._items.get(key) is not item:
                 return  # uploaded (or cancelled: nothing left to upload)
             # the outcome was for a stale generation; wait for the next one
+
+    def upload_soon(self, key: int) -> None:
+        """Upload `key` after the quiet period even if it is still open for writing (an fsync
+        that returns once the data is on the local disk). A key already due keeps its time."""
+        item = self._items.get(key)
+        if item is None:
+            self.schedule(key)
+        elif math.isinf(item.due) and item.failed_since is None and item.dispatched_gen != item.gen:
+            item.held = False
+            item.due = trio.current_time() + self.delay
+            heapq.heappush(self._heap, (item.due, item.gen, key))
+            self._wakeup.set()
+
+    def awaited(self, key: int) -> bool:
+        """Whether somebody (an fsync) waits for the upload of `key`."""
+        item = self._items.get(key)
+        return item is not None and bool(item.waiters)
 
     async def wait_idle(self) -> None:
         """Wait until nothing is pending (every key uploaded, cancelled or failed for good)."""
@@ -244,6 +271,8 @@ class WriteBackQueue:
                 nursery.start_soon(self._worker, "bulk")
             for _ in range(self._lane_workers):
                 nursery.start_soon(self._worker, "edit")
+            for _ in range(self._sync_workers):
+                nursery.start_soon(self._worker, "sync")
             task_status.started()
             await self._scheduler()
 
@@ -261,7 +290,7 @@ class WriteBackQueue:
                     continue  # stale heap entry, in flight (re-pushed when it settles), or held
                 item.dispatched_gen = gen
                 item.busy = True
-                lane = "edit" if self._lane(key) else "bulk"
+                lane = "sync" if item.waiters else "edit" if self._lane(key) else "bulk"
                 self._queues[lane].append((key, gen))
                 self._fed[lane].set()
             self._wakeup = trio.Event()
@@ -376,6 +405,17 @@ class WriteBackQueue:
         if math.isfinite(item.due) and not item.held and self._items.get(item.key) is item:
             heapq.heappush(self._heap, (item.due, item.gen, item.key))
             self._wakeup.set()
+
+    def _promote(self, item: _Item) -> None:
+        """Move `item` from the bulk or edit lane's queue (dispatched, no worker yet) to the sync lane."""
+        for lane in ("bulk", "edit"):
+            q = self._queues[lane]
+            for kg in q:
+                if kg[0] == item.key:
+                    q.remove(kg)
+                    self._queues["sync"].append(kg)
+                    self._fed["sync"].set()
+                    return
 
     def _cancel_flight(self, item: _Item) -> None:
         if item.scope is not None:

@@ -387,3 +387,75 @@ async def test_an_edit_does_not_wait_behind_bulk_uploads(autojump_clock):
         assert len(done) == 301
 
     await _with_queue(q, body)
+
+
+class _KeyedUploader:
+    """Uploads of the keys in `blocked` wait for `gate`; the others finish at once."""
+
+    def __init__(self, blocked: set[int]) -> None:
+        self.blocked = blocked
+        self.gate = trio.Event()
+        self.busy: set[int] = set()
+        self.done: list[int] = []
+
+    async def __call__(self, keys):
+        self.busy.update(keys)
+        if self.blocked & set(keys):
+            await self.gate.wait()
+        self.busy.difference_update(keys)
+        self.done.extend(keys)
+        return {k: None for k in keys}
+
+
+@pytest.mark.trio
+async def test_fsync_has_its_own_lane_behind_busy_bulk_workers(autojump_clock):
+    """Issue 10: an fsync'ed file is not queued behind uploads nobody waits for, neither when
+    every bulk worker is busy nor when it was already queued for one of them."""
+    up = _KeyedUploader(blocked={1, 2, 3, 4, 5})
+    q = WriteBackQueue(up, delay=0.5, workers=4, gather=0)
+
+    async def body():
+        for k in (1, 2, 3, 4, 5, 6):
+            q.schedule(k)
+        while up.busy != {1, 2, 3, 4}:
+            await trio.sleep(0.1)
+        await trio.sleep(1)
+        assert 6 not in up.done  # queued behind the four busy bulk workers
+        with trio.fail_after(60):  # virtual time: without the lane it waits for the gate
+            await q.upload_now(6)  # moved to the sync lane
+        assert 6 in up.done
+        q.schedule(7)
+        with trio.fail_after(60):
+            await q.upload_now(7)  # awaited before it was dispatched: straight to the sync lane
+        assert up.busy == {1, 2, 3, 4} and 5 not in up.done
+        up.gate.set()
+        await q.wait_idle()
+        assert sorted(up.done) == [1, 2, 3, 4, 5, 6, 7]
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
+async def test_upload_soon_starts_the_quiet_period_of_a_file_open_for_writing(autojump_clock):
+    up = Uploader()
+    q = WriteBackQueue(up, delay=2.0)
+
+    async def body():
+        t0 = trio.current_time()
+        q.upload_soon(1)  # fsync of a file never scheduled (still open for writing)
+        q.schedule(2)
+        q.changed(2)  # written again: held until its close...
+        await trio.sleep(10)
+        assert [c[1] for c in up.calls] == [[1]]
+        assert up.calls[0][0] - t0 == pytest.approx(2.0)
+        t1 = trio.current_time()
+        q.upload_soon(2)  # ...or an fsync
+        await q.wait_idle()
+        assert up.calls[1][1] == [2] and up.calls[1][0] - t1 == pytest.approx(2.0)
+        q.schedule(3, 5.0)
+        t2 = trio.current_time()
+        q.upload_soon(3)  # already due: keeps its time
+        await q.wait_idle()
+        assert up.calls[2][0] - t2 == pytest.approx(5.0)
+
+    await _with_queue(q, body)

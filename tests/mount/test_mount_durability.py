@@ -184,7 +184,7 @@ def test_quota_full_keeps_data_and_reports(mount: MountedFs, faults: Any) -> Non
 @pytest.mark.parametrize("name", ["report.txt", "Makefile"])
 @pytest.mark.parametrize("trigger", ["fsync", "umount"])
 def test_conflict_keeps_both_versions(mount_factory: MountFactory, name: str, trigger: str) -> None:
-    m = mount_factory(write_back=60)
+    m = mount_factory(write_back=60, sync_uploads=trigger == "fsync")  # fsync uploads at once
     base, local, server = b"base version\n", b"local edit, longer than the base\n", b"server edit\n"
     m.remote.write(name, base)
     p = m.path / name

@@ -1,0 +1,148 @@
+"""fsync(2) through the mount (issue 13, issue 10).
+
+By default fsync returns once the file and its journal rows are on the local disk and the
+upload follows in the background; ``--sync-uploads`` makes it return only once the server
+holds the file, through a lane of its own (never behind uploads nobody waits for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mount_testlib import MountFactory, wait_for
+
+UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/completeWrite", "/writeFile")
+
+
+@pytest.fixture
+def faults(emulator: Any) -> Iterator[Any]:
+    """The emulator's fault rules, cleared (and stalls released) however the test ends.
+    Request it after ``mount_factory`` so it is torn down first."""
+    emulator.clear_faults()
+    try:
+        yield emulator
+    finally:
+        emulator.clear_faults()
+        emulator.release()
+
+
+def _uploads(emulator: Any) -> list[str]:
+    return [e["path"] for e in emulator.log() if e["path"] in UPLOAD_PATHS]
+
+
+class _Fsync(threading.Thread):
+    """open + write + fsync + close of `path` in a thread, so the test can look meanwhile."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        super().__init__(daemon=True)
+        self.path, self.data = path, data
+        self.synced = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, self.data)
+                os.fsync(fd)
+                self.synced.set()
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+            self.synced.set()
+
+
+def test_fsync_is_local_then_the_upload_follows_and_survives_kill_9(mount_factory: MountFactory) -> None:
+    m = mount_factory(write_back=60)  # only fsync or the restart can explain an upload
+    m.emulator.clear_log()
+    data = os.urandom(70_000)
+    fd = os.open(m.path / "saved.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.fdatasync(fd)
+        # fsync returned with nothing sent to the server
+        assert _uploads(m.emulator) == []
+        assert not m.remote.exists("saved.bin")
+        m.proc.wait_state(lambda s: s.get("pending", 0) >= 1, 10, "the state file to show the pending upload")
+        # kill -9 right after the fsync (the file still open): the next mount uploads it
+        m.kill_and_remount(write_back=0.3)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # ENOTCONN: its mount died with the daemon
+    m.wait_uploaded()
+    assert m.remote.read("saved.bin") == data
+    assert (m.path / "saved.bin").read_bytes() == data
+    m.proc.stop()
+
+
+def test_fsync_of_a_file_kept_open_starts_its_upload(mount_factory: MountFactory) -> None:
+    """A file that stays open (a log) is uploaded after an fsync too, without waiting for it."""
+    m = mount_factory(write_back=0.3)
+    with open(m.path / "app.log", "wb") as f:
+        f.write(b"line 1\n")
+        f.flush()
+        os.fsync(f.fileno())
+        wait_for(lambda: m.remote.exists("app.log") and m.remote.read("app.log") == b"line 1\n", 30,
+                 "the fsync'ed file on the server while still open")
+        f.write(b"line 2\n")
+    m.wait_uploaded()
+    assert m.remote.read("app.log") == b"line 1\nline 2\n"
+    m.proc.stop()
+
+
+def test_sync_uploads_fsync_returns_once_the_server_has_it(mount_factory: MountFactory, faults: Any) -> None:
+    m = mount_factory("--sync-uploads", write_back=60)
+    faults.set_faults(*[{"method": "POST", "path": p, "stall": True, "count": 1} for p in UPLOAD_PATHS])
+    data = b"precious\n" * 100
+    t = _Fsync(m.path / "doc.txt", data)
+    t.start()
+    m.proc.wait_state(lambda s: s.get("uploading", 0) >= 1, 30, "the upload to start")
+    assert not t.synced.is_set(), "fsync returned while the server did not have the file"
+    assert not m.remote.exists("doc.txt")
+    faults.release()
+    assert t.synced.wait(60), "fsync did not return after the upload went through"
+    assert t.error is None, t.error
+    assert m.remote.read("doc.txt") == data  # at once: fsync meant "on the server"
+    t.join(30)
+    m.proc.stop()
+
+
+def test_sync_uploads_small_fsync_not_held_behind_four_big_uploads(mount_factory: MountFactory, faults: Any) -> None:
+    """Issue 10: fsync of a 5-byte file must not wait behind four busy large uploads. All four
+    upload workers are held by the server: two in their /stat, two in their /fs/write (no more
+    than two: the tier's in-flight cap for background uploads may be two)."""
+    m = mount_factory("--sync-uploads", write_back=0.3)
+    faults.set_faults(
+        {"method": "POST", "path": "/stat", "stall": True, "count": 2},
+        {"method": "POST", "path": "/fs/write", "stall": True, "count": 2},
+    )
+    big = {f"big{i}.bin": os.urandom(300_000) for i in range(4)}  # above the batch size: one upload each
+    for name, data in big.items():
+        (m.path / name).write_bytes(data)
+
+    def held() -> bool:  # both rules used up: two uploads stalled in each
+        return all(r["fired"] >= 2 for r in m.emulator._admin("GET", "faults")["rules"])
+
+    wait_for(held, 30, "four big uploads held by the server")
+    m.proc.wait_state(lambda s: s.get("uploading", 0) >= 4, 30, "four uploads in flight")
+    t = _Fsync(m.path / "small.txt", b"hello")
+    t.start()
+    assert t.synced.wait(30), (f"the small file's fsync waited behind the big uploads; "
+                               f"requests {[e['path'] for e in m.emulator.log()][-15:]}; log {m.proc.log_text(3000)}")
+    assert t.error is None, t.error
+    assert m.remote.read("small.txt") == b"hello"
+    assert not any(m.remote.exists(name) for name in big), "the big uploads were not held after all"
+    faults.release()
+    t.join(30)
+    m.wait_uploaded()
+    for name, data in big.items():
+        assert m.remote.read(name) == data
+    m.proc.stop()
