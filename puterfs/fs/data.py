@@ -1,0 +1,373 @@
+"""The data cache seen from the mount: file contents in cache files (puterfs/fs/cache.py),
+fetched from the server in ranged blocks with read-ahead, written locally, marked dirty in the
+journal before a write returns; file handles (docs/write-back.md).
+
+A mixin of `PuterOperations` (puterfs/fs/operations.py)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from puterfs.client._errors import (
+    PuterError,
+)
+from puterfs.fs.cache import BLOCK_SIZE, CacheEntry
+from puterfs.fs.errors import FsError
+from puterfs.fs.freshness import content_changed
+from puterfs.fs.freshness import verify as verify_version
+from puterfs.fs.inodes import Node
+
+log = logging.getLogger(__name__)
+
+READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
+
+
+class _Handle:
+    __slots__ = ("node", "writable", "flags", "next_off", "readahead")
+
+    def __init__(self, node: Node, writable: bool, flags: int) -> None:
+        self.node = node
+        self.writable = writable
+        self.flags = flags
+        self.next_off = -1  # where a sequential reader reads next
+        self.readahead = 1  # blocks fetched per request; doubles while the reader is sequential
+
+
+class DataCache:
+    def _fd(self, node: Node) -> int:
+        assert node.entry is not None
+        if node.fd is None:
+            node.fd = self.cache.open_data(node.entry.id)
+        return node.fd
+
+    def _ensure_entry(self, node: Node) -> CacheEntry:
+        """The cache entry for a file, created sparse for a server file."""
+        ent = node.entry
+        if ent is not None and ent.id in self.cache.entries:
+            return ent
+        if node.remote_fp is None:
+            ent = self.cache.create(node.path, mode=node.mode)
+        else:
+            uid, size, modified = node.remote_fp
+            ent = self.cache.create_for_remote(node.path, size=size, uid=uid, modified=modified, mode=node.mode)
+        node.entry = ent
+        return ent
+
+    async def _fetch(self, node: Node, off: int, size: int, *, readahead: int = 1) -> None:
+        """Make bytes [off, off+size) of a server file present in its cache file."""
+        ent = self._ensure_entry(node)
+        if not ent.missing_blocks(off, size):
+            return
+        async with self._lock(node):
+            missing = ent.missing_blocks(off, size)
+            if not missing:
+                return
+            last_block = (ent.size - 1) // BLOCK_SIZE
+            first = missing[0]
+            end = missing[-1]
+            end = min(max(end, first + readahead - 1), last_block)
+            # one ranged request for the run of missing blocks from `first`
+            run_end = first
+            while run_end + 1 <= end and (run_end + 1) not in ent.blocks:
+                run_end += 1
+            for start_block in range(first, run_end + 1, READAHEAD_BLOCKS):
+                stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
+                begin = start_block * BLOCK_SIZE
+                length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
+                data, etag = await self.remote.read_version(node.path, begin, length, size=ent.size)
+                if node.entry is not ent:
+                    return  # replaced while we fetched
+                if etag is not None and etag != ent.base_etag:
+                    if ent.base_etag is not None or ent.blocks:
+                        # another version than the cached blocks': never a file of two versions
+                        await content_changed(self, node, ent, etag)
+                        break
+                    ent.base_etag = etag  # the first blocks: the version they all must share
+                    self.cache.save(ent)
+                if len(data) != length:
+                    raise PuterError(
+                        f"short read of {node.path}: wanted {length} bytes at {begin}, got {len(data)} "
+                        "(the file changed on the server?)"
+                    )
+                if node.entry is not ent:
+                    return  # replaced while we fetched
+                self._pwrite(node, data, begin)
+                ent.blocks.update(range(start_block, stop_block + 1))
+            if len(ent.blocks) * BLOCK_SIZE >= ent.size and ent.missing_blocks(0, ent.size) == []:
+                ent.complete = True
+                ent.blocks.clear()
+                self.cache.save(ent)
+        # blocks after the run (not contiguous) are fetched by the next call
+        if ent.missing_blocks(off, size):
+            await self._fetch(node, off, size)
+
+    async def _ensure_complete(self, node: Node) -> CacheEntry:
+        ent = self._ensure_entry(node)
+        if not ent.complete:
+            await self._fetch(node, 0, ent.size, readahead=READAHEAD_BLOCKS)
+            ent.complete = True
+            ent.blocks.clear()
+            self.cache.save(ent)
+        return ent
+
+    def _dirty(self, node: Node) -> CacheEntry:
+        """The file's content is about to change. The journal says dirty first: if it cannot
+        (a full cache disk), this raises and nothing in memory changed."""
+        ent = node.entry
+        assert ent is not None
+        if not ent.dirty:
+            self.cache.mark_dirty(ent)  # committed before the write returns
+        ent.version += 1
+        self.queue.changed(ent.id)
+        node.local_seq = self.table.next_seq()
+        return ent
+
+    def _reclaim_space(self) -> int:
+        """The cache disk is full: drop every clean cached file nobody has open."""
+        keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and n.opens}
+        freed = self.cache.evict(0, keep)
+        if freed:
+            for n in self.table.by_inode.values():
+                if n.entry is not None and n.entry.id not in self.cache.entries:
+                    self._close_fd(n)
+                    n.entry = None
+            log.warning("the cache disk is full: dropped %d bytes of clean cached data", freed)
+        return freed
+
+    def _pwrite(self, node: Node, data: bytes, off: int) -> int:
+        """Write into the cache file; on a full disk free clean cached data once, then ENOSPC."""
+        try:
+            return os.pwrite(self._fd(node), data, off)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not self._reclaim_space():
+                log.error("the cache disk is full: %s", exc)
+                raise OSError(errno.ENOSPC, "the cache disk is full") from None
+        return os.pwrite(self._fd(node), data, off)
+
+    def _maybe_evict(self) -> None:
+        keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and (n.opens or n.entry.dirty)}
+        freed = self.cache.evict(self.cache_size, keep)
+        if freed:
+            for n in self.table.by_inode.values():
+                if n.entry is not None and n.entry.id not in self.cache.entries:
+                    n.entry = None
+            log.debug("cache: evicted %d bytes", freed)
+
+    async def _truncate(self, node: Node, size: int) -> None:
+        if size < 0:
+            raise FsError(errno.EINVAL)
+        if size == 0:
+            ent = node.entry
+            if ent is None or ent.id not in self.cache.entries:
+                ent = self._ensure_entry(node)
+            ent.complete = True
+            ent.blocks.clear()
+        else:
+            ent = await self._ensure_complete(node)
+        self._dirty(node)
+        try:
+            os.ftruncate(self._fd(node), size)
+        except OSError as exc:
+            # nothing changed (EFBIG, ENOSPC): the file is still to be uploaded as it is
+            if node.writers == 0 and node.in_tree:
+                self.queue.schedule(ent.id)
+            raise FsError(exc.errno or errno.EIO, f"truncate of {node.path} to {size}: {exc.strerror}") from None
+        ent.size = size
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.mtime_local = True
+        ent.mtime_ns = node.mtime_ns
+        self.cache.save(ent)
+
+    def _open_handle(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        acc = flags & os.O_ACCMODE
+        writable = acc in (os.O_WRONLY, os.O_RDWR)
+        fh = self._alloc_fh()
+        self._handles[fh] = _Handle(node, writable, flags)
+        node.opens += 1
+        if writable:
+            node.writers += 1
+        # keep the kernel's page cache only while the content is what it cached last time
+        current = ("local", node.entry.id) if (node.entry is not None and node.entry.dirty) else ("remote", node.remote_fp)
+        keep = node.page_fp == current
+        node.page_fp = current
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    async def _release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        node = h.node
+        node.opens -= 1
+        if h.writable:
+            node.writers -= 1
+        ent = node.entry
+        if h.writable and ent is not None and ent.dirty and node.writers == 0 and node.in_tree:
+            # only a writer's last close starts the quiet period: a reader closing a dirty
+            # file again and again must not postpone its upload
+            self.cache.save(ent)
+            self.queue.schedule(ent.id)
+        if node.opens == 0:
+            self._close_fd(node)
+            if not node.in_tree:
+                self._release_unlinked(node)
+                self.table.maybe_drop(node)
+            else:
+                self._maybe_evict()
+
+    def _release_unlinked(self, node: Node) -> None:
+        """Drop the data of a node that left the tree once nothing uses it any more."""
+        if node.in_tree or node.opens > 0 or node.entry is None:
+            return
+        ent = node.entry
+        if self.cache.entries.get(ent.id) is ent and self.cache.paths.get(ent.path) is not ent:
+            self.queue.cancel(ent.id)
+            self._delete_entry(node)
+        else:  # still the cache of a path in the tree: keep it, just let go of it
+            node.entry = None
+            self._close_fd(node)
+
+    def _close_fd(self, node: Node) -> None:
+        if node.fd is not None:
+            os.close(node.fd)
+            node.fd = None
+
+    def _delete_entry(self, node: Node) -> None:
+        """Delete the node's cache entry and its data file."""
+        assert node.entry is not None
+        self.cache.delete(node.entry)
+        node.entry = None
+        self._close_fd(node)
+
+    def _discard_data(self, node: Node) -> None:
+        """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""
+        ent = node.entry
+        if ent is None:
+            return
+        self.queue.cancel(ent.id)
+        self._forget_session(ent.id)
+        if ent.id not in self.cache.entries:
+            return
+        if node.opens > 0:
+            if self.cache.paths.get(ent.path) is ent:
+                del self.cache.paths[ent.path]
+            ent.path = f"\x00unlinked/{ent.id}"
+            ent.dirty = False
+            self.cache.save(ent)
+        else:
+            self._delete_entry(node)
+
+    async def read_path(self, rel: str, access: Callable[[int, int, int, int], bool] | None = None) -> bytes:
+        """The content of the file at mount-relative `rel`, through the cache (dirty data included).
+
+        `access(st_mode, st_uid, st_gid, want)`, when given, is asked for search permission
+        on each directory on the way and read permission on the file (EACCES when refused),
+        so that `.ai/ocr` reads a path only as its caller could."""
+
+        def check(node: Node, want: int) -> None:
+            if access is not None and not access(node.mode, self.uid, self.gid, want):
+                raise FsError(errno.EACCES, f"{rel}: permission denied")
+
+        node = self.table.root
+        for part in [p for p in rel.split("/") if p and p != "."]:
+            check(node, os.X_OK)
+            child = await self._child(node, part)
+            if child is None:
+                raise FsError(errno.ENOENT, f"{rel}: no such file in the mount")
+            node = child
+        if node.is_dir:
+            raise FsError(errno.EISDIR, f"{rel} is a directory")
+        check(node, os.R_OK)
+        ent = await self._ensure_complete(node)
+        with self.cache.open_file(ent.id) as f:
+            return f.read()
+
+    async def _readlink(self, node: Node) -> bytes:
+        if not node.is_link:
+            raise FsError(errno.EINVAL)
+        if node.link_target is None:
+            ent = await self._ensure_complete(node)
+            with open(self.cache.data_path(ent.id), "rb") as f:
+                node.link_target = f.read()
+        return node.link_target
+
+    async def _open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        if writable or flags & os.O_TRUNC:
+            self._check_writable()
+        await self._refresh_attr(node)
+        if writable and flags & os.O_TRUNC:
+            await self._truncate(node, 0)
+        elif node.entry is not None and not node.entry.dirty and (node.entry.unverified or node.entry.blocks):
+            # a partly cached file is checked at every open: its missing blocks must come from
+            # the version its cached ones are of
+            await verify_version(self, node, force=True)
+        return self._open_handle(node, flags)
+
+    async def _read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        node = h.node
+        ent = self._ensure_entry(node)
+        if ent.unverified:  # a change event may mean another version (freshness.verify)
+            await verify_version(self, node)
+        if off >= ent.size:
+            return b""
+        size = min(size, ent.size - off)
+        if ent.missing_blocks(off, size):
+            if off == h.next_off:
+                h.readahead = min(h.readahead * 2, READAHEAD_BLOCKS)
+            else:
+                h.readahead = 1
+            await self._fetch(node, off, size, readahead=h.readahead)
+            if off >= ent.size:
+                return b""  # the server's new version is shorter
+            size = min(size, ent.size - off)
+        self.cache.touch(ent)
+        data = os.pread(self._fd(node), size, off)
+        h.next_off = off + len(data)
+        return data
+
+    async def _write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handles.get(fh)
+        if h is None or not h.writable:
+            raise FsError(errno.EBADF)
+        node = h.node
+        ent = await self._ensure_complete(node)
+        self._dirty(node)
+        n = self._pwrite(node, buf, off)
+        if off + n > ent.size:
+            ent.size = off + n
+        node.size = ent.size
+        node.mtime_ns = node.ctime_ns = ent.mtime_ns = time.time_ns()
+        node.mtime_local = True
+        return n
+
+    async def _fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        node = h.node
+        ent = node.entry
+        if ent is None or not ent.dirty or not node.in_tree:
+            return
+        # durable on the local disk: the data, then the journal row (and the directories)
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self._fd(node))
+        self.cache.save(ent)
+        await trio.to_thread.run_sync(self.cache.sync_entry, ent)
+        if self.sync_uploads:
+            await self.queue.upload_now(ent.id)  # and on the server (its own lane)
+        else:
+            self.queue.upload_soon(ent.id)  # the upload follows in the background

@@ -1,0 +1,287 @@
+"""The listing cache: each directory's entries as the server last listed them, and the
+attributes the kernel is answered with (docs/architecture.md, "The filesystem modules").
+
+A mixin of `PuterOperations` (puterfs/fs/operations.py): it works on the operations' inode
+table, epoch and remote, and is never used on its own."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+
+import pyfuse3
+import trio
+
+from puterfs.client._errors import (
+    PuterError,
+)
+from puterfs.fs.errors import FsError
+from puterfs.fs.freshness import unverify_all
+from puterfs.fs.inodes import LINK_SUFFIX, Node
+from puterfs.fs.remote import RemoteEntry, join, unlistable
+
+log = logging.getLogger(__name__)
+
+
+
+class ListingCache:
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.inode
+        a.generation = 0
+        a.entry_timeout = self.attr_timeout
+        a.attr_timeout = self.attr_timeout
+        a.st_mode = node.mode
+        a.st_nlink = self._nlink(node)
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_rdev = 0
+        size = node.entry.size if (node.entry is not None and not node.is_dir) else node.size
+        a.st_size = size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = node.atime_ns or node.mtime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns or node.mtime_ns
+        return a
+
+    def _nlink(self, node: Node) -> int:
+        """POSIX link counts: a directory has 2 + one per subdirectory ("." and each ".."),
+        a file 1 while it has a name, 0 once unlinked (still open)."""
+        if not node.is_dir:
+            return 1 if node.in_tree else 0
+        subdirs = sum(1 for c in (node.children or {}).values() if c.is_dir)
+        if node is self.table.root and self.ai is not None:
+            subdirs += 1  # .ai
+        return 2 + subdirs
+
+    def _fresh(self, node: Node) -> bool:
+        return (
+            node.children is not None
+            and node.listed_epoch == self.epoch
+            and (trio.current_time() - node.listed_at) < self.listing_max_age
+        )
+
+    async def poll_changes(self, interval: float) -> None:
+        """Watch the server's change timestamp; a move makes every listing stale."""
+        while True:
+            if self.events_live and not self.remote.suspect:  # the events say what changes
+                await self._abort_orphans()
+                await trio.sleep(interval)
+                continue
+            try:
+                ts = await self.remote.last_change()
+            except PuterError as exc:
+                log.debug("change poll failed: %s", exc)
+            else:
+                if self._last_change is not None and ts != self._last_change:
+                    self.epoch += 1
+                    unverify_all(self)  # a same-size overwrite shows in no listing
+                self._last_change = ts
+            await self._abort_orphans()
+            await trio.sleep(interval)
+
+    def _server_back(self) -> None:
+        """The poller reaches the server again after an outage: failed uploads go at once
+        (not after their backoff) and listings are re-read."""
+        self.epoch += 1
+        self.queue.retry_now()
+
+    def _set_remote(self, node: Node, e: RemoteEntry) -> None:
+        """Update `node` from what the server says about it.
+
+        Mode and mtime come from the entry's metadata when it has them (else the mtime is the
+        server's whole-second `modified`), unless changed here and not on the server yet.
+        ctime never goes backwards, nor does a directory's mtime through a refresh (the
+        server never moves a directory's own time when its entries change)."""
+        fp = e.fingerprint
+        fresh = node.remote_fp is None
+        changed = not fresh and node.remote_fp != fp
+        node.remote_fp = fp
+        node.remote_meta = e.metadata
+        srv_ctime = max(e.created or 0, e.modified or 0) * 1_000_000_000
+        pending = self._meta_pending(node)
+        if node.is_dir:
+            if not pending:
+                mt = e.mtime_ns
+                if mt and (fresh or e.meta_mtime_ns is not None or mt > node.mtime_ns):
+                    node.mtime_ns = mt
+                if e.mode is not None and stat.S_ISDIR(e.mode):
+                    node.mode = stat.S_IFDIR | stat.S_IMODE(e.mode)
+            if fresh:
+                node.ctime_ns = max(srv_ctime, node.mtime_ns)
+            elif changed:  # changed elsewhere (our own changes set remote_fp as they land)
+                node.ctime_ns = max(node.ctime_ns, srv_ctime)
+            return
+        ent = node.entry
+        if ent is not None and not ent.dirty and ent.base_uid is not None and (ent.base_uid, ent.base_size, ent.base_modified) != fp:
+            # the server's copy changed: the clean cached copy is stale
+            if node.opens == 0:
+                self.cache.delete(ent)
+                node.entry = None
+            changed = True
+        if changed and node.is_link and (ent is None or not ent.dirty):
+            node.link_target = None  # changed elsewhere: read it again
+        if ent is None or not ent.dirty:
+            node.size = e.size
+            if not pending or changed:
+                mt = e.mtime_ns
+                if mt:
+                    node.mtime_ns = mt
+                    node.mtime_local = False
+                if e.mode is not None and not stat.S_ISDIR(e.mode) and not stat.S_ISLNK(node.mode):
+                    node.mode = stat.S_IFREG | stat.S_IMODE(e.mode)
+                    if node.entry is not None and node.entry.mode != node.mode:
+                        node.entry.mode = node.mode
+                        self.cache.save(node.entry)
+            if fresh:
+                node.ctime_ns = max(srv_ctime, node.mtime_ns)
+            elif changed:
+                node.ctime_ns = max(node.ctime_ns, srv_ctime)
+
+    def _node_for_entry(self, parent: Node, e: RemoteEntry) -> Node:
+        path = join(parent.path, e.name)
+        is_link = self._link_name(e) is not None
+        node = self.table.by_path.get(path)
+        if node is not None and (node.is_dir != e.is_dir or node.is_link != is_link):
+            if node.entry is not None and node.entry.dirty:
+                return node  # local data wins; the upload will meet the server's type
+            self.table.detach(node)
+            node = None
+        if node is None:
+            node = self.table.new(path, is_dir=e.is_dir, mode=(stat.S_IFLNK | 0o777) if is_link else None)
+            if not e.is_dir:
+                ent = self.cache.paths.get(path)
+                if ent is not None:
+                    node.entry = ent
+                    if not is_link:
+                        node.mode = stat.S_IFREG | stat.S_IMODE(ent.mode)
+        self._set_remote(node, e)
+        node.attr_epoch = self.epoch
+        return node
+
+    async def _children(self, dirnode: Node, *, use: bool = True) -> dict[str, Node]:
+        if not dirnode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if use:
+            dirnode.used_at = trio.current_time()  # recently used: re-listed in the background
+        if self._fresh(dirnode):
+            assert dirnode.children is not None
+            return dirnode.children
+        async with self._lock(dirnode):
+            if self._fresh(dirnode):
+                assert dirnode.children is not None
+                return dirnode.children
+            seq = self.table.next_seq()
+            epoch = self.epoch
+            try:
+                entries = await self.remote.listdir(dirnode.path)
+            except PuterError as exc:
+                if dirnode.children is not None:
+                    log.warning("listing %r failed (%s); serving the cached listing", dirnode.path or "/", exc)
+                    return dirnode.children
+                raise
+            if not dirnode.in_tree:
+                raise FsError(errno.ENOENT)
+            self._apply_listing(dirnode, entries, seq)
+            dirnode.listed_epoch = epoch
+            dirnode.listed_at = trio.current_time()
+            assert dirnode.children is not None
+            return dirnode.children
+
+    def _apply_listing(self, dirnode: Node, entries: list[RemoteEntry], seq: int) -> None:
+        old = dirnode.children or {}
+        new: dict[str, Node] = {}
+        tombs = dirnode.tombstones or {}
+        plain = {e.name for e in entries}
+        for e in entries:
+            bad = unlistable(e.name)
+            if bad is not None:
+                if (dirnode.path, e.name) not in self._skipped_names:
+                    self._skipped_names.add((dirnode.path, e.name))
+                    log.warning("%s: not listing the server entry %r: %s", dirnode.path or "/", e.name, bad)
+                continue
+            name = self._link_name(e)
+            if name is None:
+                name = e.name
+            elif name in plain:
+                continue  # a file of that name exists too: it wins, the link is not shown
+            if tombs.get(name, 0) > seq:
+                continue  # removed here after this listing was requested
+            if dirnode is self.table.root and name == ".ai" and self.ai is not None:
+                continue  # shadowed by the virtual .ai directory (docs/ai-files.md)
+            cur = old.get(name)
+            if cur is not None and cur.local_seq > seq:
+                new[name] = cur  # changed here after the listing was requested
+                continue
+            new[name] = self._node_for_entry(dirnode, e)
+        for name, node in old.items():
+            if name in new:
+                continue
+            if node.local_seq > seq or (node.entry is not None and node.entry.dirty):
+                new[name] = node  # created here, not on the server yet
+            else:
+                self.table.detach(node)
+        # files whose upload is pending from an earlier run, or finished after this listing
+        # was requested (the listing could not show them yet)
+        prefix = dirnode.path + "/" if dirnode.path else ""
+        for path, ent in self.cache.paths.items():
+            if (ent.dirty or ent.uploaded_seq > seq) and path.startswith(prefix) and "/" not in path[len(prefix):]:
+                name = path[len(prefix):]
+                if stat.S_ISLNK(ent.mode) and name.endswith(LINK_SUFFIX):
+                    name = name[: -len(LINK_SUFFIX)]
+                if name not in new or new[name].entry is not ent:
+                    node = self.table.by_path.get(path)
+                    if node is None or node.is_dir:
+                        node = self.table.new(path, is_dir=False, mode=ent.mode)
+                    node.entry = ent
+                    node.mode = ent.mode
+                    node.mtime_ns = ent.mtime_ns
+                    node.mtime_local = True
+                    if not ent.dirty and ent.base_uid is not None:
+                        node.remote_fp = (ent.base_uid, ent.base_size or 0, ent.base_modified)
+                    new[name] = node
+        dirnode.children = new
+        if tombs:
+            # a listing requested after a removal already reflects it
+            dirnode.tombstones = {n: t for n, t in tombs.items() if t > seq} or None
+
+    def _link_name(self, e: RemoteEntry) -> str | None:
+        """The link name a server entry stands for (NAME.rclonelink -> NAME), else None."""
+        if self.links and not e.is_dir and e.name.endswith(LINK_SUFFIX) and len(e.name) > len(LINK_SUFFIX):
+            return e.name[: -len(LINK_SUFFIX)]
+        return None
+
+    async def _child(self, parent: Node, name: str) -> Node | None:
+        return (await self._children(parent)).get(name)
+
+    async def _refresh_attr(self, node: Node) -> None:
+        if node.attr_epoch == self.epoch or node is self.table.root or not node.in_tree:
+            return
+        if node.entry is not None and (node.entry.dirty or node.opens):
+            return
+        parent = self.table.by_path.get(node.parent_path)
+        if parent is None:
+            return
+        children = await self._children(parent)
+        if children.get(node.display_name) is not node:
+            if node.opens == 0 and node.lookups >= 0:
+                raise FsError(errno.ENOENT, f"{node.path} is gone")
+        node.attr_epoch = self.epoch
+
+    async def _lookup(self, parent_inode: int, name: bytes) -> Node:
+        """The node `name` names in directory `parent_inode`, its lookup count raised; ENOENT if none."""
+        parent = self._node(parent_inode)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = self.table.by_path.get(parent.parent_path, self.table.root) if parent.path else parent
+        else:
+            text = self._name(name, creating=False)
+            found = await self._child(parent, text)
+            if found is None:
+                raise FsError(errno.ENOENT)
+            node = found
+        node.lookups += 1
+        return node

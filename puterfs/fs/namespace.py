@@ -1,0 +1,345 @@
+"""The namespace: mkdir, create, rename, unlink, rmdir and symlink, their POSIX checks against
+the cached listing, and how each reaches the server (docs/architecture.md and docs/inodes.md).
+
+A mixin of `PuterOperations` (puterfs/fs/operations.py)."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+import pyfuse3
+import trio
+
+from puterfs.client._errors import (
+    NotEmpty,
+    NotFound,
+)
+from puterfs.fs.errors import FsError
+from puterfs.fs.inodes import LINK_SUFFIX, Node
+from puterfs.fs.remote import join
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+
+
+def _mutating(fn: Any) -> Any:
+    """A handler that changes the namespace on the server: while one runs, change events
+    wait (puterfs/fs/freshness.py), so the echo of our own change never lands half-way."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
+        self.mutations += 1
+        try:
+            return await fn(self, *args, **kw)
+        finally:
+            self.mutations -= 1
+
+    return wrapper
+
+
+class Namespace:
+    def _name(self, name: bytes, *, creating: bool) -> str:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FsError(errno.EINVAL if creating else errno.ENOENT, "name is not UTF-8") from None
+        if creating and (text != text.rstrip() or "\x00" in text or text in (".", "..") or not text):
+            # the server trims trailing whitespace on lookup: such a name could never be found again
+            raise FsError(errno.EINVAL, f"the server cannot hold the name {text!r}")
+        if creating and self.links and text.endswith(LINK_SUFFIX):
+            # such a file is how a symlink is kept: it would turn into one (see --no-links)
+            raise FsError(errno.EINVAL, f"names ending in {LINK_SUFFIX} are reserved for symbolic links")
+        return text
+
+    def _touch_dir(self, node: Node) -> None:
+        """An entry was created or removed in directory `node`: its mtime moves, and is kept
+        on the server (the server never changes a directory's own times)."""
+        node.local_seq = self.table.next_seq()
+        node.mtime_ns = node.ctime_ns = max(time.time_ns(), node.mtime_ns)
+        self._posix_changed(node)
+
+    def _refuse_ai(self, parent_inode: int, name: bytes | None = None) -> None:
+        if self.ai is None:
+            return
+        if self.ai.owns(parent_inode) or (parent_inode == pyfuse3.ROOT_INODE and name == self.ai.NAME):
+            raise FsError(errno.EPERM, ".ai/ holds fixed control files")
+
+    async def _existing(self, parent_inode: int, name: bytes) -> tuple[Node, str, Node]:
+        """(parent, name, node) of an entry about to be removed; ENOENT if there is none."""
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=False)
+        node = await self._child(parent, text)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        return parent, text, node
+
+    def _tombstone(self, parent: Node, name: str) -> None:
+        if parent.tombstones is None:
+            parent.tombstones = {}
+        parent.tombstones[name] = self.table.next_seq()
+
+    def _remove_child(self, parent: Node, name: str, node: Node) -> None:
+        if parent.children is not None and parent.children.get(name) is node:
+            del parent.children[name]
+        self._tombstone(parent, name)
+        self._touch_dir(parent)
+        self.table.detach(node)
+        self._release_unlinked(node)
+
+    async def _delete_file(self, parent: Node, name: str, node: Node) -> None:
+        if node.opens > 0 and node.remote_fp is not None:
+            await self._ensure_complete(node)  # an open file stays readable after unlink
+        ent = node.entry
+        if ent is not None:
+            await self._quiesce([ent])  # no upload may recreate it while we delete
+        if node.remote_fp is not None or (ent is not None and ent.maybe_remote):
+            try:
+                await self.remote.delete(node.path, recursive=False)
+            except NotFound:
+                pass
+            except BaseException:
+                if ent is not None and ent.dirty and node.writers == 0:
+                    self.queue.schedule(ent.id)  # still ours to upload
+                raise
+        self._discard_data(node)
+        node.remote_fp = None
+        self._remove_child(parent, name, node)
+
+    async def _rename_remote(self, node: Node, target: Node | None, new_path: str) -> None:
+        target_remote = target is not None and (
+            target.remote_fp is not None or (target.entry is not None and target.entry.maybe_remote)
+        )
+        if node.remote_fp is not None or (node.entry is not None and node.entry.maybe_remote):
+            try:
+                result = await self.remote.move(node.path, new_path, overwrite=target_remote)
+            except NotFound:
+                if node.is_dir or node.entry is None or not node.entry.dirty:
+                    raise
+                # not on the server (after all); our dirty copy goes up under the new name
+                node.remote_fp = None
+                node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
+                self.cache.save(node.entry)
+            else:
+                old_fp = node.remote_fp
+                node.remote_fp = result.fingerprint
+                node.remote_meta = result.metadata
+                ent = node.entry
+                if ent is not None and ent.id in self.cache.entries and ent.base_uid is not None and (
+                    (ent.base_uid, ent.base_size, ent.base_modified) == old_fp
+                ):
+                    # a move bumps `modified` on the server: our base is the moved copy, not
+                    # another client's edit (else the next upload would see a conflict)
+                    self.cache.set_base(ent, uid=result.uid, size=result.size, modified=result.modified,
+                                        etag=ent.base_etag)
+                if node.page_fp == ("remote", old_fp):
+                    node.page_fp = ("remote", result.fingerprint)
+                return
+        if target_remote:
+            # the source exists only here and replaces what the server holds at the new name:
+            # that goes now (as rename(2) replaces it), our upload recreates the name later
+            try:
+                await self.remote.delete(new_path, recursive=False)
+            except NotFound:
+                pass
+
+    def _drop_target(self, parent: Node, name: str, target: Node) -> None:
+        self._discard_data(target)
+        if parent.children is not None and parent.children.get(name) is target:
+            del parent.children[name]
+        target.remote_fp = None
+        self.table.detach(target)
+
+    async def _create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=True)
+        existing = await self._child(parent, text)
+        if existing is not None:
+            if flags & os.O_EXCL or existing.is_link:
+                raise FsError(errno.EEXIST)
+            if existing.is_dir:
+                raise FsError(errno.EISDIR)
+            if flags & os.O_TRUNC:
+                await self._truncate(existing, 0)
+            existing.lookups += 1
+            return self._open_handle(existing, flags), self._attr(existing)
+        path = join(parent.path, text)
+        perm = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
+        ent = self.cache.create(path, mode=perm, mtime_ns=time.time_ns())
+        try:
+            self.cache.mark_dirty(ent)  # journal first: a full disk fails the create (ENOSPC)
+        except BaseException:
+            self.cache.delete(ent)
+            raise
+        node = self.table.new(path, is_dir=False, mode=perm)
+        node.mtime_ns = ent.mtime_ns
+        node.entry = ent
+        self._dirty(node)
+        assert parent.children is not None
+        parent.children[text] = node
+        self._touch_dir(parent)
+        node.lookups += 1
+        fi = self._open_handle(node, flags)
+        if (flags & os.O_ACCMODE) not in (os.O_WRONLY, os.O_RDWR):
+            self.queue.schedule(node.entry.id)
+        return fi, self._attr(node)
+
+    @_mutating
+    async def _mkdir(self, parent_inode: int, name: bytes, mode: int, umask: int) -> Node:
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=True)
+        if await self._child(parent, text) is not None:
+            raise FsError(errno.EEXIST)
+        path = join(parent.path, text)
+        e = await self.remote.mkdir(path)
+        node = self.table.new(path, is_dir=True, mode=stat.S_IFDIR | (mode & ~umask & 0o7777))
+        self._set_remote(node, e)
+        node.children = {}
+        node.listed_epoch = self.epoch
+        node.listed_at = trio.current_time()
+        node.local_seq = self.table.next_seq()
+        assert parent.children is not None
+        parent.children[text] = node
+        self._touch_dir(parent)
+        if stat.S_IMODE(node.mode) != 0o755:
+            self._posix_changed(node)  # the server's directories have no mode: keep this one's
+        node.lookups += 1
+        return node
+
+    @_mutating
+    async def _rmdir(self, parent_inode: int, name: bytes) -> None:
+        parent, text, node = await self._existing(parent_inode, name)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if await self._children(node):
+            raise FsError(errno.ENOTEMPTY)
+        try:
+            await self.remote.delete(node.path, recursive=False)
+        except NotFound:
+            pass
+        except NotEmpty:
+            node.listed_epoch = -1  # something appeared on the server meanwhile
+            raise
+        self._remove_child(parent, text, node)
+
+    @_mutating
+    async def _unlink(self, parent_inode: int, name: bytes) -> None:
+        parent, text, node = await self._existing(parent_inode, name)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        await self._delete_file(parent, text, node)
+
+    @_mutating
+    async def _rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int
+    ) -> None:
+        self._refuse_ai(parent_inode_old, name_old)
+        self._refuse_ai(parent_inode_new, name_new)
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        old_parent = self._node(parent_inode_old)
+        new_parent = self._node(parent_inode_new)
+        old_name = self._name(name_old, creating=False)
+        new_name = self._name(name_new, creating=True)
+        node = await self._child(old_parent, old_name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if not new_parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        new_path = join(new_parent.path, new_name + (LINK_SUFFIX if node.is_link else ""))
+        if new_path == node.path:
+            return
+        if node.is_link and len((new_name + LINK_SUFFIX).encode()) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"a link is kept as NAME{LINK_SUFFIX}: {new_name!r} is too long")
+        if node.is_dir and (new_path + "/").startswith(node.path + "/"):
+            raise FsError(errno.EINVAL, "cannot move a directory into itself")
+        target = await self._child(new_parent, new_name)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            if node.is_dir and not target.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if not node.is_dir and target.is_dir:
+                raise FsError(errno.EISDIR)
+            if target.is_dir and await self._children(target):
+                raise FsError(errno.ENOTEMPTY)
+            if target.path != new_path:
+                # a link replaced by a file or the other way round: they are kept under different
+                # names on the server (NAME.rclonelink), so the old one goes first, as rename(2)
+                # replaces it
+                await self._delete_file(new_parent, new_name, target)
+                target = None
+
+        # uploads of anything under the source must not run while paths change
+        moving = [e for p, e in self.cache.paths.items() if e.dirty and (p == node.path or p.startswith(node.path + "/"))]
+        if target is not None and target.entry is not None and target.entry.dirty:
+            moving.append(target.entry)
+        await self._quiesce(moving)
+        try:
+            await self._rename_remote(node, target, new_path)
+        finally:
+            for e in moving:
+                n = self._node_of_entry(e)
+                if e.id in self.cache.entries and e.dirty and (n is None or n.writers == 0):
+                    self.queue.schedule(e.id)
+
+        old_path = node.path
+        if target is not None:
+            self._drop_target(new_parent, new_name, target)
+        self.cache.rename(old_path, new_path)
+        self.table.rename(node, new_path)
+        if old_parent.children is not None and old_parent.children.get(old_name) is node:
+            del old_parent.children[old_name]
+        self._tombstone(old_parent, old_name)
+        if new_parent.children is not None:
+            new_parent.children[new_name] = node
+        node.local_seq = self.table.next_seq()
+        node.ctime_ns = time.time_ns()
+        self._touch_dir(old_parent)
+        self._touch_dir(new_parent)
+
+    async def _symlink(self, parent_inode: int, name: bytes, target: bytes) -> Node:
+        """A link is a small file NAME.rclonelink holding the target, uploaded like any file."""
+        if not self.links:
+            raise FsError(errno.EPERM, "symbolic links are turned off (--no-links)")
+        self._refuse_ai(parent_inode, name)
+        self._check_writable()
+        parent = self._node(parent_inode)
+        text = self._name(name, creating=True)
+        if len((text + LINK_SUFFIX).encode()) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"a link is kept as NAME{LINK_SUFFIX}: {text!r} is too long")
+        if not target:
+            raise FsError(errno.ENOENT)
+        if await self._child(parent, text) is not None:
+            raise FsError(errno.EEXIST)
+        path = join(parent.path, text + LINK_SUFFIX)
+        node = self.table.new(path, is_dir=False, mode=stat.S_IFLNK | 0o777)
+        node.link_target = bytes(target)
+        ent = node.entry = self.cache.create(path, mode=node.mode, mtime_ns=node.mtime_ns)
+        self._dirty(node)
+        with open(self.cache.data_path(ent.id), "r+b") as f:
+            f.write(node.link_target)
+        ent.size = node.size = len(node.link_target)
+        self.cache.save(ent)
+        assert parent.children is not None
+        parent.children[text] = node
+        self._touch_dir(parent)
+        node.lookups += 1
+        self.queue.schedule(ent.id)
+        return node
