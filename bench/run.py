@@ -509,6 +509,8 @@ class Bench:
 
     def measure(self, name: str, fn: Callable[[str], dict[str, float]]) -> None:
         """Run fn(target) repeat times interleaved; fn returns {metric: value}; keep medians."""
+        if self.args.only and name not in self.args.only:
+            return
         samples: dict[str, dict[str, list[float]]] = {t: {} for t in self.targets}
         errors: dict[str, str] = {}
         for rep in range(self.args.repeat):
@@ -834,22 +836,49 @@ def verdicts(tr: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                      verdict(ratio <= limit if limit and have_rclone else None,
                              f"<= {limit} x rclone") if limit else "-"))  # fmt: skip
 
-    time_row(f"tar x {n_files:,} files (returns)", "tar x", "s")
-    tx = w["tar x"]["puterfs"]
-    lag = tx["on server s"] - tx["s"]
-    rows.append(("tar x: on the server after", f"{tx['on server s']:.3f} s", "", f"+{lag:.2f} s",
-                 verdict(lag <= tr["write_back_s"] + 2, f"<= write-back {tr['write_back_s']:g} s + 2 s")))
-    rows.append(("tar x: HTTP requests", f"{tx['requests']:.0f}", "", "", verdict(tx["requests"] <= 30, "<= 30")))
-    time_row(f"git clone {a['repo_files']} files + status", "git clone + status", "s")
-    time_row(f"cp -r {n_files:,} files", "cp -r / rm -rf", "cp -r s")
-    time_row(f"rm -rf {n_files:,} files", "cp -r / rm -rf", "rm -rf s")
-    time_row(f"{a['saves']} editor saves", "editor saves", "s")
-    time_row(f"{a['appends']} appends + sync", "appends + sync", "s", None)
-    time_row(f"mixed 4-process, {a['mixed_ops']:,} ops", "mixed 4-process", "s")
+    def has(wl: str) -> bool:  # measured in this run (--only), by every target
+        return wl in w and all(w[wl].get(t) for t in ("puterfs", "local"))
+
+    if has("tar x"):
+        time_row(f"tar x {n_files:,} files (returns)", "tar x", "s")
+        tx = w["tar x"]["puterfs"]
+        lag = tx["on server s"] - tx["s"]
+        rows.append(("tar x: on the server after", f"{tx['on server s']:.3f} s", "", f"+{lag:.2f} s",
+                     verdict(lag <= tr["write_back_s"] + 2, f"<= write-back {tr['write_back_s']:g} s + 2 s")))
+        rows.append(("tar x: HTTP requests", f"{tx['requests']:.0f}", "", "", verdict(tx["requests"] <= 30, "<= 30")))
+    if has("git clone + status"):
+        time_row(f"git clone {a['repo_files']} files + status", "git clone + status", "s")
+    if has("cp -r / rm -rf"):
+        time_row(f"cp -r {n_files:,} files", "cp -r / rm -rf", "cp -r s")
+        time_row(f"rm -rf {n_files:,} files", "cp -r / rm -rf", "rm -rf s")
+    if has("editor saves"):
+        time_row(f"{a['saves']} editor saves", "editor saves", "s")
+    if has("appends + sync"):
+        time_row(f"{a['appends']} appends + sync", "appends + sync", "s", None)
+    if has("mixed 4-process"):
+        time_row(f"mixed 4-process, {a['mixed_ops']:,} ops", "mixed 4-process", "s")
     for wl in ("tar x", "git clone + status", "cp -r / rm -rf", "editor saves", "mixed 4-process"):
+        if not has(wl):
+            continue
         n = w[wl]["puterfs"]["http 429"]
         rows.append((f"{wl}: 429 answers", f"{n:.0f}", "", "",
                      verdict(n == 0 if tr["tier"] == "free" else None, "0 on the free tier")))  # fmt: skip
+    if has("sequential"):
+        _sequential_rows(w, a, rows, verdict, have_rclone)
+    if has("random 4 KiB reads"):
+        _random_rows(w, a, rows, ref)
+    if has("ls -lR"):
+        _ls_rows(w, n_files, rows, verdict, ref)
+    if ".ai/chat" in w and w[".ai/chat"].get("puterfs"):
+        ch = w[".ai/chat"]["puterfs"]
+        rows.append((".ai/chat first byte", f"{ch['first byte s']:.3f} s", f"ai_chat {ch['ai_chat first byte s']:.3f} s",
+                     f"{ch['first byte s'] / max(ch['ai_chat first byte s'], 1e-9):.2f}", "-"))
+    peak = max((m["puterfs"].get("daemon peak RSS MiB", 0) for m in w.values() if m.get("puterfs")), default=0)
+    rows.append(("daemon peak RSS, all workloads", f"{peak:.0f} MiB", "", "", verdict(peak < 150, "< 150 MiB")))
+    return rows
+
+
+def _sequential_rows(w: dict[str, Any], a: dict[str, Any], rows: list[Any], verdict: Any, have_rclone: bool) -> None:
     sq = w["sequential"]
     p, loc = sq["puterfs"]["write MiB/s"], sq["local"]["write MiB/s"]
     rows.append((f"sequential write {a['big_mib']} MiB (to close)", f"{p:.1f} MiB/s", f"local {loc:.1f} MiB/s" +
@@ -861,6 +890,9 @@ def verdicts(tr: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     c, cr = sq["puterfs"]["cold read MiB/s"], sq["puterfs"]["client fs_read MiB/s"]
     rows.append(("cold sequential read", f"{c:.1f} MiB/s", f"client fs_read {cr:.1f} MiB/s, local "
                  f"{sq['local']['cold read MiB/s']:.1f}", f"{c / cr:.2f}", verdict(c / cr >= 0.8, ">= 0.8 x client")))
+
+
+def _random_rows(w: dict[str, Any], a: dict[str, Any], rows: list[Any], ref: str) -> None:
     rr = w["random 4 KiB reads"]
     rows.append((f"{a['random_reads']:,} random 4 KiB reads", f"{rr['puterfs']['s']:.3f} s", f"{ref} {rr[ref]['s']:.3f} s",
                  f"{rr['puterfs']['s'] / rr[ref]['s']:.2f}", "-"))
@@ -868,18 +900,15 @@ def verdicts(tr: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     rows.append(("  bytes downloaded / bytes read", f"{amp:.2f}",
                  f"{rr['puterfs']['bytes downloaded'] / MiB:.1f} MiB of {rr['puterfs']['bytes read'] / MiB:.1f}",
                  "", "-"))  # fmt: skip
+
+
+def _ls_rows(w: dict[str, Any], n_files: int, rows: list[Any], verdict: Any, ref: str) -> None:
     ls = w["ls -lR"]["puterfs"]
     rows.append((f"ls -lR {n_files:,} entries, cold", f"{ls['cold s']:.3f} s, {ls['cold requests']:.0f} req",
                  f"{ref} {w['ls -lR'][ref]['cold s']:.3f} s", "",
                  verdict(ls["cold requests"] <= 11, "<= 1 listing request per directory (11)")))  # fmt: skip
     rows.append((f"ls -lR {n_files:,} entries, warm", f"{ls['warm s']:.3f} s, {ls['warm requests']:.0f} req",
                  f"{ref} {w['ls -lR'][ref]['warm s']:.3f} s", "", verdict(ls["warm requests"] == 0, "0 requests")))
-    ch = w[".ai/chat"]["puterfs"]
-    rows.append((".ai/chat first byte", f"{ch['first byte s']:.3f} s", f"ai_chat {ch['ai_chat first byte s']:.3f} s",
-                 f"{ch['first byte s'] / max(ch['ai_chat first byte s'], 1e-9):.2f}", "-"))
-    peak = max(m["puterfs"].get("daemon peak RSS MiB", 0) for m in w.values())
-    rows.append(("daemon peak RSS, all workloads", f"{peak:.0f} MiB", "", "", verdict(peak < 150, "< 150 MiB")))
-    return rows
 
 
 def report(all_results: list[dict[str, Any]]) -> None:
@@ -918,7 +947,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="every workload once, tiny sizes, free tier only")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (of: " + ", ".join(WORKLOADS) + ")")
     args = ap.parse_args(argv)
+    if args.only:
+        args.only = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in args.only if n not in WORKLOADS]
+        if unknown:
+            ap.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     if args.smoke:
         args.repeat, args.big_mib, args.files, args.repo_files = 1, 1, 20, 10
         args.saves, args.appends, args.mixed_ops, args.random_reads = 3, 3, 40, 20
