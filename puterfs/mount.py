@@ -392,6 +392,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(ops.queue.run)
+                ops.spawn = nursery.start_soon  # background read-ahead (fs/readahead.py)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
                 nursery.start_soon(freshness.run)
                 nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop, auth)

@@ -402,6 +402,7 @@ class Emulator:
         try:
             return await self._serve(scope, counting_receive, counting_send)
         finally:
+            record["end"] = time.time()  # with "t": which requests were in flight together
             self.log.add(record)
 
     async def _serve_websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -218,7 +218,7 @@ class StreamShaper:
 
 @dataclass
 class RequestLog:
-    """The last ``maxlen`` requests: method, path, status, bytes in/out, start time."""
+    """The last ``maxlen`` requests: method, path, status, bytes in/out, start and end time."""
 
     maxlen: int = 10_000
     _items: deque[dict[str, Any]] = field(default_factory=deque)

@@ -1,5 +1,5 @@
 """The data cache seen from the mount: file contents in cache files (puterfs/fs/cache.py),
-fetched from the server in ranged blocks with read-ahead, written locally, marked dirty in the
+fetched from the server in ranged blocks with read-ahead (puterfs/fs/readahead.py), written locally, marked dirty in the
 journal before a write returns; file handles (docs/write-back.md).
 
 A mixin of `PuterOperations` (puterfs/fs/operations.py)."""
@@ -66,6 +66,7 @@ class DataCache:
         if not ent.missing_blocks(off, size):
             return
         async with self._lock(node):
+            await self.readahead.settle(ent, off, size)  # what the read-ahead is fetching lands first
             missing = ent.missing_blocks(off, size)
             if not missing:
                 return
@@ -75,7 +76,7 @@ class DataCache:
             end = min(max(end, first + readahead - 1), last_block)
             # one ranged request for the run of missing blocks from `first`
             run_end = first
-            while run_end + 1 <= end and (run_end + 1) not in ent.blocks:
+            while run_end + 1 <= end and (run_end + 1) not in ent.blocks and not self.readahead.busy(ent, run_end + 1):
                 run_end += 1
             for start_block in range(first, run_end + 1, READAHEAD_BLOCKS):
                 stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
@@ -169,6 +170,7 @@ class DataCache:
             ent = node.entry
             if ent is None or ent.id not in self.cache.entries:
                 ent = self._ensure_entry(node)
+            await self.readahead.settle(ent, 0, ent.size)  # no read-ahead lands after the truncate
             ent.complete = True
             ent.blocks.clear()
         else:
@@ -338,6 +340,7 @@ class DataCache:
         self.cache.touch(ent)
         data = os.pread(self._fd(node), size, off)
         h.next_off = off + len(data)
+        self.readahead.advance(node, ent, off, len(data))
         return data
 
     async def _write(self, fh: int, off: int, buf: bytes) -> int:

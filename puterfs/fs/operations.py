@@ -35,6 +35,7 @@ from puterfs.fs.inodes import InodeTable, Node
 from puterfs.fs.listing import ListingCache
 from puterfs.fs.metadata import PosixMetadata
 from puterfs.fs.namespace import NAME_MAX, Namespace
+from puterfs.fs.readahead import ReadAhead
 from puterfs.fs.remote import Remote
 from puterfs.fs.uploader import EDIT_MAX, SMALL_FILE, Uploader, refused_for_good
 from puterfs.fs.writeback import WriteBackQueue
@@ -76,6 +77,8 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
     ) -> None:
         super().__init__()
         self.sync_uploads = sync_uploads  # fsync waits for the server (else: for the local disk)
+        self.readahead = ReadAhead(self)  # background ranged reads ahead of sequential readers
+        self.spawn: Callable[..., Any] | None = None  # start_soon of the mount's nursery (set by the mount)
         self.links = links  # symlinks as NAME.rclonelink files (docs/inodes.md)
         self.remote = remote
         self.cache = cache
