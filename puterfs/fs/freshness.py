@@ -206,7 +206,8 @@ class Freshness:
         ops = self.ops
         parent, name = self._listed_parent(rel)
         if parent is None:
-            return  # not listed here: the next listing reads it
+            self._unknown_folder(rel)  # not listed here: the next listing reads it
+            return
         if parent is ops.table.root and name == ".ai" and ops.ai is not None:
             return
         node = parent.children.get(name)
@@ -255,6 +256,22 @@ class Freshness:
             self._invalidate_entry(parent, name, node)
         elif old_fp != e.fingerprint:
             self._invalidate_inode(fresh)
+
+    def _unknown_folder(self, rel: str) -> None:
+        """An event below a folder this mount does not know: the folder is new, made without
+        an event of its own (a write that creates its missing parents), so the listing of the
+        nearest folder listed here lacks it and is read again at its next use (else it would
+        wait for --listing-max-age)."""
+        path = rel
+        while path:
+            up, name = split(path)
+            node = self.ops.table.by_path.get(up)
+            if node is not None:
+                if node.is_dir and node.children is not None and name not in node.children:
+                    node.listed_epoch = -1
+                    self._invalidate_entry(node, name, None)  # a cached "no such entry" too
+                return
+            path = up
 
     def _remove(self, rel: str, uid: str | None) -> None:
         ops = self.ops

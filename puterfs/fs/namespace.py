@@ -145,9 +145,31 @@ class Namespace:
                 if node.page_fp == ("remote", old_fp):
                     node.page_fp = ("remote", result.fingerprint)
                 return
+        ent = node.entry
+        if target_remote and target is not None and not node.is_dir and ent is not None and ent.dirty:
+            # the source exists only here and replaces what the server holds at the new name
+            # (an editor's save): the server keeps that version until the upload of the new
+            # content replaces it, so a full or refusing server still has one of the two. The
+            # new content is based on it (its upload is no conflict), and the name is on the
+            # server as far as unlink and rename go.
+            t_ent, fp = target.entry, target.remote_fp
+            etag = None
+            if t_ent is not None and fp is not None and (t_ent.base_uid, t_ent.base_size, t_ent.base_modified) == fp:
+                etag = t_ent.base_etag
+            if t_ent is not None and t_ent.sent_md5:
+                # an upload of the target's whose outcome is unknown may be what the server holds
+                ent.sent_md5 = [*ent.sent_md5, *t_ent.sent_md5][-4:]
+            if fp is not None:
+                self.cache.set_base(ent, uid=fp[0], size=fp[1], modified=fp[2], etag=etag)
+                node.remote_fp = fp
+                node.remote_meta = target.remote_meta
+            else:
+                self.cache.save(ent)  # base unknown: the upload's checks keep both if need be
+            ent.maybe_remote = True
+            return
         if target_remote:
-            # the source exists only here and replaces what the server holds at the new name:
-            # that goes now (as rename(2) replaces it), our upload recreates the name later
+            # a directory that exists only here replaces an empty one on the server: that goes
+            # now (as rename(2) replaces it), our mkdir recreates the name later
             try:
                 await self.remote.delete(new_path, recursive=False)
             except NotFound:

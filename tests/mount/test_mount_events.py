@@ -109,6 +109,17 @@ def test_changes_through_the_client_are_seen(pair: tuple[MountedFs, MountedFs]) 
     _seen(lambda: os.listdir(B / "viaclient") == [], "client delete seen")
 
 
+def test_file_in_a_folder_made_by_its_write_elsewhere_is_seen(mount_factory: Any) -> None:
+    """A write elsewhere that creates its missing parent folders sends an event for the file
+    only: the folder still shows up at once (not after --listing-max-age)."""
+    m = mount_factory()
+    _wait_mode(m, "events")
+    os.listdir(m.path)  # the root is listed: only events tell what changes in it
+    m.remote.write("made/there/f.txt", b"from elsewhere")
+    _seen(lambda: (m.path / "made" / "there" / "f.txt").read_bytes() == b"from elsewhere",
+          "a file in new folders seen through the mount")
+
+
 def test_own_changes_are_recognised(pair: tuple[MountedFs, MountedFs]) -> None:
     """The echo of a mount's own mkdir/write must not make it read its listing again."""
     a, _ = pair
