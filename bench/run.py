@@ -55,6 +55,7 @@ from unittest import mock
 import httpx
 
 from puterfs import config
+from puterfs.emulator.testing import local_http
 
 log = logging.getLogger("bench")
 
@@ -85,7 +86,10 @@ class Emulator:
         self.data = workdir / "emulator"
         self.data.mkdir()
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # by name, as a real server wants it (an address as Host gets 404); *.localhost reaches
+        # 127.0.0.1 by itself (puterfs's client; local_http here)
+        self.url = f"http://api.puter.localhost:{self.port}"
+        self.web_url = f"http://puter.localhost:{self.port}"
         self.logf = open(workdir / "emulator.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "puterfs", "emulator", "--port", str(self.port), "--data", str(self.data),
@@ -96,7 +100,7 @@ class Emulator:
         wait(self._ready, 60, "the emulator")
         self.token = self.token_file.read_text().strip()
         secret = (self.data / "admin-secret").read_text().strip()
-        self.http = httpx.Client(
+        self.http = local_http.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}", "X-Emulator-Secret": secret},
             timeout=300,
         )
@@ -108,7 +112,7 @@ class Emulator:
         if not self.token_file.exists():
             return False
         try:
-            return httpx.get(f"{self.url}/healthcheck", timeout=1).status_code == 200
+            return local_http.get(f"{self.url}/healthcheck", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -172,7 +176,7 @@ class Mount:
         self.logf = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "puterfs", "mount", str(self.path), "--foreground",
-             "--api-url", emu.url, "--web-url", emu.url, "--token-file", str(emu.token_file),
+             "--api-url", emu.url, "--web-url", emu.web_url, "--token-file", str(emu.token_file),
              "--cache-dir", str(self.cache), *extra],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT, env=self.env,
         )  # fmt: skip
@@ -647,7 +651,7 @@ class Bench:
     def client(self) -> Any:
         from puterfs import PuterClient
 
-        return PuterClient(self.emu.token, api_url=self.emu.url, web_url=self.emu.url, tier=self.tier)
+        return PuterClient(self.emu.token, api_url=self.emu.url, web_url=self.emu.web_url, tier=self.tier)
 
     def visible(self, path: Path) -> None:
         """Wait until a file put on the server directly shows in the mount (its --poll-interval)."""

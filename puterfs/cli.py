@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-AUTO_EMULATOR_HOST = "127.0.0.1"
+# The emulator answers its names only, as a real server (a Host that is an address gets 404);
+# *.localhost reaches 127.0.0.1 without /etc/hosts (RFC 6761, puterfs/client/_hosts.py).
+AUTO_EMULATOR_HOST = "api.puter.localhost"
 AUTO_EMULATOR_PORT = 4100  # PUTERFS_EMULATOR_PORT overrides it
 # What `puterfs emulator` creates on its first start when given no --user/--password.
 AUTO_EMULATOR_USER = "puter"
@@ -863,8 +865,11 @@ def _model_ids(found: Any) -> list[str]:
 def _healthy(base_url: str) -> bool:
     import httpx
 
+    from puterfs.client._hosts import SyncHostRoutingTransport
+
     try:
-        resp = httpx.get(f"{base_url}/healthcheck", timeout=2.0)
+        with httpx.Client(transport=SyncHostRoutingTransport(), timeout=2.0) as http:
+            resp = http.get(f"{base_url}/healthcheck")
         return resp.status_code == 200 and resp.json().get("ok") is True
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
@@ -1260,8 +1265,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--auto",
         action="store_true",
-        help="when no token is configured, start (or reuse) the local emulator on "
-        f"{AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT} (env PUTERFS_EMULATOR_PORT) and mount against "
+        help="when no token is configured, start (or reuse) the local emulator on 127.0.0.1, "
+        f"reached as {AUTO_EMULATOR_HOST}:{AUTO_EMULATOR_PORT} (env PUTERFS_EMULATOR_PORT), and mount against "
         f"it (user {AUTO_EMULATOR_USER}, password {AUTO_EMULATOR_PASSWORD}); then print the next steps",
     )
     if command == "mount":

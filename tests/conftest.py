@@ -43,9 +43,10 @@ def _fresh_rate_limits(request: pytest.FixtureRequest) -> None:
 
 @dataclass
 class PuterUser:
-    url: str
+    url: str  # the API, by name (http://api.puter.localhost:PORT): an address as Host gets 404
     username: str
     token: str
+    web_url: str = ""  # the root host (/login, /signup): http://puter.localhost:PORT
 
     @property
     def home(self) -> str:
@@ -60,7 +61,7 @@ def puter_user(emulator: EmulatorProcess) -> Iterator[PuterUser]:
     if emulator.proc is None or emulator.proc.poll() is not None:
         emulator.start()  # a previous test stopped it
     username, token = emulator.new_user()
-    yield PuterUser(url=emulator.url, username=username, token=token)
+    yield PuterUser(url=emulator.url, username=username, token=token, web_url=emulator.web_url)
     if emulator.proc is not None and emulator.proc.poll() is None:
         emulator.clear_faults()
         emulator.set_capacity(None)

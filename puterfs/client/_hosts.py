@@ -41,11 +41,10 @@ def is_address(host: str) -> bool:
     return True
 
 
-class HostRoutingTransport(httpx.AsyncBaseTransport):
-    """Wraps a transport; connects some names to another address (see the module doc)."""
+class _Routes:
+    """Where a name connects: ``*.localhost`` → loopback, a domain's names → its address."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, domains: dict[str, str] | None = None) -> None:
-        self._inner = inner
+    def __init__(self, domains: dict[str, str] | None = None) -> None:
         # domain -> address: the domain itself and every name below it connect there
         self._domains = {d.lower().rstrip("."): a for d, a in (domains or {}).items()}
 
@@ -59,18 +58,48 @@ class HostRoutingTransport(httpx.AsyncBaseTransport):
             return LOOPBACK
         return None
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _route(self, request: httpx.Request) -> httpx.Request:
+        """The request to send: ``request`` itself, or a copy aimed at the address (the
+        original is left alone, so the client's view of it, cookies included, keeps the name)."""
         name = request.url.host
         address = self.target(name)
-        if address is not None and address.lower() != name.lower():
-            if request.url.scheme == "https" and "sni_hostname" not in request.extensions:
-                request.extensions = {**request.extensions, "sni_hostname": name}
-            # the Host header was set from the URL when the request was built, and stays
-            request.url = request.url.copy_with(host=address)
-        return await self._inner.handle_async_request(request)
+        if address is None or address.lower() == name.lower():
+            return request
+        extensions = dict(request.extensions)
+        if request.url.scheme == "https" and "sni_hostname" not in extensions:
+            extensions["sni_hostname"] = name
+        # the Host header was set from the URL when the request was built, and stays
+        return httpx.Request(request.method, request.url.copy_with(host=address), headers=request.headers,
+                             stream=request.stream, extensions=extensions)
+
+
+class HostRoutingTransport(_Routes, httpx.AsyncBaseTransport):
+    """Wraps a transport; connects some names to another address (see the module doc)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, domains: dict[str, str] | None = None) -> None:
+        super().__init__(domains)
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(self._route(request))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class SyncHostRoutingTransport(_Routes, httpx.BaseTransport):
+    """:class:`HostRoutingTransport` for a synchronous ``httpx.Client`` (the CLI's health
+    check of the local emulator, test helpers)."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, domains: dict[str, str] | None = None) -> None:
+        super().__init__(domains)
+        self._inner = inner if inner is not None else httpx.HTTPTransport(trust_env=True)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._inner.handle_request(self._route(request))
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def with_domain(url: str, domain: str, *, api: bool) -> tuple[str, str | None]:
@@ -92,4 +121,4 @@ def with_domain(url: str, domain: str, *, api: bool) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), host
 
 
-__all__ = ["HostRoutingTransport", "is_address", "with_domain"]
+__all__ = ["HostRoutingTransport", "SyncHostRoutingTransport", "is_address", "with_domain"]

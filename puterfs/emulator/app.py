@@ -254,7 +254,7 @@ class Emulator:
         otp_secret: str | None = None,
         domain: str = "puter.localhost",
         tier: str = "free",
-        refuse_ip_hosts: bool = False,
+        refuse_ip_hosts: bool = True,
     ):
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir)
@@ -263,8 +263,7 @@ class Emulator:
         self.log = RequestLog()
         self.limiter = Limiter(clock=self.now, tier=tier)  # see ratelimit.py; "unlimited" = off
         # The real server routes by Host and answers 404 on every route to a request whose Host
-        # is an IP address (the errata). Off by default until the client sends the Host of the
-        # configured domain when it connects by address (issue 8); on: faithful.
+        # is an IP address (the errata); `--allow-ip-hosts` (False) serves both route sets there.
         self.refuse_ip_hosts = refuse_ip_hosts
         self.capacity: int | None = None
         self.behind_server = False  # set by the CLI runner: drops then close the socket for real
@@ -424,6 +423,16 @@ class Emulator:
         record["status"] = await self.sockets.handle_ws(scope, receive, send, record)
         return None
 
+    def refuses_host(self, method: str, path: str, host: str) -> bool:
+        """A request whose Host is an IP address: 404 on every route, as on the real server (the
+        errata), unless `--allow-ip-hosts`. Presigned storage URLs are another server's (a
+        self-host's S3 on a raw address) and answer any host; socket.io answers such a Host
+        with its own recorded 403 (sockets.py)."""
+        if not self.refuse_ip_hosts or not _is_ip_host(host):
+            return False
+        entry = find_route(method, path) or (find_route("GET", path) if method == "HEAD" else None)
+        return entry is None or entry.host != "storage"
+
     async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         from puterfs.emulator.sockets import PATH
 
@@ -436,8 +445,10 @@ class Emulator:
         request = Request(scope, receive)
         try:
             try:
-                if path == PATH:
+                if path == PATH:  # socket.io refuses an address itself: 403 (sockets.py)
                     response = await self.sockets.handle_http(request)
+                elif self.refuses_host(method, path, request.headers.get("host", "")):
+                    response = api_error(404, "not_found", "Not Found")
                 else:
                     response = await self.dispatch(request, rule)
             except ApiError as exc:
@@ -550,9 +561,6 @@ class Emulator:
         entry = find_route(method, path)
         if entry is None and method == "HEAD":
             entry = find_route("GET", path)
-        if self.refuse_ip_hosts and kind == "both" and _is_ip_host(request.headers.get("host", "")) and (
-                entry is None or entry.host != "storage"):
-            return api_error(404, "not_found", "Not Found")  # storage URLs are another server
         if entry is None or (entry.host not in ("any", "storage") and kind != "both" and kind != entry.host):
             if kind == "root" and path == "/whoami":
                 return Response(status_code=302, headers={"Location": "/"})

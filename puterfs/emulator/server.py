@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
              "limits off (default free)",
     )
     p.add_argument(
-        "--refuse-ip-hosts", action="store_true",
-        help="answer 404 to a request whose Host is an IP address, as a real server does (off by default "
-             "until clients send the domain's Host when they connect by address)",
+        "--allow-ip-hosts", action="store_true",
+        help="also serve requests whose Host is an IP address (a real server answers them 404 on every "
+             "route, and so does the emulator by default); reach it by name, e.g. "
+             "http://api.puter.localhost:PORT",
     )
     p.add_argument("--log-level", default="warning", help="log level (default warning)")
     p.add_argument(
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     emu = Emulator(data, username=args.user, password=args.password, otp_secret=args.otp_secret,
                    domain=args.domain, tier=args.tier,
-                   refuse_ip_hosts=args.refuse_ip_hosts)
+                   refuse_ip_hosts=not args.allow_ip_hosts)
     emu.behind_server = True
     # /_emulator/* (request log with bodies, fault switches) answers only who can read DATA
     emu.admin_secret = write_admin_secret(data)
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     sock.setblocking(False)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-    url = f"http://{host}:{port}"
+    address = f"http://{host}:{port}"
+    # It answers its names, not its address (Host routing, as a real server): the API URL.
+    # *.localhost names reach 127.0.0.1 by themselves (RFC 6761; puterfs's client does it);
+    # another --domain needs DNS, or the client's --domain with the address.
+    url = f"http://api.{emu.domain}:{port}"
 
     cfg = uvicorn.Config(emu.app, log_level=args.log_level.lower(), access_log=False, http="h11", ws="wsproto",
                          interface="asgi3",
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if server.should_exit:
             return
         # The lines tests and scripts wait for (the token is what a client needs).
-        print(f"puterfs emulator: serving {url} (user {emu.username}, data {data})", flush=True)
+        print(f"puterfs emulator: serving {url} (web http://{emu.domain}:{port}, on {address}; "
+              f"user {emu.username}, data {data})", flush=True)
         if not args.no_print_token:
             print(f"token: {emu.token}", flush=True)
         print(f"READY {url}", flush=True)

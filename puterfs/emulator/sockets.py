@@ -288,9 +288,8 @@ class SocketHub:
         if host_kind(host, self.emu.domain) in ("api", "root"):
             return name in (self.emu.domain, "api." + self.emu.domain)
         if _is_ip_host(host):
-            # the emulator serves every route on an address unless told to refuse them as
-            # the real server does (app.py); so here
-            return not getattr(self.emu, "refuse_ip_hosts", False)
+            # refused as on the real server (the recorded 403), unless --allow-ip-hosts (app.py)
+            return not self.emu.refuse_ip_hosts
         return name == "localhost"
 
     async def handle_http(self, request: Request) -> Response:

@@ -4,22 +4,87 @@
 its READY line and offers the admin helpers (faults, release, capacity, request log)
 plus ``new_user()`` for per-test temp users.  ``stop()``/``start()`` restart on the
 same data directory (same port when it is still free).
+
+Like a real Puter server the emulator answers its names, not its address (a request whose
+``Host`` is an IP address gets 404): ``url`` is ``http://api.puter.localhost:PORT``,
+``web_url`` ``http://puter.localhost:PORT``. puterfs's client reaches ``*.localhost`` by
+itself; test code that talks HTTP on its own uses :data:`local_http` (httpx's functions and
+clients, with ``*.localhost`` connected to 127.0.0.1 and the ``Host`` header kept) or
+``EmulatorProcess.local`` (the same, plus the emulator's ``--domain`` when it is another name).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from puterfs.client._hosts import LOOPBACK, HostRoutingTransport, SyncHostRoutingTransport
+
 READY_TIMEOUT = 20.0
+DEFAULT_DOMAIN = "puter.localhost"
+
+
+class LocalHTTP:
+    """httpx's top-level API (``get``, ``post``, ``request``, ``stream``, ``Client``,
+    ``AsyncClient``) with ``*.localhost`` names, and the names under ``domains``, connected to
+    their address (see ``puterfs/client/_hosts.py``): what a browser or curl does with
+    ``--resolve``. A ``transport=`` given to ``Client``/``AsyncClient`` is used as it is."""
+
+    def __init__(self, domains: dict[str, str] | None = None) -> None:
+        self.domains = dict(domains or {})
+
+    def transport(self) -> httpx.BaseTransport:
+        return SyncHostRoutingTransport(None, self.domains)
+
+    def async_transport(self) -> httpx.AsyncBaseTransport:
+        return HostRoutingTransport(httpx.AsyncHTTPTransport(trust_env=True), self.domains)
+
+    def Client(self, **kw: Any) -> httpx.Client:  # noqa: N802 - httpx's name
+        kw.setdefault("transport", self.transport())
+        return httpx.Client(**kw)
+
+    def AsyncClient(self, **kw: Any) -> httpx.AsyncClient:  # noqa: N802 - httpx's name
+        kw.setdefault("transport", self.async_transport())
+        return httpx.AsyncClient(**kw)
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("timeout", 5.0)  # httpx's default
+        with self.Client() as client:
+            return client.request(method, url, **kw)
+
+    @contextlib.contextmanager
+    def stream(self, method: str, url: str, **kw: Any) -> Iterator[httpx.Response]:
+        kw.setdefault("timeout", 5.0)
+        with self.Client() as client, client.stream(method, url, **kw) as resp:
+            yield resp
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", url, **kw)
+
+    def head(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("HEAD", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kw)
+
+
+local_http = LocalHTTP()
 
 
 class EmulatorError(RuntimeError):
@@ -37,6 +102,7 @@ class EmulatorProcess:
         extra_args: list[str] | None = None,
         port: int = 0,
         tier: str | None = None,
+        domain: str = DEFAULT_DOMAIN,
     ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -47,11 +113,18 @@ class EmulatorProcess:
         self.password = password
         self.otp_secret = otp_secret
         self.extra_args = list(extra_args or [])
+        if "--domain" in self.extra_args:
+            domain = self.extra_args[self.extra_args.index("--domain") + 1]
+        elif domain != DEFAULT_DOMAIN:
+            self.extra_args += ["--domain", domain]
+        self.domain = domain
+        # test code's HTTP: *.localhost and this emulator's domain on loopback
+        self.local = LocalHTTP({domain: LOOPBACK})
         self.port = port
         # None: $PUTERFS_EMULATOR_TIER (the test suite sets it in one place, tests/conftest.py),
         # else the emulator's own default (free)
         self.tier = tier if tier is not None else (os.environ.get("PUTERFS_EMULATOR_TIER") or None)
-        self.url = ""
+        self.url = ""  # the API URL, by name: http://api.<domain>:<port>
         self.token = ""
         self.proc: subprocess.Popen[str] | None = None
         self._stderr: list[str] = []
@@ -98,12 +171,35 @@ class EmulatorProcess:
         threading.Thread(target=self._drain, args=(proc.stdout, None), daemon=True).start()
         self.url = url
         self.port = int(url.rsplit(":", 1)[1])
+        if url != self.api_url_for(self.port):
+            self._kill()
+            raise EmulatorError(f"emulator READY on {url}, not on {self.api_url_for(self.port)}")
         self.token = (self.data_dir / "token").read_text().strip()
         secret_file = self.data_dir / "admin-secret"
         self.admin_secret = secret_file.read_text().strip() if secret_file.exists() else ""
         # the admin routes need the secret the emulator wrote into its data dir
-        self._client = httpx.Client(base_url=self.url, timeout=30, headers={"X-Emulator-Secret": self.admin_secret})
+        self._client = self.local.Client(base_url=self.url, timeout=30,
+                                         headers={"X-Emulator-Secret": self.admin_secret})
         return self
+
+    def api_url_for(self, port: int) -> str:
+        return f"http://api.{self.domain}:{port}"
+
+    @property
+    def web_url(self) -> str:
+        """The root (GUI) host: ``/login``, ``/signup``, the AuthMe pages."""
+        return f"http://{self.domain}:{self.port}"
+
+    @property
+    def address_url(self) -> str:
+        """``http://127.0.0.1:<port>``: where it listens. Requests must still carry one of its
+        names as ``Host`` (a client's ``--domain``), or get 404."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def api_host(self) -> str:
+        """The ``Host`` header of the API: ``api.<domain>:<port>``."""
+        return f"api.{self.domain}:{self.port}"
 
     @staticmethod
     def _drain(stream: Any, sink: list[str] | None) -> None:

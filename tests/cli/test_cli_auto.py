@@ -14,8 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from puterfs.emulator.testing import local_http
 
 
 def _free_port() -> int:
@@ -58,7 +59,7 @@ def _stop_pid(pid: int, timeout: float = 15) -> None:
 def test_mount_auto_starts_and_uses_the_local_emulator(run_cli, cli_env, tmp_path):
     port = _free_port()
     cli_env["PUTERFS_EMULATOR_PORT"] = str(port)  # 4100 unless set; a free one here
-    AUTO_URL = f"http://127.0.0.1:{port}"  # noqa: N806
+    AUTO_URL = f"http://api.puter.localhost:{port}"  # noqa: N806 - by name: an address as Host gets 404
     mp = tmp_path / "mp"
     mp.mkdir()
     data = Path(cli_env["XDG_DATA_HOME"]) / "puterfs" / "emulator"
@@ -86,10 +87,10 @@ def test_mount_auto_starts_and_uses_the_local_emulator(run_cli, cli_env, tmp_pat
         assert json.loads(run_cli(["status", "--json"]).stdout)["mounts"] == []
 
         # umount returned only after the upload: the emulator has the file now.
-        user = httpx.get(
+        user = local_http.get(
             f"{AUTO_URL}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10
         ).json()
-        got = httpx.get(
+        got = local_http.get(
             f"{AUTO_URL}/read",
             params={"file": f"/{user['username']}/Documents/auto.txt"},
             headers={"Authorization": f"Bearer {token}"},

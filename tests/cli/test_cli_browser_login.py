@@ -13,11 +13,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from test_cli_signin import start_browser_login, wait_for_url
 
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("authme_chromium.cjs")
@@ -100,7 +99,7 @@ def test_login_in_headless_chromium_then_mount(cli_env, emulator, tmp_path) -> N
     finally:
         res = subprocess.run([*run, "umount", str(mp)], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    r = httpx.get(f"{emulator.url}/read", params={"file": f"/{emulator.username}/from-chromium-login.txt"},
+    r = local_http.get(f"{emulator.url}/read", params={"file": f"/{emulator.username}/from-chromium-login.txt"},
                   headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert r.status_code == 200 and r.content == b"mounted with the browser's token\n"
 

@@ -19,13 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from puterfs.emulator.testing import local_http
+
 
 def _saved_token(env: dict[str, str]) -> Path:
     return Path(env["XDG_CONFIG_HOME"]) / "puterfs" / "token"
 
 
 def _whoami(url: str, token: str) -> httpx.Response:
-    return httpx.get(f"{url}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return local_http.get(f"{url}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
 def _login(run_cli, url: str, username: str, stdin: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -59,7 +61,7 @@ def test_login_saves_a_private_token(run_cli, cli_env, emulator):
     account = json.loads((path.parent / "config.json").read_text())
     assert account == {
         "api_url": emulator.url,
-        "web_url": emulator.url,  # a loopback address serves the login routes too
+        "web_url": emulator.web_url,  # api.<domain> -> <domain>, where /login is
         "username": emulator.username,
         "verify_tls": True,
     }
@@ -275,13 +277,15 @@ def test_models_lists_one_id_per_line(run_cli, emulator):
     ids = res.stdout.splitlines()
     assert "echo" in ids
     assert all(i and i.strip() == i and " " not in i for i in ids)
-    listed = httpx.get(f"{emulator.url}/puterai/chat/models", timeout=10).json()["models"]
+    listed = local_http.get(f"{emulator.url}/puterai/chat/models", timeout=10).json()["models"]
     assert ids == [m if isinstance(m, str) else m["id"] for m in listed]
 
 
 def test_login_by_address_with_domain_and_by_localhost_name(run_cli, cli_env, emulator):
     # the emulator routes by Host like Puter: /login only on the root host, files on api.
-    res = _login(run_cli, emulator.url, emulator.username, emulator.password + "\n",
+    res = _login(run_cli, emulator.address_url, emulator.username, emulator.password + "\n")
+    assert res.returncode != 0  # the address alone: the server answers its names only
+    res = _login(run_cli, emulator.address_url, emulator.username, emulator.password + "\n",
                  "--domain", "puter.localhost", "--tier", "paid")
     assert res.returncode == 0, res.stderr
     account = json.loads((_saved_token(cli_env).parent / "config.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, LocalHTTP, local_http
 
 URL_RE = re.compile(r"(http://\S+/\?action=authme&redirectURL=\S+)")
 
@@ -41,9 +41,10 @@ def _field(page: str, name: str) -> str:
     return m.group(1)
 
 
-def fill_in_authme(url: str, username: str, password: str) -> httpx.Response:
-    """Sign in on the AuthMe page and approve, as a person would; returns the listener's page."""
-    with httpx.Client(timeout=30, follow_redirects=False) as b:
+def fill_in_authme(url: str, username: str, password: str, http: LocalHTTP = local_http) -> httpx.Response:
+    """Sign in on the AuthMe page and approve, as a person would; returns the listener's page.
+    ``http``: how the browser reaches names (``*.localhost`` by itself, as browsers do)."""
+    with http.Client(timeout=30, follow_redirects=False) as b:
         page = b.get(url)
         form = {"step": "login", "username": username, "password": password}
         if "captchaToken" in page.text:
@@ -105,7 +106,7 @@ def test_browser_login_saves_a_full_api_access_token(cli_env, emulator) -> None:
     assert token not in printed + out + err
     port = re.search(r"127\.0\.0\.1%3A(\d+)", url).group(1)  # type: ignore[union-attr]
     assert f"ssh -L {port}:127.0.0.1:{port}" in printed + err
-    r = httpx.get(f"{emulator.url}/whoami", headers={"Authorization": f"Bearer {token}"})
+    r = local_http.get(f"{emulator.url}/whoami", headers={"Authorization": f"Bearer {token}"})
     assert r.json()["username"] == emulator.username
 
 
@@ -118,7 +119,7 @@ def test_browser_login_times_out_with_a_message(cli_env, emulator) -> None:  # n
 
 
 def test_token_stdin_checks_and_saves_the_token(run_cli, cli_env, emulator) -> None:  # noqa: ANN001
-    with httpx.Client(base_url=emulator.url, headers={"Authorization": f"Bearer {emulator.token}"}) as h:
+    with local_http.Client(base_url=emulator.url, headers={"Authorization": f"Bearer {emulator.token}"}) as h:
         token = h.post("/auth/create-access-token", json={"permissions": ["full-api-access"]}).json()["token"]
     res = run_cli(["login", "--token-stdin", "--api-url", emulator.url], input=token + "\n")
     assert res.returncode == 0, res.stderr

@@ -27,7 +27,7 @@ from puterfs.client import (
     browser_login,
     token_kind,
 )
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, LocalHTTP, local_http
 
 pytestmark = pytest.mark.anyio
 
@@ -44,9 +44,11 @@ def _field(page: str, name: str) -> str:
     return m.group(1)
 
 
-async def act_as_browser(url: str, *, approve: bool = True, password: str = "carolpass") -> httpx.Response | None:
-    """What a person does in the browser: sign in on the AuthMe page, approve, get redirected."""
-    async with httpx.AsyncClient(timeout=30, follow_redirects=False) as b:
+async def act_as_browser(url: str, *, approve: bool = True, password: str = "carolpass",
+                         http: LocalHTTP = local_http) -> httpx.Response | None:
+    """What a person does in the browser: sign in on the AuthMe page, approve, get redirected.
+    ``http``: how the browser reaches names (``*.localhost`` by itself, as browsers do)."""
+    async with http.AsyncClient(timeout=30, follow_redirects=False) as b:
         page = await b.get(url)
         form = {"step": "login", "username": "carol", "password": password}
         if "captchaToken" in page.text:
@@ -73,7 +75,7 @@ async def test_browser_login_gets_a_checked_full_api_access_token(emu: EmulatorP
         seen["answer"] = await act_as_browser(url)
 
     shown: list[tuple[str, int, bool]] = []
-    result = await browser_login(emu.url, api_url=emu.url, open_browser=opener,
+    result = await browser_login(emu.web_url, api_url=emu.url, open_browser=opener,
                                  show_url=lambda u, p, o: shown.append((u, p, o)), timeout=60)
     url = str(seen["url"])
     assert shown and shown[0][0] == url and shown[0][2] is True
@@ -89,11 +91,11 @@ async def test_browser_login_gets_a_checked_full_api_access_token(emu: EmulatorP
     assert token_kind(result.token) == "full-api-access"
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("puterfs"))
     assert result.token not in repr(result) and result.token not in ours
-    async with PuterClient(token=result.token, api_url=emu.url, web_url=emu.url) as c:
+    async with PuterClient(token=result.token, api_url=emu.url, web_url=emu.web_url) as c:
         assert (await c.fs_stat("~"))["is_dir"] is True
     # one shot: the listener is gone
     with pytest.raises(httpx.ConnectError):
-        async with httpx.AsyncClient() as b:
+        async with local_http.AsyncClient() as b:
             await b.get(f"http://127.0.0.1:{redirect.port}{redirect.path}?token=x")
 
 
@@ -103,7 +105,7 @@ async def test_listener_takes_only_the_secret_path_and_only_once(emu: EmulatorPr
     async def opener(url: str) -> None:
         redirect = urlsplit(parse_qs(urlsplit(url).query)["redirectURL"][0])
         base = f"http://127.0.0.1:{redirect.port}"
-        async with httpx.AsyncClient(timeout=10) as b:
+        async with local_http.AsyncClient(timeout=10) as b:
             answers["wrong secret"] = (await b.get(f"{base}/not-the-secret?token=evil")).status_code
             answers["root"] = (await b.get(f"{base}/?token=evil")).status_code
             answers["no token"] = (await b.get(f"{base}{redirect.path}")).status_code
@@ -112,7 +114,7 @@ async def test_listener_takes_only_the_secret_path_and_only_once(emu: EmulatorPr
         assert r is not None
         answers["real"] = r.status_code
 
-    result = await browser_login(emu.url, api_url=emu.url, open_browser=opener, show_url=None, timeout=60)
+    result = await browser_login(emu.web_url, api_url=emu.url, open_browser=opener, show_url=None, timeout=60)
     assert answers == {"wrong secret": 404, "root": 404, "no token": 400, "post": 405, "real": 200}
     assert result.username == "carol"
 
@@ -120,18 +122,18 @@ async def test_listener_takes_only_the_secret_path_and_only_once(emu: EmulatorPr
 async def test_a_forged_token_on_the_secret_path_is_checked_and_refused(emu: EmulatorProcess) -> None:
     async def opener(url: str) -> None:
         redirect = parse_qs(urlsplit(url).query)["redirectURL"][0]
-        async with httpx.AsyncClient(timeout=10) as b:
+        async with local_http.AsyncClient(timeout=10) as b:
             await b.get(redirect + "?token=aaa.bbb.ccc")
 
     with pytest.raises(AuthenticationError) as info:
-        await browser_login(emu.url, api_url=emu.url, open_browser=opener, show_url=None, timeout=60)
+        await browser_login(emu.web_url, api_url=emu.url, open_browser=opener, show_url=None, timeout=60)
     assert "refused" in info.value.message and "aaa.bbb.ccc" not in str(info.value)
 
 
 async def test_no_answer_times_out_and_frees_the_port(emu: EmulatorProcess) -> None:
     ports: list[int] = []
     with pytest.raises(PuterTimeout):
-        await browser_login(emu.url, api_url=emu.url, open_browser=False,
+        await browser_login(emu.web_url, api_url=emu.url, open_browser=False,
                             show_url=lambda u, p, o: ports.append(p), timeout=0.5)
     # a declined approval sends nothing either; the port is free again
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=ports[0])
@@ -139,7 +141,7 @@ async def test_no_answer_times_out_and_frees_the_port(emu: EmulatorProcess) -> N
 
 
 async def test_client_login_browser_stores_the_token(emu: EmulatorProcess) -> None:
-    async with PuterClient(token=None, api_url=emu.url, web_url=emu.url) as c:
+    async with PuterClient(token=None, api_url=emu.url, web_url=emu.web_url) as c:
         c.token = None
         token = await c.login_browser(open_browser=act_as_browser, show_url=None, timeout=60)
         assert c.token == token and c.username == "carol"
@@ -149,7 +151,7 @@ async def test_client_login_browser_stores_the_token(emu: EmulatorProcess) -> No
 async def test_login_on_a_captcha_server_raises_value_error_naming_the_browser_flow(emu: EmulatorProcess) -> None:
     emu.set_captcha(True)
     try:
-        async with PuterClient(token=None, api_url=emu.url, web_url=emu.url) as c:
+        async with PuterClient(token=None, api_url=emu.url, web_url=emu.web_url) as c:
             with pytest.raises(ValueError) as info:
                 await c.login("carol", "carolpass")
             assert isinstance(info.value, ScriptedLoginRefused)
@@ -193,7 +195,7 @@ async def test_authme_url_and_token_kinds(emu: EmulatorProcess) -> None:
     assert url == "https://puter.com/?action=authme&redirectURL=http%3A%2F%2F127.0.0.1%3A5000%2Fabc"
     assert token_kind(emu.token) == "session"
     assert token_kind("garbage") == "unknown" and token_kind(None) == "unknown"
-    with httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {emu.token}"}) as h:
+    with local_http.Client(base_url=emu.url, headers={"Authorization": f"Bearer {emu.token}"}) as h:
         narrow = h.post("/auth/create-access-token", json={"permissions": ["fs:x:read"]}).json()["token"]
         full = h.post("/auth/create-access-token", json={"permissions": ["full-api-access"]}).json()["token"]
         app = h.post("/auth/get-user-app-token", json={"origin": "http://x"}).json()["token"]

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def puter(puter_user) -> AsyncIterator[PuterClient]:
     async with PuterClient(
-        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.url,
+        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.web_url,
         retry_base_delay=0.01, retry_max_delay=0.1,
     ) as client:
         yield client
@@ -253,7 +253,7 @@ def otp_emulator(tmp_path_factory: pytest.TempPathFactory):
 
 async def test_login_with_two_factor(otp_emulator) -> None:
     emu, secret = otp_emulator
-    async with PuterClient(api_url=emu.url, web_url=emu.url, token=None) as c:
+    async with PuterClient(api_url=emu.url, web_url=emu.web_url, token=None) as c:
         c.token = None
         with pytest.raises(AuthenticationError):
             await c.login(emu.username, "wrong-password")
@@ -266,7 +266,7 @@ async def test_login_with_two_factor(otp_emulator) -> None:
         assert (await c.whoami())["username"] == emu.username
         await c.logout()
         assert c.token is None
-    async with PuterClient(api_url=emu.url, web_url=emu.url, token=None) as c:
+    async with PuterClient(api_url=emu.url, web_url=emu.web_url, token=None) as c:
         c.token = None
         await c.login(emu.username, emu.password, otp=_totp(secret))
         assert await c.home() == "/" + emu.username
@@ -276,7 +276,7 @@ async def test_retries_over_real_http(puter: PuterClient, puter_user, emulator) 
     await puter.fs_write("r.txt", "retry me")
     emulator.set_faults({"path": "/stat", "status": 503, "retry_after": 0.2, "count": 2})
     async with PuterClient(
-        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.url,
+        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.web_url,
         retry_base_delay=0.0, retry_max_delay=5.0,
     ) as patient:
         start = time.monotonic()
@@ -306,11 +306,11 @@ async def test_stream_error_line_over_real_http(puter: PuterClient, emulator) ->
 
 
 async def test_compat_extras_against_emulator(puter: PuterClient, tmp_path: Path) -> None:
-    import httpx
+    from puterfs.emulator.testing import local_http
 
     await puter.fs_write("signed.txt", "read me without a token")
     url = await puter.fs_get_read_url("signed.txt")
-    async with httpx.AsyncClient() as plain:
+    async with local_http.AsyncClient() as plain:
         assert (await plain.get(url)).content == b"read me without a token"
     local = tmp_path / "up.txt"
     local.write_text("uploaded")

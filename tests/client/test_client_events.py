@@ -152,7 +152,7 @@ def test_normalize_legacy_entry_is_kept() -> None:
 
 @pytest.fixture
 async def puter(puter_user) -> AsyncIterator[PuterClient]:
-    async with PuterClient(token=puter_user.token, api_url=puter_user.url, web_url=puter_user.url) as client:
+    async with PuterClient(token=puter_user.token, api_url=puter_user.url, web_url=puter_user.web_url) as client:
         yield client
 
 
@@ -200,7 +200,7 @@ async def test_emulator_refuses_access_token(puter: PuterClient, puter_user) -> 
                                json={"permissions": ["full-api-access"]},
                                headers={"Authorization": f"Bearer {puter_user.token}"})
     access = r.json()["token"]
-    async with PuterClient(token=access, api_url=puter_user.url, web_url=puter_user.url) as c:
+    async with PuterClient(token=access, api_url=puter_user.url, web_url=puter_user.web_url) as c:
         with pytest.raises(EventsRefused) as info:
             async for _ in c.events():
                 pass

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def puter(puter_user) -> AsyncIterator[PuterClient]:
     async with PuterClient(
-        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.url,
+        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.web_url,
         retry_base_delay=0.01, retry_max_delay=0.1,
     ) as client:
         await client.fs_mkdir("o")

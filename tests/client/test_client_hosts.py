@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from puterfs.client import PuterClient
+from puterfs.client import NotFound, PuterClient
 from puterfs.client._hosts import HostRoutingTransport, with_domain
 
 pytestmark = pytest.mark.anyio
@@ -121,7 +121,12 @@ async def test_emulator_by_localhost_names(emulator, puter_user) -> None:  # noq
 
 
 async def test_emulator_by_address_with_domain(emulator, puter_user) -> None:  # noqa: ANN001
-    async with PuterClient(api_url=emulator.url, domain="puter.localhost", tier="unlimited") as client:
+    # the address alone is refused (a server answers its names only) ...
+    async with PuterClient(api_url=emulator.address_url, tier="unlimited", max_retries=0) as client:
+        with pytest.raises(NotFound):
+            await client.login(emulator.username, emulator.password)
+    # ... the address with the domain given separately works
+    async with PuterClient(api_url=emulator.address_url, domain="puter.localhost", tier="unlimited") as client:
         assert client.api_url == f"http://api.puter.localhost:{emulator.port}"
         await client.login(emulator.username, emulator.password)
         await client.fs_write("~/by-address.txt", "x")

@@ -15,6 +15,7 @@ import respx
 from test_client_support import API, TOKEN, exchange, recorded_response
 
 from puterfs.client import AlreadyExists, BadRequest, NotFound, PuterClient, ServerError
+from puterfs.emulator.testing import local_http
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def puter(puter_user) -> AsyncIterator[PuterClient]:
     async with PuterClient(
-        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.url,
+        token=puter_user.token, api_url=puter_user.url, web_url=puter_user.web_url,
         retry_base_delay=0.01, retry_max_delay=0.1,
     ) as client:
         yield client
@@ -142,7 +143,7 @@ async def test_hosting_serves_the_directory(puter: PuterClient, puter_user, emul
     url = puter.hosting.url(sub)
     assert url == f"http://{sub}.site.puter.localhost:{emulator.url.rsplit(':', 1)[1]}"
     host = url.split("://", 1)[1]
-    async with httpx.AsyncClient() as http:
+    async with local_http.AsyncClient() as http:
         page = await http.get(emulator.url + "/", headers={"Host": host})
     assert page.status_code == 200 and page.text == "<h1>hi</h1>"
     with pytest.raises(AlreadyExists):

@@ -354,7 +354,7 @@ async def _sha_on_server(client: PuterClient, path: str) -> str:
 
 @pytest.fixture
 async def emu_client(puter_user):  # noqa: ANN001, ANN201
-    async with PuterClient(token=puter_user.token, api_url=puter_user.url, web_url=puter_user.url,
+    async with PuterClient(token=puter_user.token, api_url=puter_user.url, web_url=puter_user.web_url,
                            retry_base_delay=0.01, retry_max_delay=0.1) as client:
         yield client
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-import httpx
-
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
 
 
 def test_admin_routes_need_the_secret_and_the_data_dir_is_private(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -19,9 +17,9 @@ def test_admin_routes_need_the_secret_and_the_data_dir_is_private(tmp_path) -> N
         os.umask(old)
     try:
         for path in ("faults", "log", "disk"):
-            r = httpx.get(f"{emu.url}/_emulator/{path}")
+            r = local_http.get(f"{emu.url}/_emulator/{path}")
             assert r.status_code == 403, (path, r.status_code)
-            r = httpx.get(f"{emu.url}/_emulator/{path}", headers={"X-Emulator-Secret": "wrong"})
+            r = local_http.get(f"{emu.url}/_emulator/{path}", headers={"X-Emulator-Secret": "wrong"})
             assert r.status_code == 403
         assert emu.http.get("/_emulator/faults").status_code == 200  # the test helper knows it
         data = tmp_path / "data"

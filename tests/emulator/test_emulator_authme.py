@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from puterfs.emulator.auth import totp
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
 
 OTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
@@ -25,9 +25,10 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
 
 @pytest.fixture
 def browser(emu: EmulatorProcess) -> Iterator[httpx.Client]:
-    """A cookie-keeping client that does not follow redirects (we look at them)."""
+    """A cookie-keeping client on the root host (where the pages are) that does not follow
+    redirects (we look at them); API calls name ``emu.url``."""
     emu.set_captcha(False)
-    with httpx.Client(base_url=emu.url, timeout=30, follow_redirects=False) as client:
+    with local_http.Client(base_url=emu.web_url, timeout=30, follow_redirects=False) as client:
         yield client
     emu.set_captcha(False)
 
@@ -75,14 +76,14 @@ def test_authme_signs_in_approves_and_redirects_with_a_full_api_access_token(
     assert query["keep"] == ["1"] and len(query["token"]) == 1 and query["token"][0] != "old"
     token = query["token"][0]
     api = {"Authorization": f"Bearer {token}"}
-    assert browser.get("/whoami", headers=api).json()["username"] == "alice"
-    assert browser.post("/stat", json={"path": "~"}, headers=api).status_code == 200
+    assert browser.get(emu.url + "/whoami", headers=api).json()["username"] == "alice"
+    assert browser.post(emu.url + "/stat", json={"path": "~"}, headers=api).status_code == 200
     # an access token cannot mint more tokens (only user sessions can)
-    r = browser.post("/auth/create-access-token", json={"permissions": ["full-api-access"]}, headers=api)
+    r = browser.post(emu.url + "/auth/create-access-token", json={"permissions": ["full-api-access"]}, headers=api)
     assert r.status_code == 403
     # revoking it makes it a refused token (what the mount's lifecycle tests use)
     emu.revoke(token)
-    assert browser.get("/whoami", headers=api).status_code == 401
+    assert browser.get(emu.url + "/whoami", headers=api).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -122,7 +123,8 @@ def test_authme_wrong_password_stays_on_the_form(browser: httpx.Client) -> None:
     assert "Username not found." in r.text
 
 
-def test_session_grade_only_for_loopback_and_after_typed_confirmation(browser: httpx.Client) -> None:
+def test_session_grade_only_for_loopback_and_after_typed_confirmation(browser: httpx.Client,
+                                                                     emu: EmulatorProcess) -> None:
     remote = authme("https://example.com/cb", token_type="session")
     sign_in(browser, remote)
     page = browser.get(remote)
@@ -136,12 +138,12 @@ def test_session_grade_only_for_loopback_and_after_typed_confirmation(browser: h
     assert r.status_code == 303
     token = parse_qs(urlsplit(r.headers["location"]).query)["token"][0]
     # a GUI session token may mint access tokens; an access token may not
-    r = browser.post("/auth/create-access-token", json={"permissions": ["full-api-access"]},
+    r = browser.post(emu.url + "/auth/create-access-token", json={"permissions": ["full-api-access"]},
                      headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
 
 
-def test_copyauth_shows_a_labelled_token_once(browser: httpx.Client) -> None:
+def test_copyauth_shows_a_labelled_token_once(browser: httpx.Client, emu: EmulatorProcess) -> None:
     sign_in(browser, "/?action=copyauth")
     page = browser.get("/?action=copyauth")
     assert "Create API Token" in page.text
@@ -150,7 +152,7 @@ def test_copyauth_shows_a_labelled_token_once(browser: httpx.Client) -> None:
     assert "Please enter a label" in r.text
     r = browser.post("/?action=copyauth", data={"step": "copyauth", "form_key": key, "label": "cli", "expiry": "7d"})
     token = re.search(r"id='token' class='token-input' readonly value='([^']+)'", r.text).group(1)  # type: ignore[union-attr]
-    assert browser.get("/whoami", headers={"Authorization": f"Bearer {token}"}).json()["username"] == "alice"
+    assert browser.get(emu.url + "/whoami", headers={"Authorization": f"Bearer {token}"}).json()["username"] == "alice"
 
 
 def test_captcha_switch_refuses_scripted_login_but_not_the_authme_page(
@@ -187,7 +189,7 @@ def test_captcha_switch_refuses_scripted_login_but_not_the_authme_page(
 
 def test_authme_with_two_factor(tmp_path) -> None:  # noqa: ANN001
     with EmulatorProcess(tmp_path / "emu", username="bob", password="bobpass1", otp_secret=OTP_SECRET) as emu, \
-            httpx.Client(base_url=emu.url, timeout=30, follow_redirects=False) as client:
+            local_http.Client(base_url=emu.web_url, timeout=30, follow_redirects=False) as client:
         url = authme("http://127.0.0.1:9/cb")
         r = sign_in(client, url, "bob", "bobpass1")
         assert r.status_code == 200 and "id='code'" in r.text
@@ -200,7 +202,7 @@ def test_authme_with_two_factor(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_pages_live_on_the_root_host_only(emu: EmulatorProcess) -> None:
-    with httpx.Client(base_url=emu.url, timeout=30) as client:
+    with local_http.Client(base_url=emu.url, timeout=30) as client:
         api = client.get(authme("http://127.0.0.1:9/cb"), headers={"Host": f"api.puter.localhost:{emu.port}"})
         assert api.status_code == 404
         root = client.get(authme("http://127.0.0.1:9/cb"), headers={"Host": f"puter.localhost:{emu.port}"})

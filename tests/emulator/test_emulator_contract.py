@@ -524,7 +524,7 @@ async def _replay_session(session: str, recs: list[dict[str, Any]], tmp: Path) -
     second = next((SECOND_USERS[rec["_file"]] for rec in recs if rec["_file"] in SECOND_USERS), None)
     results: dict[int, list[str]] = {}
     transport = httpx.ASGITransport(app=emu.app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.puter.localhost", timeout=30) as client:
         rp = Replayer(emu, client)
         # sessions that do not log in themselves used the admin's GUI token
         rp.tokens["gui"] = emu.issue_token(emu.store.user_by_name("admin"), "gui")
@@ -665,12 +665,12 @@ def _upload_name(rec: dict[str, Any]) -> str | None:
 def _replay_limits(recs: list[dict[str, Any]], tmp: Path) -> dict[int, list[str]]:
     import threading
 
-    from puterfs.emulator.testing import EmulatorProcess
+    from puterfs.emulator.testing import EmulatorProcess, local_http
 
     results: dict[int, list[str]] = {}
     # no kept-alive connections: the emulator closes idle ones after 5 s, a reuse could race it
     with EmulatorProcess(tmp / "limits", username="exbob", password="exbob-pass1", tier="free") as emu, \
-            httpx.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            local_http.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         rp = Replayer(None, http)  # type: ignore[arg-type]
         rp.tokens["gui"] = emu.token
         i = 0

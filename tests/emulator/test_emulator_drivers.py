@@ -22,6 +22,7 @@ from PIL import Image
 from puterfs.emulator import drivers, media
 from puterfs.emulator.errors import ApiError
 from puterfs.emulator.faults import StreamAbort
+from puterfs.emulator.testing import local_http
 
 EXCHANGES = Path(os.environ.get("PUTER_EXCHANGES", "/work/shared/puter-api/exchanges"))
 
@@ -763,9 +764,8 @@ async def test_recorded_driver_calls_have_the_recorded_shape() -> None:
 
 
 def _post(puter_user: Any, body: dict[str, Any]) -> Any:
-    import httpx
 
-    return httpx.post(
+    return local_http.post(
         puter_user.url + "/drivers/call",
         json=body,
         headers={"Authorization": f"Bearer {puter_user.token}"},
@@ -774,13 +774,12 @@ def _post(puter_user: Any, body: dict[str, Any]) -> Any:
 
 
 def test_http_echo_stream_arrives_incrementally(puter_user: Any) -> None:
-    import httpx
 
     text = " ".join(f"word{i}" for i in range(32))
     body = chat({"messages": user(text), "model": "gpt-4o-mini", "stream": True})
     arrivals: list[float] = []
     lines: list[dict[str, Any]] = []
-    with httpx.stream(
+    with local_http.stream(
         "POST",
         puter_user.url + "/drivers/call",
         json=body,
@@ -800,13 +799,12 @@ def test_http_echo_stream_arrives_incrementally(puter_user: Any) -> None:
 
 
 def test_http_substitution_errors_and_public_models(puter_user: Any) -> None:
-    import httpx
 
     resp = _post(puter_user, chat({"messages": user("hi"), "model": "gpt-4o"}))
     assert resp.status_code == 200 and resp.json()["metadata"]["providerUsed"] == "gpt-4o-mini"
     resp = _post(puter_user, chat({"messages": user("hi"), "model": "nope"}))
     assert resp.status_code == 400 and resp.json()["code"] == "bad_request"
-    models = httpx.get(puter_user.url + "/puterai/chat/models", timeout=30).json()
+    models = local_http.get(puter_user.url + "/puterai/chat/models", timeout=30).json()
     assert models == {"models": drivers.public_chat_models()}
 
 

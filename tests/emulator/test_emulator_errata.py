@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
+
+NOT_FOUND = {"error": "Not Found", "message": "Not Found", "code": "not_found"}
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
 @pytest.fixture
 def home_api(emu: EmulatorProcess) -> Iterator[tuple[str, httpx.Client]]:
     name, token = emu.new_user(temp=False)
-    with httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+    with local_http.Client(base_url=emu.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
         yield "/" + name, api
 
 
@@ -146,24 +148,39 @@ def test_move_ignores_create_missing_parents(home_api: tuple[str, httpx.Client])
     assert r.status_code == 404
 
 
-def test_ip_address_hosts_get_404_on_every_route_when_faithful(tmp_path) -> None:  # noqa: ANN001
-    with EmulatorProcess(tmp_path / "emu", tier="free", extra_args=["--refuse-ip-hosts"]) as emu:
-        api_host = f"api.puter.localhost:{emu.port}"
+def test_ip_address_hosts_get_404_on_every_route(tmp_path) -> None:  # noqa: ANN001
+    with EmulatorProcess(tmp_path / "emu", tier="free") as emu:  # the default, as a real server
+        assert emu.url == f"http://api.puter.localhost:{emu.port}"  # what it prints on READY
+        by_ip = emu.address_url  # http://127.0.0.1:PORT, Host: 127.0.0.1:PORT
         auth = {"Authorization": f"Bearer {emu.token}"}
-        for method, path in (("GET", "/healthcheck"), ("GET", "/version"), ("POST", "/stat"), ("GET", "/whoami")):
-            r = httpx.request(method, emu.url + path, json={"path": "~"} if method == "POST" else None,
-                              headers=auth)
-            assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
-        r = httpx.post(emu.url + "/login", json={"username": emu.username, "password": emu.password})
-        assert r.status_code == 404
-        # by name, through the same address
-        assert httpx.post(emu.url + "/stat", json={"path": "~"}, headers={**auth, "Host": api_host}).status_code == 200
-        r = httpx.post(emu.url + "/login", json={"username": emu.username, "password": emu.password},
+        for method, path in (("GET", "/healthcheck"), ("GET", "/version"), ("POST", "/stat"), ("GET", "/whoami"),
+                             ("GET", "/"), ("POST", "/fs/startWrite")):
+            r = httpx.request(method, by_ip + path, json={"path": "~"} if method == "POST" else None, headers=auth)
+            assert r.status_code == 404 and r.json() == NOT_FOUND, (path, r.text)
+        r = httpx.post(by_ip + "/login", json={"username": emu.username, "password": emu.password})
+        assert r.status_code == 404 and r.json() == NOT_FOUND
+        # socket.io answers an address with its own recorded 403 (socket.jsonl seq 98)
+        r = httpx.get(by_ip + "/socket.io/?EIO=4&transport=polling")
+        assert r.status_code == 403 and "host not allowed" in r.text
+        # by name, through the same address (a client's --domain)
+        assert httpx.post(by_ip + "/stat", json={"path": "~"}, headers={**auth, "Host": emu.api_host}).status_code == 200
+        r = httpx.post(by_ip + "/login", json={"username": emu.username, "password": emu.password},
                        headers={"Host": f"puter.localhost:{emu.port}"})
         assert r.status_code == 200
-        # storage URLs belong to the storage server, which any host reaches
-        s = httpx.post(emu.url + "/fs/startWrite", json={"fileMetadata": {"path": "~/s.txt", "size": 2}},
-                       headers={**auth, "Host": api_host}).json()
-        put = httpx.put(s["url"].replace(f"http://{api_host}", emu.url), content=b"ok")
+        # and by name, connected the *.localhost way (RFC 6761)
+        assert local_http.get(emu.url + "/healthcheck").json() == {"ok": True}
+        # storage URLs belong to the storage server (a self-host's S3 on a raw address): any host
+        s = local_http.post(emu.url + "/fs/startWrite", json={"fileMetadata": {"path": "~/s.txt", "size": 2}},
+                            headers=auth).json()
+        put = httpx.put(s["url"].replace(emu.url, by_ip), content=b"ok")
         assert put.status_code == 200
         assert emu.http.get("/_emulator/tier").status_code == 200  # admin routes stay reachable
+
+
+def test_allow_ip_hosts_serves_both_route_sets_on_an_address(tmp_path) -> None:  # noqa: ANN001
+    with EmulatorProcess(tmp_path / "emu", tier="free", extra_args=["--allow-ip-hosts"]) as emu:
+        auth = {"Authorization": f"Bearer {emu.token}"}
+        assert httpx.post(emu.address_url + "/stat", json={"path": "~"}, headers=auth).status_code == 200
+        r = httpx.post(emu.address_url + "/login", json={"username": emu.username, "password": emu.password})
+        assert r.status_code == 200
+        assert local_http.post(emu.url + "/stat", json={"path": "~"}, headers=auth).status_code == 200

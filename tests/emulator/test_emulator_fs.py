@@ -1,4 +1,4 @@
-"""FS routes over real HTTP on 127.0.0.1 (the session emulator), one temp user per test."""
+"""FS routes over real HTTP (the session emulator, api.puter.localhost on 127.0.0.1), one temp user per test."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import json
 import httpx
 import pytest
 
+from puterfs.emulator.testing import local_http
+
 
 @pytest.fixture
 def api(puter_user):  # noqa: ANN001, ANN201
-    with httpx.Client(base_url=puter_user.url, headers={"Authorization": f"Bearer {puter_user.token}"},
+    with local_http.Client(base_url=puter_user.url, headers={"Authorization": f"Bearer {puter_user.token}"},
                       timeout=30) as client:
         yield client
 
@@ -100,7 +102,7 @@ def test_mkdir_move_copy_delete_semantics(api: httpx.Client, puter_user) -> None
 
 def test_other_users_home_hidden_public_readable(emulator, api: httpx.Client, puter_user) -> None:  # noqa: ANN001
     other, other_token = emulator.new_user()
-    with httpx.Client(base_url=emulator.url, headers={"Authorization": f"Bearer {other_token}"}) as o:
+    with local_http.Client(base_url=emulator.url, headers={"Authorization": f"Bearer {other_token}"}) as o:
         upload(o, f"/{other}/Public", "pub.txt", b"public!", dedupe_name=False)
     r = api.post("/stat", json={"path": f"/{other}"})
     assert r.status_code == 404 and r.json()["code"] == "subject_does_not_exist"
@@ -115,25 +117,25 @@ def test_fs_write_v2_and_sign(api: httpx.Client, puter_user) -> None:  # noqa: A
     assert r.status_code == 200 and r.json()["fsEntry"]["size"] == 3
     assert api.post("/fs/write", json=body).status_code == 409
     sig = api.post("/sign", json={"items": [{"path": path, "action": "read"}]}).json()["signatures"][0]
-    got = httpx.get(sig["read_url"])  # no auth: the signature is the credential
+    got = local_http.get(sig["read_url"])  # no auth: the signature is the credential
     assert got.status_code == 200 and got.content == b"\x00\x01\x02"
 
 
 def test_auth_errors_and_hosts(emulator, puter_user) -> None:  # noqa: ANN001
     url = emulator.url
-    assert httpx.post(url + "/stat", json={"path": "/x"}).json()["code"] == "token_missing"
-    bad = httpx.post(url + "/stat", json={"path": "/x"}, headers={"Authorization": "Bearer xyz.abc.def"})
+    assert local_http.post(url + "/stat", json={"path": "/x"}).json()["code"] == "token_missing"
+    bad = local_http.post(url + "/stat", json={"path": "/x"}, headers={"Authorization": "Bearer xyz.abc.def"})
     assert bad.status_code == 401 and bad.json()["reason"] == "token_v1"
-    on_api = httpx.post(url + "/login", json={"username": emulator.username, "password": emulator.password},
-                        headers={"Host": "api.puter.localhost"})
-    assert on_api.status_code == 404
-    ok = httpx.post(url + "/login", json={"username": emulator.username, "password": emulator.password})
+    on_api = local_http.post(url + "/login", json={"username": emulator.username, "password": emulator.password})
+    assert on_api.status_code == 404  # /login is on the root host only
+    ok = local_http.post(emulator.web_url + "/login",
+                         json={"username": emulator.username, "password": emulator.password})
     assert ok.status_code == 200 and ok.json()["token"]
-    wrong = httpx.post(url + "/login", json={"username": emulator.username, "password": "nope-nope"})
+    wrong = local_http.post(emulator.web_url + "/login", json={"username": emulator.username, "password": "nope-nope"})
     assert wrong.status_code == 401 and wrong.json()["code"] == "password_mismatch"
     # token probe order: x-api-key and ?auth_token work too
-    assert httpx.get(url + "/whoami", headers={"x-api-key": puter_user.token}).status_code == 200
-    assert httpx.get(url + "/whoami", params={"auth_token": puter_user.token}).status_code == 200
+    assert local_http.get(url + "/whoami", headers={"x-api-key": puter_user.token}).status_code == 200
+    assert local_http.get(url + "/whoami", params={"auth_token": puter_user.token}).status_code == 200
 
 
 def test_disk_capacity(emulator, api: httpx.Client, puter_user) -> None:  # noqa: ANN001

@@ -9,12 +9,14 @@ import time
 import httpx
 import pytest
 
+from puterfs.emulator.testing import local_http
+
 
 def _call(user, iface: str, method: str, args: dict, driver: str | None = None) -> httpx.Response:
     body = {"interface": iface, "method": method, "args": args}
     if driver:
         body["driver"] = driver
-    return httpx.post(
+    return local_http.post(
         f"{user.url}/drivers/call", json=body, headers={"Authorization": f"Bearer {user.token}"}, timeout=10
     )
 
@@ -66,8 +68,8 @@ def test_kv_incr_of_a_nested_non_number_is_the_upstream_error(puter_user) -> Non
 @pytest.fixture
 def site(puter_user):
     headers = {"Authorization": f"Bearer {puter_user.token}"}
-    httpx.post(f"{puter_user.url}/mkdir", json={"path": f"{puter_user.home}/www"}, headers=headers).raise_for_status()
-    httpx.post(
+    local_http.post(f"{puter_user.url}/mkdir", json={"path": f"{puter_user.home}/www"}, headers=headers).raise_for_status()
+    local_http.post(
         f"{puter_user.url}/batch",
         headers=headers,
         files=[
@@ -86,16 +88,16 @@ def test_hosted_site_is_served_on_its_host_and_gone_after_delete(emulator, puter
     assert created["root_dir"]["path"] == f"{puter_user.home}/www"
     port = emulator.url.rsplit(":", 1)[1]
     for kind in ("site", "host"):
-        resp = httpx.get(f"{emulator.url}/", headers={"Host": f"{sub}.{kind}.puter.localhost:{port}"})
+        resp = local_http.get(f"{emulator.url}/", headers={"Host": f"{sub}.{kind}.puter.localhost:{port}"})
         assert resp.status_code == 200 and resp.text == "<p>hi</p>"
         assert resp.headers["content-type"] == "text/html; charset=utf-8"
-    missing = httpx.get(f"{emulator.url}/nope.html", headers={"Host": f"{sub}.site.puter.localhost:{port}"})
+    missing = local_http.get(f"{emulator.url}/nope.html", headers={"Host": f"{sub}.site.puter.localhost:{port}"})
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
-    stat = httpx.post(f"{emulator.url}/stat", json={"path": f"{puter_user.home}/www"},
+    stat = local_http.post(f"{emulator.url}/stat", json={"path": f"{puter_user.home}/www"},
                       headers={"Authorization": f"Bearer {puter_user.token}"}).json()
     assert stat["has_website"] is True and [s["subdomain"] for s in stat["subdomains"]] == [sub]
     assert _result(_call(puter_user, "puter-subdomains", "delete", {"id": {"subdomain": sub}}))["success"] is True
-    gone = httpx.get(f"{emulator.url}/", headers={"Host": f"{sub}.site.puter.localhost:{port}"})
+    gone = local_http.get(f"{emulator.url}/", headers={"Host": f"{sub}.site.puter.localhost:{port}"})
     assert gone.status_code == 404 and gone.text == "Subdomain not found"
 
 
@@ -119,7 +121,7 @@ def test_apps_names_are_global_and_only_the_owner_edits(emulator, puter_user) ->
     dup = _call(other, "puter-apps", "create", {"object": {"name": name, "index_url": "https://e.x/"}})
     assert dup.status_code == 400 and dup.json()["code"] == "app_name_already_in_use"
     assert _call(other, "puter-apps", "delete", {"id": {"name": name}}).status_code == 403
-    avail = httpx.get(f"{puter_user.url}/apps/nameAvailable", params={"name": name},
+    avail = local_http.get(f"{puter_user.url}/apps/nameAvailable", params={"name": name},
                       headers={"Authorization": f"Bearer {other_token}"}).json()
     assert avail == {"name": name, "available": False}
 
@@ -129,5 +131,5 @@ def test_workers_answer_like_a_self_host_without_cloudflare(emulator, puter_user
     assert resp.status_code == 503 and resp.json()["code"] == "response_timeout"
     assert _result(_call(puter_user, "workers", "getFilePaths", {})) == {"items": []}
     port = emulator.url.rsplit(":", 1)[1]
-    host = httpx.get(f"{emulator.url}/", headers={"Host": f"w1.workers.puter.localhost:{port}"})
+    host = local_http.get(f"{emulator.url}/", headers={"Host": f"w1.workers.puter.localhost:{port}"})
     assert host.status_code == 404 and host.json()["code"] == "not_found"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
 
 MiB = 1024 * 1024
 WINDOW_429 = {"error": "Too many requests.", "message": "Too many requests.", "code": "too_many_requests"}
@@ -40,7 +40,7 @@ def fresh(emu: EmulatorProcess) -> Iterator[EmulatorProcess]:
 
 
 def client(emu: EmulatorProcess, token: str, **kw: object) -> httpx.Client:
-    return httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kw)
+    return local_http.Client(base_url=emu.url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kw)
 
 
 def signed_up(emu: EmulatorProcess) -> tuple[str, httpx.Client]:
@@ -232,7 +232,7 @@ def test_ai_driver_window_and_streamed_concurrency(fresh: EmulatorProcess) -> No
 
 def test_login_is_limited_per_fingerprint(fresh: EmulatorProcess) -> None:
     def login(ua: str) -> httpx.Response:
-        return httpx.post(fresh.url + "/login", json={"username": fresh.username, "password": "wrong-password"},
+        return local_http.post(fresh.web_url + "/login", json={"username": fresh.username, "password": "wrong-password"},
                           headers={"User-Agent": ua}, timeout=30)
 
     for _ in range(10):  # 10 per 15 min per fingerprint (IP, User-Agent, Accept-*)
@@ -356,7 +356,7 @@ def run_in_process(tmp_path, fn) -> None:  # noqa: ANN001
             h = {"Host": "api.puter.localhost:4100", **headers}
             if token:
                 h["Authorization"] = f"Bearer {token}"
-            c = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=h)
+            c = httpx.AsyncClient(transport=transport, base_url="http://api.puter.localhost", headers=h)
             clients.append(c)
             return c
 

@@ -9,6 +9,8 @@ import os
 import httpx
 import pytest
 
+from puterfs.emulator.testing import local_http
+
 MiB = 1024 * 1024
 PATTERN = bytes(range(251)) * (10 * MiB // 251 + 2)
 
@@ -26,7 +28,7 @@ def gen(offset: int, size: int) -> bytes:
 
 @pytest.fixture
 def api(puter_user):  # noqa: ANN001, ANN201
-    with httpx.Client(base_url=puter_user.url, headers={"Authorization": f"Bearer {puter_user.token}"},
+    with local_http.Client(base_url=puter_user.url, headers={"Authorization": f"Bearer {puter_user.token}"},
                       timeout=60) as client:
         yield client
 
@@ -34,7 +36,7 @@ def api(puter_user):  # noqa: ANN001, ANN201
 @pytest.fixture
 def storage(puter_user):  # noqa: ANN001, ANN201
     """A client with no Puter credentials, as a PUT to a presigned URL must be."""
-    with httpx.Client(timeout=60) as client:
+    with local_http.Client(timeout=60) as client:
         yield client
 
 
@@ -212,7 +214,7 @@ def test_overwrite_session_writes_onto_the_live_file(api: httpx.Client, storage:
 def test_abort_and_session_access(api: httpx.Client, emulator, puter_user) -> None:  # noqa: ANN001
     s = start(api, f"{puter_user.home}/b.txt", 3)
     _, other = emulator.new_user()
-    r = httpx.post(emulator.url + "/fs/abortWrite", json={"uploadId": s["sessionId"]},
+    r = local_http.post(emulator.url + "/fs/abortWrite", json={"uploadId": s["sessionId"]},
                    headers={"Authorization": f"Bearer {other}"})
     assert r.status_code == 403 and r.json()["message"] == "Upload session access denied"
     assert api.post("/fs/abortWrite", json={"uploadId": s["sessionId"]}).json() == {"ok": True}

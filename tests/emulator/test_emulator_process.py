@@ -12,7 +12,7 @@ import pytest
 
 from puterfs.emulator import Emulator
 from puterfs.emulator.auth import totp
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
 
 
 def test_starts_fast_and_persists_across_restart(tmp_path) -> None:  # noqa: ANN001
@@ -25,12 +25,12 @@ def test_starts_fast_and_persists_across_restart(tmp_path) -> None:  # noqa: ANN
         assert emu.token not in " ".join(map(str, emu.proc.args))  # never in argv
         h = {"Authorization": f"Bearer {emu.token}"}
         body = {"fileMetadata": {"path": "~/keep.txt", "size": 5}, "fileContent": "kept!", "encoding": "utf8"}
-        assert httpx.post(emu.url + "/fs/write", json=body, headers=h).status_code == 200
+        assert local_http.post(emu.url + "/fs/write", json=body, headers=h).status_code == 200
         old_token = emu.token
         assert emu.stop() == 0  # SIGTERM stops it cleanly
         emu.start()
         assert emu.token == old_token
-        got = httpx.get(emu.url + "/read", params={"file": f"/{emu.username}/keep.txt"}, headers=h)
+        got = local_http.get(emu.url + "/read", params={"file": f"/{emu.username}/keep.txt"}, headers=h)
         assert got.status_code == 200 and got.content == b"kept!"
     finally:
         emu.close()
@@ -39,12 +39,12 @@ def test_starts_fast_and_persists_across_restart(tmp_path) -> None:  # noqa: ANN
 def test_otp_user_login(tmp_path) -> None:  # noqa: ANN001
     secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
     with EmulatorProcess(tmp_path / "d", otp_secret=secret) as emu:
-        r = httpx.post(emu.url + "/login", json={"username": emu.username, "password": emu.password})
+        r = local_http.post(emu.web_url + "/login", json={"username": emu.username, "password": emu.password})
         assert r.status_code == 202 and r.json()["next_step"] == "otp"
         otp_token = r.json()["otp_jwt_token"]
-        wrong = httpx.post(emu.url + "/login/otp", json={"token": otp_token, "code": "000000"})
+        wrong = local_http.post(emu.web_url + "/login/otp", json={"token": otp_token, "code": "000000"})
         assert wrong.json() == {"proceed": False}
-        ok = httpx.post(emu.url + "/login/otp", json={"token": otp_token, "code": totp(secret)})
+        ok = local_http.post(emu.web_url + "/login/otp", json={"token": otp_token, "code": totp(secret)})
         assert ok.status_code == 200 and ok.json()["token"]
 
 
@@ -52,19 +52,19 @@ def test_fault_status_with_retry_after_and_count(emulator, puter_user) -> None: 
     h = {"Authorization": f"Bearer {puter_user.token}"}
     emulator.set_faults({"method": "POST", "path": "/stat", "status": 503, "retry_after": 2, "count": 2})
     for _ in range(2):
-        r = httpx.post(emulator.url + "/stat", json={"path": "~"}, headers=h)
+        r = local_http.post(emulator.url + "/stat", json={"path": "~"}, headers=h)
         assert r.status_code == 503 and r.headers["retry-after"] == "2"
-    assert httpx.post(emulator.url + "/stat", json={"path": "~"}, headers=h).status_code == 200
+    assert local_http.post(emulator.url + "/stat", json={"path": "~"}, headers=h).status_code == 200
 
 
 def test_fault_drop_and_latency(emulator, puter_user) -> None:  # noqa: ANN001
     h = {"Authorization": f"Bearer {puter_user.token}"}
     emulator.set_faults({"path": "/readdir", "drop": True})
     with pytest.raises(httpx.TransportError):
-        httpx.post(emulator.url + "/readdir", json={"path": "~"}, headers=h)
+        local_http.post(emulator.url + "/readdir", json={"path": "~"}, headers=h)
     emulator.set_faults({"path": "/read*", "latency": 0.3})
     t0 = time.monotonic()
-    assert httpx.post(emulator.url + "/readdir", json={"path": "~"}, headers=h).status_code == 200
+    assert local_http.post(emulator.url + "/readdir", json={"path": "~"}, headers=h).status_code == 200
     assert time.monotonic() - t0 >= 0.3
 
 
@@ -74,7 +74,7 @@ def test_fault_stall_until_release(emulator, puter_user) -> None:  # noqa: ANN00
     result: dict[str, object] = {}
 
     def call() -> None:
-        result["status"] = httpx.get(emulator.url + "/whoami", headers=h, timeout=30).status_code
+        result["status"] = local_http.get(emulator.url + "/whoami", headers=h, timeout=30).status_code
 
     t = threading.Thread(target=call)
     t.start()
@@ -84,13 +84,13 @@ def test_fault_stall_until_release(emulator, puter_user) -> None:  # noqa: ANN00
     t.join(10)
     assert result["status"] == 503
     emulator.clear_faults()
-    assert httpx.get(emulator.url + "/whoami", headers=h).status_code == 200
+    assert local_http.get(emulator.url + "/whoami", headers=h).status_code == 200
 
 
 def test_admin_log_bodies_of_driver_calls(emulator, puter_user) -> None:  # noqa: ANN001
     emulator.clear_log()
     body = {"interface": "puter-chat-completion", "method": "list", "args": {}}
-    httpx.post(emulator.url + "/drivers/call", json=body, headers={"Authorization": f"Bearer {puter_user.token}"})
+    local_http.post(emulator.url + "/drivers/call", json=body, headers={"Authorization": f"Bearer {puter_user.token}"})
     entries = [e for e in emulator.log(bodies=True) if e["path"] == "/drivers/call"]
     assert entries and entries[-1]["body"] == body
     assert "body" not in [e for e in emulator.log() if e["path"] == "/drivers/call"][-1]
@@ -103,7 +103,7 @@ def test_in_process_app_under_both_backends(tmp_path, backend: str) -> None:  # 
     async def run() -> None:
         transport = httpx.ASGITransport(app=emu.app)
         h = {"Authorization": f"Bearer {emu.token}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=h) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.puter.localhost", headers=h) as c:
             files = [("operation", (None, json.dumps({"op": "write", "path": "~", "name": "z.txt",
                                                       "dedupe_name": False}))),
                      ("file", ("z.txt", b"zzz", "text/plain"))]

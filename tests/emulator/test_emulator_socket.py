@@ -19,13 +19,13 @@ from wsproto.events import TextMessage
 import puterfs.emulator.presign  # noqa: F401 - registers the presigned-upload routes
 from puterfs.emulator import Emulator
 from puterfs.emulator.app import find_route
+from puterfs.emulator.testing import local_http
 
 SEP = "\x1e"
 RECS = SESSIONS.get("socket", [])
 # the presigned-upload routes are not in the emulator yet: those records and their polls wait
 PRESIGN = set(range(33, 46))
-# the emulator serves every route on loopback addresses (app.py host_kind), so a Host of
-# 127.0.0.1 is allowed there; another name gets the recorded 403 (test_foreign_host_refused)
+# socket.io answers a Host that is an address with the recorded 403 (sockets.py _host_allowed)
 LOOPBACK_HOST = 98
 
 
@@ -69,14 +69,14 @@ async def _replay(tmp: Path) -> dict[int, list[str]]:
     hub.ping_timeout = 60.0
     out: dict[int, list[str]] = {}
     transport = httpx.ASGITransport(app=emu.app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=90) as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.puter.localhost", timeout=90) as client:
         rp = SocketReplayer(emu, client)
         rp.names["exalice"] = "admin"
         rp.tokens["gui"] = emu.issue_token(emu.store.user_by_name("admin"), "gui")
         has_presign = find_route("POST", "/fs/startWrite") is not None
         for rec in RECS:
             seq = rec["seq"]
-            if (seq in PRESIGN and not has_presign) or seq == LOOPBACK_HOST:
+            if seq in PRESIGN and not has_presign:
                 continue
             if rec["path"].startswith("/socket.io/"):
                 out[seq] = await _socket_record(rec, rp, client)
@@ -95,7 +95,7 @@ async def _replay(tmp: Path) -> dict[int, list[str]]:
 async def _socket_record(rec: dict[str, Any], rp: SocketReplayer, client: httpx.AsyncClient) -> list[str]:
     seq = rec["seq"]
     hub = rp.emu.sockets
-    headers = {"Host": "127.0.0.1:4180" if seq == 98 else HOSTS[rec["host"]]}
+    headers = {"Host": "127.0.0.1:4180" if seq == LOOPBACK_HOST else HOSTS[rec["host"]]}
     content = None
     if rec["method"] == "POST":
         body = str(rec["request"])
@@ -147,8 +147,6 @@ def _params() -> list[Any]:
         marks = []
         if rec["seq"] in PRESIGN and find_route("POST", "/fs/startWrite") is None:
             marks.append(pytest.mark.skip(reason="presigned uploads (/fs/startWrite) are not in the emulator yet"))
-        if rec["seq"] == LOOPBACK_HOST:
-            marks.append(pytest.mark.skip(reason="the emulator serves loopback addresses as every host"))
         out.append(pytest.param(rec["seq"], id=f"{rec['seq']}-{rec['name'][:40]}", marks=marks))
     return out
 
@@ -183,7 +181,7 @@ async def _open(client: httpx.AsyncClient, token: str | None, origin: str | None
 async def emu_client(tmp_path: Path):  # noqa: ANN201
     emu = Emulator(tmp_path / "emu")
     transport = httpx.ASGITransport(app=emu.app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.puter.localhost", timeout=30) as client:
         yield emu, client
     emu.store.close()
 
@@ -250,7 +248,7 @@ def test_websocket_direct_and_upgrade(emulator: Any) -> None:
     username, token = emulator.new_user()
 
     async def main() -> None:
-        async with httpx.AsyncClient(headers={"Host": f"api.puter.localhost:{emulator.port}"}) as http:
+        async with local_http.AsyncClient(headers={"Host": f"api.puter.localhost:{emulator.port}"}) as http:
             ws = _WebSocket(http, emulator.url + "/socket.io/")
             info = await ws.open()
             assert info.upgrades == [] and info.ping_interval == 25 and info.ping_timeout == 20

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from puterfs.emulator.testing import EmulatorProcess
+from puterfs.emulator.testing import EmulatorProcess, local_http
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make deps)")
 
@@ -67,11 +67,11 @@ def curl(emu: EmulatorProcess, tmp_path: Path) -> Curl:
 
 
 def api_stat(emu: EmulatorProcess, path: str) -> httpx.Response:
-    return httpx.post(emu.url + "/stat", json={"path": path}, headers={"Authorization": f"Bearer {emu.token}"})
+    return local_http.post(emu.url + "/stat", json={"path": path}, headers={"Authorization": f"Bearer {emu.token}"})
 
 
 def change_ts(emu: EmulatorProcess) -> int:
-    r = httpx.get(emu.url + "/cache/last-change-timestamp", headers={"Authorization": f"Bearer {emu.token}"})
+    r = local_http.get(emu.url + "/cache/last-change-timestamp", headers={"Authorization": f"Bearer {emu.token}"})
     return r.json()["timestamp"]
 
 
@@ -248,7 +248,7 @@ def test_rclone_webdav_remote(emu: EmulatorProcess, tmp_path: Path) -> None:
 
 def test_dav_rate_limit_window(tmp_path: Path) -> None:
     """600 requests per 60 s per fingerprint, counted before auth: the 601st is 429."""
-    with EmulatorProcess(tmp_path / "emu", tier="free") as emu, httpx.Client(
+    with EmulatorProcess(tmp_path / "emu", tier="free") as emu, local_http.Client(
             base_url=emu.url, headers={"Host": f"dav.puter.localhost:{emu.port}"}, timeout=30) as c:
         codes = [c.request("OPTIONS", "/").status_code for _ in range(600)]
         assert set(codes) == {401}  # unauthenticated requests count too
@@ -265,9 +265,9 @@ def test_dav_rate_limit_in_flight(tmp_path: Path) -> None:
         host = {"Host": f"dav.puter.localhost:{emu.port}"}
         auth = (emu.username, emu.password)
         big = os.urandom(32 * 1024 * 1024)
-        with httpx.Client(base_url=emu.url, headers=host, auth=auth, timeout=60) as c:
+        with local_http.Client(base_url=emu.url, headers=host, auth=auth, timeout=60) as c:
             assert c.put(f"/{emu.username}/big.bin", content=big).status_code == 201
-        clients = [httpx.Client(base_url=emu.url, headers=host, auth=auth, timeout=60) for _ in range(11)]
+        clients = [local_http.Client(base_url=emu.url, headers=host, auth=auth, timeout=60) for _ in range(11)]
         try:
             streams = [cl.stream("GET", f"/{emu.username}/big.bin") for cl in clients[:10]]
             responses = [s.__enter__() for s in streams]  # headers received, bodies not read
@@ -301,7 +301,7 @@ async def dav_client(tmp_path: Path):  # noqa: ANN201
 
     emu = Emulator(tmp_path / "emu", username="alice", password="alicepass1")
     transport = httpx.ASGITransport(app=emu.app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30,
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.puter.localhost", timeout=30,
                                  headers={"Host": "dav.puter.localhost:4100"}) as client:
         yield emu, client
     emu.store.close()

@@ -34,7 +34,7 @@ async def client(emulator: Any, puter_user: Any) -> AsyncIterator[PuterClient]:
     c = PuterClient(
         token=puter_user.token,
         api_url=getattr(puter_user, "url", None) or emulator.url,
-        web_url=getattr(puter_user, "url", None) or emulator.url,
+        web_url=getattr(puter_user, "web_url", None) or emulator.web_url,
         # Fault-injection tests want the first error, not the client's backoff (max_retries=0
         # also means a 429 is not retried).
         max_retries=0,

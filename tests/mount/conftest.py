@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end mount tests: a real ``puterfs mount`` in a subprocess.
 
 The mount runs ``python -m puterfs mount MP --foreground`` against the session emulator
-over real HTTP on 127.0.0.1 and the tests drive it with plain ``os`` calls and shell tools,
+over real HTTP (api.puter.localhost on 127.0.0.1) and the tests drive it with plain ``os`` calls and shell tools,
 as a user's programs would. What the server holds is checked through :class:`RemoteView`,
 which speaks the documented HTTP API with httpx directly, so a bug in the mount's own
 client cannot hide itself by being used twice.
@@ -42,6 +42,7 @@ import pytest
 
 import puterfs
 from puterfs import config
+from puterfs.emulator.testing import local_http
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class RemoteView:
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(120.0, connect=10.0),
-            transport=_WaitOn429(httpx.HTTPTransport()),
+            transport=_WaitOn429(local_http.transport()),
         )
 
     def __repr__(self) -> str:
@@ -382,7 +383,7 @@ class MountProcess:
     def argv(self) -> list[str]:
         return [
             sys.executable, "-m", "puterfs", "mount", str(self.mountpoint), "--foreground",
-            "--api-url", self.url, "--web-url", self.url,
+            "--api-url", self.url,  # the web URL goes with it (api.<domain> -> <domain>)
             "--token-file", str(self.token_file),
             "--cache-dir", str(self.cache_dir),
             "--write-back", WRITE_BACK,

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from mount_testlib import MountedFs, wait_for
 
 from puterfs.client import PuterClient
+from puterfs.emulator.testing import local_http
 
 SEEN = 1.0  # seconds: a change reaches the other mount this fast once the server has it
 
@@ -89,7 +89,7 @@ def test_changes_through_the_client_are_seen(pair: tuple[MountedFs, MountedFs]) 
     home = a.remote.abspath()
 
     async def run(step: str) -> None:
-        async with PuterClient(token=a.user.token, api_url=a.proc.url, web_url=a.proc.url) as c:
+        async with PuterClient(token=a.user.token, api_url=a.proc.url) as c:
             if step == "mkdir":
                 await c.fs_mkdir(f"{home}/viaclient")
             elif step == "write":
@@ -172,7 +172,7 @@ def test_socket_dropped_and_restored_loses_nothing(pair: tuple[MountedFs, Mounte
 
 
 def test_refused_token_falls_back_to_polling(mount_factory: Any, puter_user: Any) -> None:
-    r = httpx.post(puter_user.url + "/auth/create-access-token", json={"permissions": ["full-api-access"]},
+    r = local_http.post(puter_user.url + "/auth/create-access-token", json={"permissions": ["full-api-access"]},
                    headers={"Authorization": f"Bearer {puter_user.token}"})
     access = r.json()["token"]
     mount_factory.token_file.write_text(access + "\n")

@@ -13,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from mount_testlib import MountedFs, MountFactory, wait_for
 
+from puterfs.emulator.testing import local_http
+
 
 def _access_token(url: str, user_token: str) -> str:
-    r = httpx.post(f"{url}/auth/create-access-token", json={"permissions": ["full-api-access"], "label": "mount"},
+    r = local_http.post(f"{url}/auth/create-access-token", json={"permissions": ["full-api-access"], "label": "mount"},
                    headers={"Authorization": f"Bearer {user_token}"}, timeout=30)
     r.raise_for_status()
     return r.json()["token"]
