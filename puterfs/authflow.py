@@ -160,7 +160,7 @@ def _browser(acc: config.Account, args: argparse.Namespace) -> tuple[str, str, s
     async def run() -> Any:
         return await browser_login(
             acc.web_url, api_url=acc.api_url, open_browser=not args.no_browser, timeout=args.timeout,
-            port=args.port, ignore_ssl=not acc.verify_tls,
+            port=args.port, ignore_ssl=not acc.verify_tls, domain=acc.domain,
         )
 
     try:

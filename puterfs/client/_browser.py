@@ -33,6 +33,7 @@ import anyio.abc
 import httpx
 
 from puterfs.client._errors import AuthenticationError, BadRequest, PuterTimeout, ScriptedLoginRefused
+from puterfs.client._hosts import HostRoutingTransport, with_domain
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ async def browser_login(
     port: int = 0,
     ignore_ssl: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    domain: str | None = None,
 ) -> BrowserLogin:
     """Get a full-api-access token through Puter's AuthMe page in a browser.
 
@@ -216,10 +218,44 @@ async def browser_login(
     whole wait (:class:`PuterTimeout`). The token is checked with ``/whoami`` on ``api_url``
     (default: derived from ``web_url``) before it is returned; a refused one raises
     :class:`AuthenticationError`.
+
+    ``domain``: the server's own domain when ``web_url``/``api_url`` give its address, as
+    for :class:`PuterClient` (a server answers only its names, never an address): the
+    browser is sent to ``<domain>``'s AuthMe page and ``/whoami`` goes to ``api.<domain>``,
+    connected to the address given.
     """
+    web_url = web_url.rstrip("/")
+    api_url = (api_url or _api_for(web_url)).rstrip("/")
+    routes: dict[str, str] = {}
+    if domain:
+        name = domain.strip().lower().rstrip(".")
+        web_url, web_addr = with_domain(web_url, name, api=False)
+        api_url, api_addr = with_domain(api_url, name, api=True)
+        if api_addr or web_addr:
+            routes[name] = api_addr or web_addr  # type: ignore[assignment]
+    return await _browser_login(
+        web_url, api_url, routes, open_browser=open_browser, show_url=show_url, timeout=timeout, host=host,
+        port=port, ignore_ssl=ignore_ssl, transport=transport,
+    )
+
+
+async def _browser_login(
+    web_url: str,
+    api_url: str,
+    routes: dict[str, str],
+    *,
+    open_browser: bool | Callable[[str], Any],
+    show_url: Callable[[str, int, bool], Any] | None,
+    timeout: float,
+    host: str,
+    port: int,
+    ignore_ssl: bool,
+    transport: httpx.AsyncBaseTransport | None,
+) -> BrowserLogin:
+    """:func:`browser_login` with the server's names already chosen; ``routes`` as for
+    :class:`HostRoutingTransport` (where names that do not resolve connect)."""
     from puterfs.client._client import PuterClient
 
-    web_url = web_url.rstrip("/")
     secret = secrets.token_urlsafe(24)
     listener = _Listener(secret)
     tcp = await anyio.create_tcp_listener(local_host=host, local_port=port)
@@ -253,8 +289,10 @@ async def browser_login(
         raise PuterTimeout(
             f"no sign-in came back from the browser within {timeout:g}s", code="browser_login_timeout"
         )
+    if transport is None:
+        transport = HostRoutingTransport(httpx.AsyncHTTPTransport(verify=not ignore_ssl, trust_env=True), routes)
     async with PuterClient(
-        token=token, api_url=api_url or _api_for(web_url), web_url=web_url, ignore_ssl=ignore_ssl,
+        token=token, api_url=api_url, web_url=web_url, ignore_ssl=ignore_ssl,
         transport=transport, max_retries=3,
     ) as client:
         try:

@@ -31,7 +31,7 @@ import anyio
 import httpx
 
 from puterfs.client._browser import DEFAULT_TIMEOUT as BROWSER_LOGIN_TIMEOUT
-from puterfs.client._browser import browser_login, default_show_url, refused_scripted_login
+from puterfs.client._browser import _browser_login, default_show_url, refused_scripted_login
 from puterfs.client._chat import (
     ChatEvent,
 )
@@ -163,6 +163,7 @@ class PuterClient(PutergenaiFacade):
                 self.web_url, web_addr = f"{parts.scheme}://{parts.netloc.removeprefix('api.')}", None
             if api_addr or web_addr:
                 routes[self.domain] = api_addr or web_addr  # type: ignore[assignment]
+        self._routes = routes
         # One scheduler per client: Puter's limits are per user (see _pacing.py).
         chosen = tier or os.environ.get("PUTER_TIER")
         self._pacer = Pacer(chosen or "free", budgets)
@@ -509,9 +510,10 @@ class PuterClient(PutergenaiFacade):
         Works where :meth:`login` cannot (puter.com). See :func:`puterfs.client.browser_login`
         for the arguments; the token is a full-api-access token, checked with ``/whoami``.
         """
-        result = await browser_login(
-            self.web_url, api_url=self.api_url, open_browser=open_browser, show_url=show_url,
-            timeout=timeout, port=port, ignore_ssl=self.ignore_ssl, transport=self._transport,
+        # the names this client uses, connected where this client connects them (--domain)
+        result = await _browser_login(
+            self.web_url, self.api_url, self._routes, open_browser=open_browser, show_url=show_url,
+            timeout=timeout, host="127.0.0.1", port=port, ignore_ssl=self.ignore_ssl, transport=self._transport,
         )
         self._token = result.token
         self.username = result.username

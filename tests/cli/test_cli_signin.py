@@ -14,10 +14,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 
+from puterfs import config
 from puterfs.emulator.testing import EmulatorProcess, LocalHTTP, local_http
 
 URL_RE = re.compile(r"(http://\S+/\?action=authme&redirectURL=\S+)")
@@ -108,6 +110,29 @@ def test_browser_login_saves_a_full_api_access_token(cli_env, emulator) -> None:
     assert f"ssh -L {port}:127.0.0.1:{port}" in printed + err
     r = local_http.get(f"{emulator.url}/whoami", headers={"Authorization": f"Bearer {token}"})
     assert r.json()["username"] == emulator.username
+
+
+def test_browser_login_by_address_with_the_domain(cli_env, tmp_path: Path) -> None:  # noqa: ANN001
+    """`--api-url <address> --domain <name>`: the browser is sent to the domain's AuthMe page (the
+    server answers its names only) and the token is checked on api.<domain> at the address."""
+    with EmulatorProcess(tmp_path / "emu", username="erin", password="erinpass", domain="puter.test") as emu:
+        proc = start_browser_login(cli_env, emu.address_url, "--domain", "puter.test", "--browser", "--no-browser")
+        try:
+            url, _ = wait_for_url(proc)
+            assert url.startswith(f"http://puter.test:{emu.port}/?action=authme&")
+            answer = fill_in_authme(url, "erin", "erinpass", http=emu.local)  # a browser with DNS for puter.test
+            assert answer.status_code == 200 and "You can close this tab" in answer.text
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert out.strip() == f"Logged in as erin on {emu.address_url} (full-api-access token)"
+        with mock.patch.dict(os.environ, cli_env):
+            assert config.load_account().domain == "puter.test"
+        token = _saved(cli_env).read_text().strip()
+        r = emu.local.get(f"{emu.url}/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert r.json()["username"] == "erin"
 
 
 def test_browser_login_times_out_with_a_message(cli_env, emulator) -> None:  # noqa: ANN001

@@ -148,6 +148,48 @@ async def test_client_login_browser_stores_the_token(emu: EmulatorProcess) -> No
         assert (await c.whoami())["username"] == "carol"
 
 
+@pytest.fixture(scope="module")
+def named_emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    """A server whose domain is no *.localhost name: reached by its address plus --domain."""
+    with EmulatorProcess(tmp_path_factory.mktemp("named-emu"), username="carol", password="carolpass",
+                         domain="puter.test") as proc:
+        yield proc
+
+
+async def test_login_browser_honours_the_domain(named_emu: EmulatorProcess) -> None:
+    """The address as --api-url, the domain given separately: the browser goes to the domain's
+    AuthMe page (the server answers only its names) and the token is checked on api.<domain>,
+    connected to the address, by login_browser() and by browser_login() alike."""
+    emu = named_emu
+    seen: list[str] = []
+
+    async def opener(url: str) -> None:
+        seen.append(url)
+        await act_as_browser(url, http=emu.local)  # a browser with DNS (or /etc/hosts) for puter.test
+
+    async with PuterClient(token=None, api_url=emu.address_url, domain="puter.test") as c:
+        token = await c.login_browser(open_browser=opener, show_url=None, timeout=60)
+        assert c.token == token and c.username == "carol" and token_kind(token) == "full-api-access"
+        assert (await c.fs_stat("~"))["is_dir"] is True
+    page = urlsplit(seen[-1])
+    assert (page.scheme, page.netloc, page.path) == ("http", f"puter.test:{emu.port}", "/")
+
+    result = await browser_login(emu.address_url, domain="puter.test", open_browser=opener, show_url=None,
+                                 timeout=60)
+    assert result.username == "carol" and result.whoami["username"] == "carol"
+    assert urlsplit(seen[-1]).netloc == f"puter.test:{emu.port}"
+    # without the domain the address is all the browser gets, and the server answers it 404
+    pages: list[int] = []
+
+    async def look(url: str) -> None:
+        async with emu.local.AsyncClient(timeout=30) as b:
+            pages.append((await b.get(url)).status_code)
+
+    with pytest.raises(PuterTimeout):
+        await browser_login(emu.address_url, open_browser=look, show_url=None, timeout=2)
+    assert pages == [404]
+
+
 async def test_login_on_a_captcha_server_raises_value_error_naming_the_browser_flow(emu: EmulatorProcess) -> None:
     emu.set_captcha(True)
     try:
