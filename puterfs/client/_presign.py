@@ -110,6 +110,7 @@ class UploadSession:
     part_count: int
     expires_at: float  # seconds since the epoch
     replace: bool  # upload_path is a temporary name to move over target
+    dedupe: bool = False  # the server picked a free name ("a (1).txt") at start; known at completion
     etags: dict[int, str] = field(default_factory=dict)  # part number -> ETag of parts done
     completed: bool = False  # completeWrite succeeded (upload_path exists on the server)
     urls: dict[int, str] = field(default_factory=dict, repr=False)  # part number -> signed URL
@@ -341,11 +342,13 @@ class PresignedUpload:
         parallel: int = PARALLEL_PARTS,
         content_type: str | None = None,
         metadata: dict[str, Any] | None = None,
+        dedupe: bool = False,
     ) -> None:
         self.client = client
         self.target = target
         self.source = source
-        self.overwrite = overwrite
+        self.overwrite = overwrite and not dedupe
+        self.dedupe = dedupe
         self.parents = create_missing_parents
         self.session = session
         self.on_progress = on_progress
@@ -365,8 +368,9 @@ class PresignedUpload:
                 await result
 
     async def _start(self) -> UploadSession:
-        from puterfs.client._retry import Idempotency
 
+        if self.dedupe:
+            return await self._open(self.target, replace=False)
         try:
             current = await self.client.fs_stat(self.target)
         except NotFound:
@@ -379,6 +383,14 @@ class PresignedUpload:
         parent, name = posixpath.split(self.target)
         replace = current is not None
         upload_path = posixpath.join(parent, TEMP_PREFIX + secrets.token_hex(8)) if replace else self.target
+        return await self._open(upload_path, replace=replace)
+
+    async def _open(self, upload_path: str, *, replace: bool) -> UploadSession:
+        """``/fs/startWrite`` for ``upload_path``: never onto an existing file; with dedupe the
+        server takes the next free name (``a (1).txt``) when ``upload_path`` is taken (a new
+        object either way, so an abort is always safe)."""
+        from puterfs.client._retry import Idempotency
+
         body = {
             "fileMetadata": {
                 "path": upload_path,
@@ -386,7 +398,7 @@ class PresignedUpload:
                 "contentType": self.content_type,
                 # never an overwrite session: see "Never neither version" above
                 "overwrite": False,
-                "dedupeName": False,
+                "dedupeName": self.dedupe,
                 "createMissingParents": self.parents,
             },
             "expiresInSeconds": SESSION_SECONDS,
@@ -414,6 +426,7 @@ class PresignedUpload:
         s = UploadSession(
             target=self.target, upload_path=upload_path, size=self.source.size, upload_id=str(data["sessionId"]),
             mode=mode, part_size=part_size, part_count=count, expires_at=expires, replace=replace, urls=urls,
+            dedupe=self.dedupe,
         )
         return s
 
@@ -459,6 +472,12 @@ class PresignedUpload:
             data = await self._post("/fs/completeWrite", body, idem=Idempotency.SAFE_REJECTIONS)
         except Conflict as exc:
             if "status=completed" in str(exc.message):
+                if s.dedupe:
+                    # the server chose the name and its answer was lost: do not guess one
+                    raise Conflict(
+                        f"the upload of {s.target} was completed under a name the server chose (dedupeName) "
+                        "and its answer was lost; look for it next to that name", status=exc.status, code=exc.code,
+                    ) from exc
                 return await self.client.fs_stat(s.upload_path)  # an earlier attempt completed it
             raise SessionLost(f"upload session of {s.target} cannot complete ({exc})") from exc
         except NotFound as exc:
@@ -581,7 +600,8 @@ class PresignedUpload:
 
     async def run(self) -> dict[str, Any]:
         s = self.session
-        if s is not None and (s.target != self.target or s.size != self.source.size or s.expired()):
+        if s is not None and (s.target != self.target or s.size != self.source.size or s.dedupe != self.dedupe
+                              or s.expired()):
             log.info("upload session of %s is stale; starting again", s.target)
             await self.abort()
             s = self.session = None
@@ -608,6 +628,8 @@ class PresignedUpload:
         if not s.completed:
             await self._upload_parts()
             entry = await self._complete()
+            if s.dedupe and isinstance(entry.get("path"), str):
+                s.upload_path = entry["path"]  # the name the server chose, for a resumed session
             s.completed = True
             await self._progress()
         else:
@@ -660,17 +682,19 @@ async def write_large(
     on_progress: ProgressFn | None = None,
     parallel: int = PARALLEL_PARTS,
     metadata: dict[str, Any] | None = None,
+    dedupe: bool = False,
 ) -> dict[str, Any]:
     """Upload ``content`` to ``target`` (absolute) through the presigned flow; its entry.
 
-    Falls back to ``/batch`` when the server offers no presigned uploads and the file
-    is under /batch's cap.
+    ``dedupe``: when ``target`` is taken, the server writes ``name (1).ext`` instead (the
+    entry returned has the name used); never an overwrite. Falls back to ``/batch`` when the
+    server offers no presigned uploads and the file is under /batch's cap.
     """
     source = open_source(content, size)
     try:
         up = PresignedUpload(
             client, target, source, overwrite=overwrite, create_missing_parents=create_missing_parents,
-            session=session, on_progress=on_progress, parallel=parallel, metadata=metadata,
+            session=session, on_progress=on_progress, parallel=parallel, metadata=metadata, dedupe=dedupe,
         )
         try:
             return await up.run()
@@ -685,7 +709,8 @@ async def write_large(
             if source.sequential:
                 raise
             entry = await client.fs._write_batch_one(
-                target, _SourceFile(source), overwrite=overwrite, parents=create_missing_parents
+                target, _SourceFile(source), overwrite=overwrite and not dedupe, parents=create_missing_parents,
+                dedupe=dedupe,
             )
             if metadata is not None:
                 entry = await client.fs_set_metadata(

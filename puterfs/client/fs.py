@@ -247,13 +247,13 @@ class FS:
         target = await self._c._abs(path)
         source = UploadSource(content)
         try:
-            if metadata is not None and source.size <= JSON_WRITE_MAX:
-                return (await self._json_writes([(target, source, metadata)], overwrite, parents, dedupe))[0]
-            if source.size >= LARGE_FILE and not dedupe:
+            if source.size >= LARGE_FILE:  # /batch refuses it
                 return await write_large(
                     self._c, target, source.original(), size=source.size, overwrite=overwrite,
-                    create_missing_parents=parents, metadata=metadata,
+                    create_missing_parents=parents, metadata=metadata, dedupe=dedupe,
                 )
+            if metadata is not None and source.size <= JSON_WRITE_MAX:
+                return (await self._json_writes([(target, source, metadata)], overwrite, parents, dedupe))[0]
             outcome = await self._write_batch_one(target, source, overwrite=overwrite, parents=parents, dedupe=dedupe)
         finally:
             source.close()
@@ -365,65 +365,107 @@ class FS:
         create_missing_parents: bool = False,
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any] | PuterError]:
-        """Upload several files in one ``/batch`` request (one per 64 files).
+        """Upload several files: the small ones in one ``/batch`` request per 64 files, each
+        file of 100 MiB or more through the presigned flow (``/batch`` refuses those).
 
         Returns one item per file, in order: its entry, or the exception object for
         that file (not raised). When a whole request fails, each of its files gets
-        that request's exception. With ``metadata`` (one dict per file) the files go
+        that request's exception. With ``metadata`` (one dict per file) the small files go
         as ``/fs/batchWrite`` instead (up to 64 files and 8 MiB per request).
         """
         if metadata is not None:
             return await self._write_many_with_metadata(files, list(metadata), overwrite, create_missing_parents)
-        out: list[dict[str, Any] | PuterError] = []
-        for start in range(0, len(files), BATCH_MAX_FILES):
-            chunk = files[start : start + BATCH_MAX_FILES]
-            sources: list[UploadSource] = []
+        out: list[dict[str, Any] | PuterError | None] = [None] * len(files)
+        pending: list[tuple[int, str, UploadSource]] = []  # small files for the next /batch
+
+        async def send() -> None:
             try:
-                items = []
-                for path, content in chunk:
-                    source = UploadSource(content)
-                    sources.append(source)
-                    items.append((await self._c._abs(path), source))
                 status, results = await self._batch_upload(
-                    items, overwrite=overwrite, create_missing_parents=create_missing_parents
+                    [(target, source) for _, target, source in pending], overwrite=overwrite,
+                    create_missing_parents=create_missing_parents,
                 )
-                out.extend(self._op_result(status, r) for r in results)
+                for (i, _, _), r in zip(pending, results, strict=True):
+                    out[i] = self._op_result(status, r)
             except PuterError as exc:
-                out.extend([exc] * len(chunk))
+                for i, _, _ in pending:
+                    out[i] = exc
             finally:
-                for source in sources:
+                for _, _, source in pending:
                     source.close()
-        return out
+                pending.clear()
+
+        try:
+            for i, (path, content) in enumerate(files):
+                source = UploadSource(content)
+                try:
+                    target = await self._c._abs(path)
+                except BaseException:
+                    source.close()
+                    raise
+                if source.size < LARGE_FILE:
+                    pending.append((i, target, source))
+                    if len(pending) >= BATCH_MAX_FILES:
+                        await send()
+                    continue
+                try:
+                    out[i] = await write_large(
+                        self._c, target, source.original(), size=source.size, overwrite=overwrite,
+                        create_missing_parents=create_missing_parents,
+                    )
+                except PuterError as exc:
+                    out[i] = exc
+                finally:
+                    source.close()
+            if pending:
+                await send()
+        finally:
+            for _, _, source in pending:
+                source.close()
+        return out  # type: ignore[return-value]  # every slot was filled
 
     async def _write_many_with_metadata(
         self, files: Sequence[tuple[str, Content]], metadata: list[dict[str, Any]], overwrite: bool, parents: bool
     ) -> list[dict[str, Any] | PuterError]:
         if len(metadata) != len(files):
             raise ValueError("one metadata dict per file")
-        out: list[dict[str, Any] | PuterError] = []
-        chunk: list[tuple[str, UploadSource, dict[str, Any]]] = []
+        out: list[dict[str, Any] | PuterError | None] = [None] * len(files)
+        chunk: list[tuple[int, str, UploadSource, dict[str, Any]]] = []
         size = 0
 
         async def send() -> None:
             try:
-                out.extend(await self._json_writes(chunk, overwrite, parents))
+                entries = await self._json_writes([(t, src, md) for _, t, src, md in chunk], overwrite, parents)
+                for (i, _, _, _), entry in zip(chunk, entries, strict=True):
+                    out[i] = entry
             except PuterError as exc:
-                out.extend([exc] * len(chunk))
+                for i, _, _, _ in chunk:
+                    out[i] = exc
             finally:
-                for _, source, _ in chunk:
+                for _, _, source, _ in chunk:
                     source.close()
             chunk.clear()
 
-        for (path, content), md in zip(files, metadata, strict=True):
+        for i, ((path, content), md) in enumerate(zip(files, metadata, strict=True)):
             source = UploadSource(content)
+            if source.size > JSON_WRITE_MAX or source.size >= LARGE_FILE:
+                # too big for a JSON body: alone, the way write() sends it (/batch and then the
+                # metadata, or the presigned flow from 100 MiB)
+                try:
+                    out[i] = await self.write(path, source.original(), overwrite=overwrite,
+                                              create_missing_parents=parents, metadata=md)
+                except PuterError as exc:
+                    out[i] = exc
+                finally:
+                    source.close()
+                continue
             if chunk and (len(chunk) >= BATCH_MAX_FILES or size + source.size > JSON_WRITE_MAX):
                 await send()
                 size = 0
-            chunk.append((await self._c._abs(path), source, md))
+            chunk.append((i, await self._c._abs(path), source, md))
             size += source.size
         if chunk:
             await send()
-        return out
+        return out  # type: ignore[return-value]  # every slot was filled
 
     async def _read_range(
         self, path: str, offset: int | None, length: int | None, size: int | None

@@ -42,6 +42,8 @@ class FakePuter:
         self.no_presign = False
         self.lose_complete = 0  # completeWrite answers 404 this many times
         self.seen_during_put: list[bytes | None] = []
+        self.batches: list[list[str]] = []  # the paths of each /batch request
+        self.starts: list[dict[str, Any]] = []  # each /fs/startWrite fileMetadata
 
     # -- helpers
     def _entry(self, path: str) -> dict[str, Any]:
@@ -99,11 +101,22 @@ class FakePuter:
             return self._batch(request)
         raise AssertionError(f"unexpected {request.method} {path}")
 
+    def _free(self, p: str) -> str:
+        """The server's dedupe: ``a.txt`` -> ``a (1).txt``, the first free one."""
+        stem, dot, ext = p.rpartition(".") if "." in p.rsplit("/", 1)[1] else (p, "", "")
+        n = 1
+        while f"{stem} ({n}){dot}{ext}" in self.files:
+            n += 1
+        return f"{stem} ({n}){dot}{ext}"
+
     def _start(self, body: dict[str, Any]) -> httpx.Response:
         meta = body["fileMetadata"]
+        self.starts.append(meta)
         assert meta["overwrite"] is False  # never an overwrite session
         p, size = meta["path"], meta["size"]
-        if p in self.files:
+        if p in self.files and meta.get("dedupeName"):
+            p = self._free(p)
+        elif p in self.files:
             return httpx.Response(409, json={"code": "item_with_same_name_exists", "message": "exists"})
         sid, key = str(uuid.uuid4()), str(uuid.uuid4())
         s = {"path": p, "size": size, "key": key, "status": "pending"}
@@ -169,8 +182,14 @@ class FakePuter:
         ops = [json.loads(m) for m in re.findall(rb'name="operation"\r\n\r\n(.*?)\r\n--', text)]
         files = re.findall(rb'filename="[^"]*"\r\nContent-Type: [^\r]*\r\n\r\n(.*?)\r\n--', text, re.S)
         results = []
+        self.batches.append([f"{op['path']}/{op['name']}" for op in ops])
+        if any(len(data) >= presign.BATCH_MAX_FILE for data in files):
+            return httpx.Response(413, headers={"X-Needs-Upgrade": "true"}, json={
+                "code": "too_large", "message": f"File in batch exceeds {presign.BATCH_MAX_FILE} bytes"})
         for op, data in zip(ops, files, strict=True):
             p = f"{op['path']}/{op['name']}"
+            if p in self.files and op.get("dedupe_name"):
+                p = self._free(p)
             self.files[p] = data
             self.uids[p] = str(uuid.uuid4())
             results.append(self._entry(p))
@@ -334,6 +353,59 @@ async def test_fs_write_uses_the_presigned_flow_for_large_content(monkeypatch: p
     assert ("POST", "/fs/startWrite") in fake.calls and ("POST", "/batch") in fake.calls
 
 
+@pytest.fixture
+def small_cap(monkeypatch: pytest.MonkeyPatch) -> int:
+    """/batch's 100 MiB cap (exclusive) and the client's threshold, both made 2000 bytes."""
+    monkeypatch.setattr(fs_module, "LARGE_FILE", 2000)
+    monkeypatch.setattr(presign, "BATCH_MAX_FILE", 2000)
+    return 2000
+
+
+async def test_fs_write_many_sends_files_at_the_cap_presigned(small_cap: int) -> None:
+    fake = FakePuter(storage="http://api.puter.test")
+    names = ["/admin/a.txt", "/admin/at-cap.bin", "/admin/below.bin", "/admin/b.txt", "/admin/over.bin"]
+    contents = [b"a", _data(small_cap), _data(small_cap - 1), b"b", _data(3 * small_cap)]
+    async with _client(fake) as client:
+        results = await client.fs_write_many(list(zip(names, contents, strict=True)))
+    assert [r["path"] for r in results] == names  # one entry per file, in order
+    assert all(fake.files[n] == c for n, c in zip(names, contents, strict=True))
+    # the small ones in one /batch; each file of the cap or more through its own session
+    assert fake.batches == [["/admin/a.txt", "/admin/below.bin", "/admin/b.txt"]]
+    assert [m["path"] for m in fake.starts] == ["/admin/at-cap.bin", "/admin/over.bin"]
+
+
+async def test_fs_write_many_a_large_file_that_cannot_go_up_fails_alone(small_cap: int) -> None:
+    fake = FakePuter()
+    fake.no_presign = True  # no presigned routes, and /batch refuses it: that file's error only
+    async with _client(fake) as client:
+        results = await client.fs_write_many([("/admin/ok.txt", b"ok"), ("/admin/big.bin", _data(small_cap))])
+    assert results[0]["path"] == "/admin/ok.txt" and fake.files["/admin/ok.txt"] == b"ok"
+    assert isinstance(results[1], QuotaExceeded) and results[1].code == "too_large"
+    assert "/admin/big.bin" not in fake.files and ["/admin/big.bin"] not in fake.batches
+
+
+async def test_fs_write_many_with_metadata_sends_large_files_presigned(small_cap: int) -> None:
+    fake = FakePuter(storage="http://api.puter.test")
+    async with _client(fake) as client:
+        results = await client.fs_write_many([("/admin/m.bin", _data(small_cap))], metadata=[{"k": "v"}])
+    assert results[0]["path"] == "/admin/m.bin" and fake.files["/admin/m.bin"] == _data(small_cap)
+    assert fake.starts == [{**fake.starts[0], "metadata": {"k": "v"}}] and fake.batches == []
+
+
+async def test_fs_write_dedupe_name_of_large_content_goes_presigned(small_cap: int) -> None:
+    fake = FakePuter(storage="http://api.puter.test")
+    async with _client(fake) as client:
+        await client.fs_write("/admin/d.bin", b"the old one")
+        entry = await client.fs_write("/admin/d.bin", _data(small_cap), {"dedupeName": True})
+        again = await client.fs_write("/admin/d.bin", _data(small_cap + 1), {"dedupeName": True})
+    assert entry["path"] == "/admin/d (1).bin" and fake.files["/admin/d (1).bin"] == _data(small_cap)
+    assert again["path"] == "/admin/d (2).bin" and fake.files["/admin/d (2).bin"] == _data(small_cap + 1)
+    assert fake.files["/admin/d.bin"] == b"the old one"  # never an overwrite
+    # the server picks the free name at start: no hidden name, no /move
+    assert [(m["path"], m["dedupeName"]) for m in fake.starts] == [("/admin/d.bin", True)] * 2
+    assert fake.batches == [["/admin/d.bin"]] and ("POST", "/move") not in fake.calls
+
+
 # -- against the emulator (its presigned routes and storage URLs are as strict as real S3) -------
 
 MIB = 1024 * 1024
@@ -423,3 +495,39 @@ async def test_emulator_fs_write_of_150_mib_goes_presigned(emu_client: PuterClie
     sink = _Hasher()
     await emu_client.fs_read_into("~/big150.bin", sink)  # streamed: checked without holding it
     assert sink.h.hexdigest() == h.hexdigest()
+
+
+async def test_emulator_fs_write_many_with_a_file_of_exactly_100_mib(emu_client: PuterClient, emulator,  # noqa: ANN001
+                                                                     tmp_path) -> None:  # noqa: ANN001
+    """The real cap: /batch refuses a file of 100 MiB or more (413), so write_many must send that
+    one presigned and the others in one /batch. The file is sparse (cheap to make and read)."""
+    big = tmp_path / "exactly-100-mib.bin"
+    with open(big, "wb") as f:
+        f.write(b"head")
+        f.truncate(100 * MIB)
+    emulator.clear_log()
+    results = await emu_client.fs_write_many([("~/m1.txt", b"one"), ("~/m100.bin", big), ("~/m2.txt", b"two")])
+    home = await emu_client.home()
+    assert [r["path"] for r in results] == [f"{home}/m1.txt", f"{home}/m100.bin", f"{home}/m2.txt"]
+    assert results[1]["size"] == 100 * MIB
+    log = emulator.log()
+    assert [r["status"] for r in log if r["path"] == "/batch"] == [200]  # the two small ones
+    assert any(r["path"] == "/fs/startWrite" for r in log) and any(r["method"] == "PUT" for r in log)
+    assert await emu_client.fs_read("~/m100.bin", offset=0, length=8) == b"head\0\0\0\0"
+    assert await emu_client.fs_read("~/m2.txt") == b"two"
+
+
+async def test_emulator_fs_write_dedupe_name_presigned(emu_client: PuterClient, emulator,  # noqa: ANN001
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """dedupeName through the presigned flow, as the emulator (startWrite) answers it: the
+    client's threshold lowered to 1 MiB so that a small file takes that route here."""
+    monkeypatch.setattr(fs_module, "LARGE_FILE", MIB)
+    await emu_client.fs_write("~/dd.bin", b"old")
+    emulator.clear_log()
+    entry = await emu_client.fs_write("~/dd.bin", _pattern(MIB), {"dedupeName": True})
+    home = await emu_client.home()
+    assert entry["path"] == f"{home}/dd (1).bin" and entry["size"] == MIB
+    assert await emu_client.fs_read("~/dd.bin") == b"old"
+    assert await _sha_on_server(emu_client, "~/dd (1).bin") == hashlib.sha256(_pattern(MIB)).hexdigest()
+    paths = [r["path"] for r in emulator.log()]
+    assert "/fs/startWrite" in paths and "/batch" not in paths and "/move" not in paths
