@@ -296,10 +296,17 @@ class Remote:
         return RemoteEntry.from_json(entry)
 
     async def abort_upload(self, session: str) -> None:
-        """Drop an abandoned presigned session (safe: sessions never overwrite a file)."""
+        """Drop an abandoned presigned session (safe: sessions never overwrite a file).
+
+        ``session``: an :class:`UploadSession`'s JSON, or the mount's journal record that
+        holds one under ``"session"`` (with the content stamp and the path it was for)."""
         try:
-            upload_id = UploadSession.from_json(session).upload_id
+            data = json.loads(session)
+            if isinstance(data, dict) and isinstance(data.get("session"), str):
+                data = json.loads(data["session"])
+            upload_id = str(data["upload_id"])
         except (ValueError, KeyError, TypeError):
+            log.warning("cannot read an abandoned upload session to abort it (it expires anyway)")
             return
         await self._call(
             "abort upload", self.client._post_json, "/fs/abortWrite", {"uploadId": upload_id},

@@ -8,6 +8,7 @@ suite runs with it (tests/conftest.py); the mount paces itself to the free tier 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -206,3 +207,46 @@ def test_a_small_edit_is_not_stuck_behind_a_tree_upload(mount_factory: MountFact
     assert pending > 0 or took < 5
     m.wait_uploaded(timeout=900)
     assert len(m.remote.listdir("tree/d9")) == 100
+
+
+def test_a_name_the_server_cannot_hold_is_refused_at_once_next_to_good_files(mount: MountedFs) -> None:
+    """Puter trims trailing whitespace from a new name and then cannot find it (the errata):
+    such a name is refused when it is made (EINVAL), never queued as an upload that cannot
+    succeed, and the files around it go up as usual."""
+    (mount.path / "good.txt").write_bytes(b"fine")
+    for bad in ("trailing ", "   ", "tab\t"):
+        with pytest.raises(OSError) as info:
+            open(mount.path / bad, "wb")  # noqa: SIM115 - it must not open
+        assert info.value.errno == errno.EINVAL, bad
+        with pytest.raises(OSError) as info:
+            os.mkdir(mount.path / bad)
+        assert info.value.errno == errno.EINVAL, bad
+    with pytest.raises(OSError) as info:
+        os.rename(mount.path / "good.txt", mount.path / "good.txt ")
+    assert info.value.errno == errno.EINVAL
+    assert (mount.path / "good.txt").read_bytes() == b"fine"  # nothing lost
+    state = mount.wait_uploaded()
+    assert mount.remote.read("good.txt") == b"fine"
+    assert not state.get("failed_files")
+    assert sorted(os.listdir(mount.path)) == sorted(n for n in mount.remote.listdir("") if n != ".ai")
+
+
+def test_an_abandoned_large_upload_aborts_its_session(mount: MountedFs) -> None:
+    """A file of 100 MiB or more deleted while its presigned upload is under way: the upload
+    stops, the session is dropped with /fs/abortWrite, nothing is left on the server. The
+    file is sparse (cheap); the storage is slowed so that it is deleted halfway."""
+    mount.emulator.set_faults({"path": "/puter-local/*", "method": "PUT", "latency": 2.0})
+    with open(mount.path / "gone.bin", "wb") as f:
+        f.write(b"head")
+        f.truncate(100 * MIB)
+    mount.proc.wait_state(
+        lambda s: any(0 < u["done"] < u["total"] for u in s.get("large_uploads", [])), 300, "a large upload halfway"
+    )
+    os.unlink(mount.path / "gone.bin")
+    wait_for(lambda: [r for r in mount.emulator.log() if r["path"] == "/fs/abortWrite" and r["status"] == 200],
+             60, "the session aborted")
+    mount.emulator.clear_faults()
+    state = mount.wait_uploaded()
+    assert not state.get("large_uploads") and not state.get("failed_files")
+    names = mount.remote.listdir("")
+    assert "gone.bin" not in names and not [n for n in names if n.startswith(".puterfs-upload-")]
