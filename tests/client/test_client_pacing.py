@@ -411,3 +411,41 @@ async def test_a_temporary_account_gets_the_temp_tier() -> None:
     async with PuterClient(token=TOKEN, api_url=API, transport=httpx.MockTransport(handler), tier="paid") as c:
         await c.whoami()
         assert c.tier == "paid"  # chosen: kept
+
+
+# -- against the strict emulator (free tier, tests/conftest.py) ------------------------------
+
+
+@pytest.mark.anyio
+async def test_ai_driver_caps_are_paced_against_the_strict_emulator(emulator) -> None:  # noqa: ANN001
+    """The AI drivers' own limits (LIMITS.md: free 30 per 10 s and 3 in flight per method) are
+    budgets of the client: of 5 streamed chats at once, 3 go out and 2 wait in the client while
+    the first 3 are held open, instead of drawing 429s; all 5 answer once they are let go."""
+    _, token = emulator.new_user(temp=False)  # a signed-up account: the free tier on both sides
+    scope = "driver:puter-chat-completion:complete"
+    texts: dict[int, str] = {}
+    async with PuterClient(token=token, api_url=emulator.url) as client:
+        await client.whoami()
+        emulator.clear_log()
+        emulator.set_faults({"path": "/drivers/call", "stream_hold": True, "count": 3})
+
+        async def one(i: int) -> None:
+            stream = await client.ai_chat(f"burst {i} of five", {"model": "echo", "stream": True})
+            texts[i] = "".join([text async for text, _ in stream])
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(one, i)
+                with anyio.fail_after(60):
+                    while True:
+                        stats = client.pacer.statistics()
+                        if stats["scopes"].get(scope, {}).get("in_flight") == 3 and stats["waiting"] == 2:
+                            break
+                        await anyio.sleep(0.05)
+                await anyio.to_thread.run_sync(emulator.release)
+        finally:
+            emulator.release()
+    assert sorted(texts) == [0, 1, 2, 3, 4] and all(f"burst {i}" in texts[i] for i in texts)
+    calls = [r for r in emulator.log() if r["path"] == "/drivers/call"]
+    assert [r["status"] for r in calls] == [200] * 5  # no 429 at all
