@@ -86,8 +86,15 @@ def test_remount_then_diff_and_git_fsck_on_1000_files(free_mounts: MountFactory,
     run("git", "gc", "-q", cwd=src)
 
     m = mount_factory()
+    m.emulator.clear_log()
     run("cp", "-a", src, m.path / "tree")
     m.wait_uploaded(timeout=900)
+    # the uploads kept within the account's budgets (/batch 2 in flight and 300 a minute,
+    # /fs/batchWrite 6 and 120, mkdir and move 900 a minute)
+    refused = refusals(m.emulator)
+    assert not refused, f"{len(refused)} upload request(s) refused by the server's limits, e.g. {refused[:3]}"
+    uploads = [r for r in m.emulator.log() if r["path"] in ("/batch", "/fs/batchWrite", "/fs/write")]
+    assert uploads and all(r["status"] in (200, 218) for r in uploads)
     m.proc.stop()
     # a fresh cache: every read, listing and stat of the tree goes to the server
     m2 = mount_factory(cache_dir=tmp_path / "cold-cache")
