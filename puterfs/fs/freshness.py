@@ -8,7 +8,8 @@ Three sources, from precise to coarse:
    forget just that entry and inode.  The server does not filter echoes, so our own changes
    come back too: applying an event whose state we already hold changes nothing (that is
    how echoes are recognised), and events wait while a namespace change of ours is under
-   way (``PuterOperations.mutations``) so an echo never lands half-way through it.
+   way in their folder (``PuterOperations.mutating``) so an echo never lands half-way through
+   it; events of other folders do not wait.
 2. **Polling** of ``/cache/last-change-timestamp`` (``PuterOperations.poll_changes``), only
    while the events are down or refused (a full-api-access token gets ``44``); a change
    then makes every listing stale, as before.
@@ -57,6 +58,9 @@ class Freshness:
         self.applied = 0
         self.echoes = 0  # events that described what we already held (our own changes mostly)
         self._send, self._recv = trio.open_memory_channel[tuple[Any, ...]](10_000)
+        # events that wait for a namespace change of ours in their folder, in order
+        self._parked: list[tuple[ItemEvent, list[str]]] = []
+        self._has_parked = trio.Event()
         ops.freshness = self
 
     def state(self) -> dict[str, Any]:
@@ -74,7 +78,9 @@ class Freshness:
 
     async def run(self) -> None:
         async with trio.open_nursery() as n:
+            self.ops.background = n  # listing refreshes that outlive their caller
             n.start_soon(self._events)
+            n.start_soon(self._drain)
             n.start_soon(self._relist)
             if self.kernel:
                 n.start_soon(self._invalidator)
@@ -113,13 +119,57 @@ class Freshness:
         elif isinstance(ev, Disconnected):
             self._set_mode("polling", f"the change events are down ({ev.reason}); reconnecting")
         elif isinstance(ev, ItemEvent):
-            while self.ops.mutations:  # a namespace change of ours is under way
+            paths = self._touches(ev)
+            if self._held(paths) or any(_related(p, q) for _, qs in self._parked for q in qs for p in paths):
+                # a namespace change of ours is under way there (or an earlier event waits
+                # there): it waits, the events of other folders do not
+                self._parked.append((ev, paths))
+                self._has_parked.set()
+                return
+            self._apply_safely(ev)
+
+    def _apply_safely(self, ev: ItemEvent) -> None:
+        try:
+            self.apply(ev)
+        except Exception:  # noqa: BLE001 - one odd event must not stop the others
+            log.exception("could not apply %s %s; listings are read again", ev.name, ev.path)
+            self.ops.epoch += 1
+
+    def _touches(self, ev: ItemEvent) -> list[str]:
+        """The mount-relative paths an event names."""
+        out = []
+        for p in (ev.path, ev.old_path):
+            rel = self.ops.remote.relpath(p) if p else None
+            if rel is not None:
+                out.append(rel)
+        return out
+
+    def _held(self, paths: list[str]) -> bool:
+        """Whether a namespace change of ours is under way in the folder of one of `paths`,
+        or on one of them or a folder above it (`PuterOperations.mutating`): its echo must
+        not land half-way through it."""
+        for dirs, trees in getattr(self.ops, "mutating", ()):
+            for p in paths:
+                if split(p)[0] in dirs or any(p == t or p.startswith(t + "/") for t in trees):
+                    return True
+        return False
+
+    async def _drain(self) -> None:
+        """Apply parked events, in order, as the changes they wait for end."""
+        while True:
+            await self._has_parked.wait()
+            while self._parked:
                 await trio.sleep(0.005)
-            try:
-                self.apply(ev)
-            except Exception:  # noqa: BLE001 - one odd event must not stop the others
-                log.exception("could not apply %s %s; listings are read again", ev.name, ev.path)
-                self.ops.epoch += 1
+                still: list[tuple[ItemEvent, list[str]]] = []
+                blocked: list[str] = []
+                for ev, paths in self._parked:
+                    if self._held(paths) or any(_related(p, q) for q in blocked for p in paths):
+                        still.append((ev, paths))
+                        blocked += paths
+                    else:
+                        self._apply_safely(ev)
+                self._parked = still
+            self._has_parked = trio.Event()
 
     # ------------------------------------------------------------------ applying one event
 
@@ -427,6 +477,12 @@ class Freshness:
                 await ops._children(node, use=False)
             except Exception as exc:  # noqa: BLE001 - retried at the next turn
                 log.debug("background re-listing of %r failed: %s", node.path or "/", exc)
+
+
+def _related(p: str, q: str) -> bool:
+    """Events on these paths must be applied in order (the same path, or one below the other;
+    a rename names both of its paths)."""
+    return p == q or p.startswith(q + "/") or q.startswith(p + "/")
 
 
 # ---------------------------------------------------------------------- versions (ETags)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import stat
 
 import pyfuse3
@@ -22,6 +23,8 @@ from puterfs.fs.inodes import LINK_SUFFIX, Node
 from puterfs.fs.remote import RemoteEntry, join, unlistable
 
 log = logging.getLogger(__name__)
+
+STALE_WAIT = 2.0  # a listing refresh slower than this: cached attributes answer meanwhile
 
 
 
@@ -161,7 +164,10 @@ class ListingCache:
         node.attr_epoch = self.epoch
         return node
 
-    async def _children(self, dirnode: Node, *, use: bool = True) -> dict[str, Node]:
+    async def _children(self, dirnode: Node, *, use: bool = True, stale_ok: bool = False) -> dict[str, Node]:
+        """The listing of `dirnode`, read again when stale. With `stale_ok` (the attributes of
+        an entry that is cached), a refresh slower than STALE_WAIT answers the cached listing
+        and goes on in the background."""
         if not dirnode.is_dir:
             raise FsError(errno.ENOTDIR)
         if use:
@@ -169,6 +175,30 @@ class ListingCache:
         if self._fresh(dirnode):
             assert dirnode.children is not None
             return dirnode.children
+        if dirnode.children is not None and self.background is not None:
+            # the refresh runs on its own: a caller that gives up (stale_ok, or interrupted)
+            # leaves it to finish for the next one
+            done = self._refreshing.get(dirnode.inode)
+            if done is None:
+                done = self._refreshing[dirnode.inode] = trio.Event()
+                self.background.start_soon(self._refresh_listing, dirnode, done)
+            with trio.move_on_after(STALE_WAIT if stale_ok else math.inf):
+                await done.wait()
+            if not dirnode.in_tree:
+                raise FsError(errno.ENOENT)
+            return dirnode.children
+        return await self._list(dirnode)
+
+    async def _refresh_listing(self, dirnode: Node, done: trio.Event) -> None:
+        try:
+            await self._list(dirnode)
+        except Exception as exc:  # noqa: BLE001 - the callers have the cached listing
+            log.debug("refreshing the listing of %r failed: %s", dirnode.path or "/", exc)
+        finally:
+            self._refreshing.pop(dirnode.inode, None)
+            done.set()
+
+    async def _list(self, dirnode: Node) -> dict[str, Node]:
         async with self._lock(dirnode):
             if self._fresh(dirnode):
                 assert dirnode.children is not None
@@ -254,6 +284,11 @@ class ListingCache:
         return None
 
     async def _child(self, parent: Node, name: str) -> Node | None:
+        """The entry `name` of `parent`: a cached one answers while a slow refresh goes on; a
+        name not cached waits for the refresh to say whether it exists."""
+        found = (await self._children(parent, stale_ok=True)).get(name)
+        if found is not None or self._fresh(parent):
+            return found
         return (await self._children(parent)).get(name)
 
     async def _refresh_attr(self, node: Node) -> None:
@@ -264,7 +299,7 @@ class ListingCache:
         parent = self.table.by_path.get(node.parent_path)
         if parent is None:
             return
-        children = await self._children(parent)
+        children = await self._children(parent, stale_ok=True)
         if children.get(node.display_name) is not node:
             if node.opens == 0 and node.lookups >= 0:
                 raise FsError(errno.ENOENT, f"{node.path} is gone")

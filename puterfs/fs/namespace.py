@@ -30,18 +30,44 @@ NAME_MAX = 255
 
 
 def _mutating(fn: Any) -> Any:
-    """A handler that changes the namespace on the server: while one runs, change events
-    wait (puterfs/fs/freshness.py), so the echo of our own change never lands half-way."""
+    """A handler that changes the namespace on the server: while one runs, change events in
+    the folders it touches wait (puterfs/fs/freshness.py), so the echo of our own change
+    never lands half-way; the events of other folders do not."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
+        scope = mutation_scope(self.table, args)
         self.mutations += 1
+        self.mutating.append(scope)
         try:
             return await fn(self, *args, **kw)
         finally:
             self.mutations -= 1
+            self.mutating.remove(scope)
 
     return wrapper
+
+
+def mutation_scope(table: Any, args: tuple[Any, ...]) -> tuple[set[str], set[str]]:
+    """The folders whose entries, and the subtrees, a `_mutating` handler touches: its
+    (parent inode, name) pairs (mkdir, rmdir, unlink, rename), or the node of a metadata
+    update (its key is -inode)."""
+    dirs: set[str] = set()
+    trees: set[str] = set()
+    for i, a in enumerate(args):
+        if not isinstance(a, int) or isinstance(a, bool):
+            continue
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if isinstance(nxt, bytes) and a > 0:
+            parent = table.get(a)
+            if parent is not None:
+                dirs.add(parent.path)
+                trees.add(join(parent.path, nxt.decode("utf-8", "surrogateescape")))
+        elif a < 0 and i == 0:
+            node = table.get(-a)
+            if node is not None:
+                dirs.add(node.parent_path)
+    return dirs, trees
 
 
 class Namespace:

@@ -104,6 +104,10 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
         self.mutations = 0  # namespace changes of ours under way (see _mutating)
+        # a nursery for listing refreshes that outlive their caller (Freshness.run sets it)
+        self.background: trio.Nursery | None = None
+        self._refreshing: dict[int, trio.Event] = {}
+        self.mutating: list[tuple[set[str], set[str]]] = []  # their (folders, subtrees)
         self.events_live = False  # change events arrive (freshness.py): the timestamp poll rests
         self.freshness: Any = None  # puterfs.fs.freshness.Freshness, set by the mount
         self._handles: dict[int, _Handle] = {}
