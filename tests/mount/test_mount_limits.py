@@ -257,3 +257,33 @@ def test_an_abandoned_large_upload_aborts_its_session(mount: MountedFs) -> None:
     assert not state.get("large_uploads") and not state.get("failed_files")
     names = mount.remote.listdir("")
     assert "gone.bin" not in names and not [n for n in names if n.startswith(".puterfs-upload-")]
+
+
+def test_a_big_file_skips_a_busy_batch_for_the_presigned_flow(mount_factory: MountFactory) -> None:
+    """"Whichever budget has room": with /batch's two in-flight slots taken (two 9 MiB uploads
+    held by the server), a 16 MiB file goes up through the presigned routes (a budget of their
+    own) instead of queueing behind them; the held ones finish once let go."""
+    mount = mount_factory(timeout=600)  # the held requests must not time out meanwhile
+    # count 3: a third /batch would be held too (the rule stays listed while it has some left)
+    mount.emulator.set_faults({"method": "POST", "path": "/batch", "stall": True, "count": 3})
+
+    def held() -> int:
+        rules = mount.emulator.http.get("/_emulator/faults").json()["rules"]
+        return sum(r.get("fired", 0) for r in rules if r.get("path") == "/batch")
+
+    digests = {}
+    try:
+        for n, name in enumerate(("held1.bin", "held2.bin"), 1):
+            digests[name] = _write_pattern(mount.path / name, 9 * MIB)
+            wait_for(lambda n=n: held() == n, 120, f"{n} /batch request(s) held")
+        digests["big.bin"] = _write_pattern(mount.path / "big.bin", 16 * MIB)
+        wait_for(lambda: mount.remote.exists("big.bin"), 120, "big.bin on the server")
+        assert mount.remote.sha256("big.bin") == digests["big.bin"]
+        assert held() == 2 and not mount.remote.exists("held1.bin") and not mount.remote.exists("held2.bin")
+        assert [r["status"] for r in mount.emulator.log() if r["path"] == "/fs/completeWrite"] == [200]
+    finally:
+        mount.emulator.release()
+        mount.emulator.clear_faults()
+    mount.wait_uploaded(timeout=300)
+    for name, digest in digests.items():
+        assert mount.remote.sha256(name) == digest
