@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS files (
     last_used REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
+CREATE TABLE IF NOT EXISTS pending_meta (
+    path TEXT PRIMARY KEY,
+    is_dir INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL
+);
 """
 _ADDED_COLUMNS = {
     "gen": "INTEGER NOT NULL DEFAULT 0",
@@ -721,6 +727,7 @@ class CacheStore:
 
     def rename(self, old: str, new: str) -> None:
         """Re-point the entry at `old` and every entry below it (a directory rename)."""
+        self._rename_meta(old, new)
         prefix = old + "/"
         moved = [e for p, e in self.paths.items() if p == old or p.startswith(prefix)]
         for e in moved:
@@ -764,6 +771,34 @@ class CacheStore:
             freed += e.size if e.complete else len(e.blocks) * BLOCK_SIZE
             self.delete(e)
         return freed
+
+    # -- pending metadata updates (mode and mtime not yet on the server) --------------------
+
+    def pending_meta(self) -> list[tuple[str, bool, int, int]]:
+        """(path, is_dir, mode, mtime_ns) of every metadata update not yet on the server."""
+        rows = self._sql("SELECT path, is_dir, mode, mtime_ns FROM pending_meta ORDER BY path").fetchall()
+        return [(str(p), bool(d), int(m), int(t)) for p, d, m, t in rows if valid_path(str(p)) and p]
+
+    def save_meta(self, path: str, *, is_dir: bool, mode: int, mtime_ns: int) -> None:
+        """Journal the mode and mtime the entry at `path` is to get on the server (committed at
+        once, so a remount after a crash still sends them)."""
+        self._sql("INSERT OR REPLACE INTO pending_meta (path, is_dir, mode, mtime_ns) VALUES (?, ?, ?, ?)",
+                  (path, int(is_dir), mode, mtime_ns))  # fmt: skip
+
+    def drop_meta(self, path: str, *, below: bool = False) -> None:
+        """The update of `path` reached the server (or the entry is gone); `below`: and those under it."""
+        self._sql("DELETE FROM pending_meta WHERE path=?", (path,))
+        if below:
+            self._sql("DELETE FROM pending_meta WHERE substr(path, 1, ?) = ?", (len(path) + 1, path + "/"))
+
+    def _rename_meta(self, old: str, new: str) -> None:
+        try:
+            with self._transaction():
+                self.drop_meta(new, below=True)  # what the rename replaces
+                self._sql("UPDATE pending_meta SET path = ? || substr(path, ?) WHERE path = ? OR substr(path, 1, ?) = ?",
+                          (new, len(old) + 1, old, len(old) + 1, old + "/"))  # fmt: skip
+        except OSError as exc:
+            log.error("cache: cannot record the rename of the pending metadata of %r: %s", old, exc)
 
     def flush_usage(self) -> None:
         """Persist last-used times (LRU order across restarts)."""

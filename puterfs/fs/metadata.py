@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 
 
 class PosixMetadata:
-    def _posix_changed(self, node: Node) -> None:
+    def _posix_changed(self, node: Node, *, exact: bool = True) -> None:
         """`node`'s mode or mtime changed here: get it to the server, debounced. A dirty file's
         pending upload carries it (made to start over if one is in flight); anything else gets
-        a metadata update (a /move onto itself) through the write-back queue under key -inode."""
+        a metadata update (a /move onto itself) through the write-back queue under key -inode,
+        journaled first. `exact=False` (a directory's mtime moved by an entry created or removed
+        in it): a row already journaled in this quiet period is not rewritten, so a burst of
+        creates costs one journal write; after a crash the mtime is then that of its first create."""
         if node is self.table.root or not node.in_tree:
             return
         ent = node.entry
@@ -39,6 +42,49 @@ class PosixMetadata:
             return
         self._meta_jobs[-node.inode] = node
         self.queue.schedule(-node.inode)
+        if not stat.S_ISLNK(node.mode) and (exact or node.inode not in self._meta_journaled):
+            try:  # journaled: a remount after a crash still sends it (restore_pending_meta)
+                self.cache.save_meta(node.path, is_dir=node.is_dir, mode=node.mode, mtime_ns=node.mtime_ns)
+                self._meta_journaled.add(node.inode)
+            except OSError as exc:
+                log.warning("cannot journal the mode/mtime of %r (kept in memory until sent): %s", node.path, exc)
+
+    def restore_pending_meta(self) -> int:
+        """Queue the metadata updates a previous run journaled and never sent (it was killed).
+        Each gets a node at its path, carrying the journaled mode and mtime, which a listing
+        then completes (a pending change wins over the server's attributes). A file whose upload
+        is pending needs none: the upload carries the attributes of the files journal."""
+        n = 0
+        for path, is_dir, mode, mtime_ns in self.cache.pending_meta():
+            ent = self.cache.paths.get(path)
+            if (ent is not None and ent.dirty) or stat.S_ISDIR(mode) != is_dir:
+                self.cache.drop_meta(path)
+                continue
+            node = self.table.new(path, is_dir=is_dir, mode=mode)
+            node.mtime_ns = mtime_ns
+            node.mtime_local = True
+            if ent is not None and not is_dir:
+                node.entry = ent
+            self._meta_restored.add(node.inode)
+            self._meta_journaled.add(node.inode)
+            self._meta_jobs[-node.inode] = node
+            self.queue.schedule(-node.inode, 0)
+            n += 1
+        return n
+
+    def _meta_sent(self, node: Node) -> None:
+        """`node`'s journaled update is on the server (or has nothing left to update)."""
+        self._meta_restored.discard(node.inode)
+        self._meta_journaled.discard(node.inode)
+        other = self.table.by_path.get(node.path)
+        if other is not None and other is not node and -other.inode in self._meta_jobs:
+            return  # the row is now another node's (a new entry at that path)
+        if -node.inode in self._meta_jobs:
+            return  # changed again meanwhile: the row holds the newer values
+        try:
+            self.cache.drop_meta(node.path)
+        except OSError as exc:
+            log.warning("cannot clear the journaled mode/mtime of %r: %s (sent again next start)", node.path, exc)
 
     def _meta_pending(self, node: Node) -> bool:
         return self.queue.pending(-node.inode) or (node.entry is not None and node.entry.dirty and not node.is_dir)
@@ -49,21 +95,36 @@ class PosixMetadata:
     @_mutating
     async def _push_metadata(self, key: int) -> None:
         node = self._meta_jobs.pop(key, None)  # a change meanwhile puts it back
-        if node is None or not node.in_tree or node is self.table.root:
+        if node is None or node is self.table.root:
+            return
+        if not node.in_tree:
+            self._meta_sent(node)
             return
         try:
             await self._push_metadata_of(node)
         except BaseException:
             self._meta_jobs.setdefault(key, node)  # retried by the queue
             raise
+        self._meta_sent(node)
 
     async def _push_metadata_of(self, node: Node) -> None:
         if node.entry is not None and node.entry.dirty and not node.is_dir:
             return  # its upload carries the attributes
+        path = node.path
+        if node.remote_fp is None and node.inode in self._meta_restored:
+            try:  # journaled by an earlier run: learn the entry's other metadata keys first
+                e = await self.remote.stat(path)
+            except NotFound:
+                if node.in_tree and node.path != path:
+                    raise  # renamed meanwhile: retried under the new name
+                return  # gone meanwhile
+            if e.is_dir != node.is_dir:
+                return
+            if node.remote_fp is None:
+                node.remote_fp, node.remote_meta = e.fingerprint, e.metadata
         if node.remote_fp is None and not node.is_dir:
             return  # not on the server yet; its upload will carry them
         md = self._posix_metadata(node.mode, node.mtime_ns)
-        path = node.path
         try:
             result = await self.remote.set_metadata(path, md, known=node.remote_meta, is_dir=node.is_dir)
         except NotFound:

@@ -91,7 +91,7 @@ class Namespace:
         on the server (the server never changes a directory's own times)."""
         node.local_seq = self.table.next_seq()
         node.mtime_ns = node.ctime_ns = max(time.time_ns(), node.mtime_ns)
-        self._posix_changed(node)
+        self._posix_changed(node, exact=False)
 
     def _refuse_ai(self, parent_inode: int, name: bytes | None = None) -> None:
         if self.ai is None:

@@ -117,6 +117,8 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self._df: tuple[float, int, int] | None = None
         self._last_change: int | None = None
         self._meta_jobs: dict[int, Node] = {}  # write-back key (-inode) -> node whose attributes go up
+        self._meta_restored: set[int] = set()  # inodes whose update came from the journal (restore_pending_meta)
+        self._meta_journaled: set[int] = set()  # inodes with a pending_meta row not yet sent
 
     async def prepare(self) -> None:
         """Check the remote root and restore pending uploads from the journal."""
@@ -139,6 +141,8 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
             self.queue.schedule(e.id, 0)
         if pending:
             log.info("resuming %d pending upload(s) from the cache journal", len(pending))
+        if n := self.restore_pending_meta():
+            log.info("resuming %d pending mode/mtime update(s) from the cache journal", n)
 
     async def release_all(self) -> None:
         """The kernel let go of the mount: a handle still open now will never be released
