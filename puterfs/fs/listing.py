@@ -226,7 +226,7 @@ class ListingCache:
         tombs = dirnode.tombstones or {}
         plain = {e.name for e in entries}
         for e in entries:
-            bad = unlistable(e.name)
+            bad = unlistable(self._link_name(e) or e.name)  # a link's NAME, not NAME.rclonelink
             if bad is not None:
                 if (dirnode.path, e.name) not in self._skipped_names:
                     self._skipped_names.add((dirnode.path, e.name))

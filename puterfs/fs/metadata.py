@@ -169,7 +169,9 @@ class PosixMetadata:
                 self.cache.save(node.entry)
         if fields.update_atime:
             node.atime_ns = attr.st_atime_ns
-        node.ctime_ns = max(now, node.ctime_ns)
+        if (fields.update_uid or fields.update_gid or fields.update_size or fields.update_mode or fields.update_mtime
+                or fields.update_atime):
+            node.ctime_ns = max(now, node.ctime_ns)  # not for chown(-1, -1), which changes nothing
         if fields.update_mode or fields.update_mtime:
             self._check_writable()
             self._posix_changed(node)

@@ -313,8 +313,6 @@ class Namespace:
         new_path = join(new_parent.path, new_name + (LINK_SUFFIX if node.is_link else ""))
         if new_path == node.path:
             return
-        if node.is_link and len((new_name + LINK_SUFFIX).encode()) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG, f"a link is kept as NAME{LINK_SUFFIX}: {new_name!r} is too long")
         if node.is_dir and (new_path + "/").startswith(node.path + "/"):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
         target = await self._child(new_parent, new_name)
@@ -369,9 +367,7 @@ class Namespace:
         self._refuse_ai(parent_inode, name)
         self._check_writable()
         parent = self._node(parent_inode)
-        text = self._name(name, creating=True)
-        if len((text + LINK_SUFFIX).encode()) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG, f"a link is kept as NAME{LINK_SUFFIX}: {text!r} is too long")
+        text = self._name(name, creating=True)  # NAME_MAX holds for NAME; the server takes NAME.rclonelink
         if not target:
             raise FsError(errno.ENOENT)
         if await self._child(parent, text) is not None:

@@ -81,12 +81,15 @@ def test_links_survive_a_remount_and_come_from_other_tools(mount: MountedFs, mou
     os.symlink("../somewhere", mount.path / "mine")
     os.utime(mount.path / "mine", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000), follow_symlinks=False)
     mount.remote.write("theirs.rclonelink", b"/etc/hostname")  # as rclone --links writes one
+    longest = "L" * 255  # NAME_MAX holds for the link's name (the server keeps the longer NAME.rclonelink)
+    os.symlink("t", mount.path / longest)
     mount.proc.stop()
     m2 = mount_factory(cache_dir=tmp_path / "fresh-cache")
     assert os.readlink(m2.path / "mine") == "../somewhere"
     assert os.lstat(m2.path / "mine").st_mtime_ns == 1_000_000_000_000_000_000
     assert os.readlink(m2.path / "theirs") == "/etc/hostname"
-    assert {"mine", "theirs"} <= set(os.listdir(m2.path))
+    assert os.readlink(m2.path / longest) == "t"
+    assert {"mine", "theirs", longest} <= set(os.listdir(m2.path))
     assert not any(n.endswith(".rclonelink") for n in os.listdir(m2.path))
 
 
