@@ -287,3 +287,30 @@ def test_a_big_file_skips_a_busy_batch_for_the_presigned_flow(mount_factory: Mou
     mount.wait_uploaded(timeout=300)
     for name, digest in digests.items():
         assert mount.remote.sha256(name) == digest
+
+
+def test_a_server_by_address_with_its_domain_given_separately(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """`--api-url http://127.0.0.1:PORT --domain puter.localhost`: the server answers its names
+    only (an address as Host gets 404), so the mount must name it while connecting to the
+    address; everything works as by name."""
+    from mount_testlib import MountProcess
+
+    emu = mount_factory.emulator
+    proc = MountProcess(
+        tmp_path / "by-address", url=emu.address_url, token_file=mount_factory.token_file,
+        cache_dir=tmp_path / "by-address-cache", xdg_root=tmp_path / "xdg", log_path=tmp_path / "by-address.log",
+        extra=["--domain", emu.domain],
+    )
+    proc.start()
+    try:
+        proc.wait_ready(60)
+        (proc.mountpoint / "sub").mkdir()
+        (proc.mountpoint / "sub" / "by-address.txt").write_bytes(b"through 127.0.0.1")
+        remote = mount_factory.remote()
+        wait_for(lambda: remote.read("sub/by-address.txt") == b"through 127.0.0.1", 60, "the file on the server")
+        remote.write("from-server.txt", b"seen")
+        wait_for(lambda: (proc.mountpoint / "from-server.txt").exists(), 60, "the server's file in the mount")
+        assert (proc.mountpoint / "from-server.txt").read_bytes() == b"seen"
+        assert proc.state()["api_url"] == emu.address_url
+    finally:
+        assert proc.stop() == 0
