@@ -496,11 +496,13 @@ def _related(p: str, q: str) -> bool:
 # for its ETag (one byte) before it is used again.
 
 
-def unverify_all(ops: Any) -> None:
+def unverify_all(ops: Any, since: int | None = None) -> None:
     """Every clean cached file may have changed (a gap in the change events, a change the
-    poller saw): each checks its version before its next use."""
+    poller saw): each checks its version before its next use. With `since` (server seconds:
+    the changes happened after it), only the files whose version is from that second or
+    later: an overwrite after it would have moved `modified`, which the listings show."""
     for ent in ops.cache.entries.values():
-        if not ent.dirty:
+        if not ent.dirty and (since is None or ent.base_modified is None or ent.base_modified >= since):
             ent.unverified = True
             ent.echo_due = None
 

@@ -80,7 +80,10 @@ class ListingCache:
             else:
                 if self._last_change is not None and ts != self._last_change:
                     self.epoch += 1
-                    unverify_all(self)  # a same-size overwrite shows in no listing
+                    # a same-size overwrite shows in no listing: the files it may have hit
+                    # (last modified no earlier than the second before these changes) check
+                    # their version before their next use
+                    unverify_all(self, since=self._last_change // 1000 - 1)
                 self._last_change = ts
             await self._abort_orphans()
             await trio.sleep(interval)

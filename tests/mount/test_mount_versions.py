@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from mount_testlib import MountedFs, wait_for
 
+from puterfs.emulator.testing import local_http
+
 BLOCK = 1 << 20  # the mount's unit of partial caching (puterfs.fs.cache.BLOCK_SIZE)
 
 
@@ -107,3 +109,21 @@ def test_local_edit_on_top_of_a_same_second_overwrite_keeps_both(mount: MountedF
     assert mount.remote.read(copies[0]) == b, "the other client's version is lost"
     assert mount.remote.read(rel) == b"T" + a[1:], "the local edit is lost"
     print("versions kept: 2 of 2; bytes lost: 0")
+
+
+def test_polling_mount_sees_a_same_second_overwrite(mount_factory: Any, puter_user: Any) -> None:
+    """Without change events (a full-api-access token is refused by the socket) the poller's
+    change timestamp is all there is: the files it may have hit check their version."""
+    r = local_http.post(puter_user.url + "/auth/create-access-token", json={"permissions": ["full-api-access"]},
+                   headers={"Authorization": f"Bearer {puter_user.token}"})
+    mount_factory.token_file.write_text(r.json()["token"] + "\n")
+    m = mount_factory()
+    wait_for(lambda: ((m.proc.state() or {}).get("freshness") or {}).get("mode") == "polling", 20, "polling")
+    os.listdir(m.path)
+    a, b = b"polled A" * 8, b"polled B" * 8
+
+    def cache_it(rel: str) -> None:
+        wait_for(lambda: (m.path / rel).read_bytes() == a, 5, "the first version through the mount")
+
+    rel = _overwrite_within_the_second(m, "polled.txt", a, b, cache_it)
+    wait_for(lambda: (m.path / rel).read_bytes() == b, 10, "the other client's version through a polling mount")
