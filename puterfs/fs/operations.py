@@ -55,6 +55,10 @@ class _DirHandle:
 
 class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCache, pyfuse3.Operations):
     supports_dot_lookup = True
+    # Off on purpose (docs/performance.md): with it the kernel trusts its own size and mtime of
+    # a cached regular file and ignores the server's, so a file changed elsewhere kept its old
+    # size and bytes through the mount; and close() waits for the flush anyway, so a sequential
+    # write to close measured slower with it (0.10-0.12 s vs 0.07 s for 64 MiB).
     enable_writeback_cache = False
     enable_acl = False
 
