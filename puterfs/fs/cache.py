@@ -271,6 +271,9 @@ class CacheStore:
             _check_own_file(self._root_fd, name, str(self.root))
         self.data_dir = self.root / "data"
         self._data_fd = self._open_subdir("data")
+        self._data_dir_unsynced = True  # a file was created in data/ since its last fsync
+        self._saved: dict[int, tuple[Any, ...]] = {}  # entry id -> the row last committed by _save_row
+        self._root_synced = False  # the cache dir fsync'ed once (the journal's files)
         self.lost_found = self.root / LOST_FOUND
         self.lost: list[dict[str, str]] = []  # what went to lost+found at start (reported)
         self.recovered: list[str] = []  # paths re-associated from identity records at start
@@ -398,15 +401,19 @@ class CacheStore:
         return rec
 
     def _save_row(self, e: CacheEntry) -> None:
+        values = (
+            e.path, int(e.dirty), e.size, e.mtime_ns, e.mode, e.base_uid, e.base_size, e.base_modified,
+            int(e.complete), e.last_used, e.gen, e.base_etag, json.dumps(e.sent_md5) if e.sent_md5 else None,
+            e.id,
+        )
+        if self._saved.get(e.id) == values:
+            return  # the row already says exactly this (committed): no second synced commit
         self._sql(
             "UPDATE files SET path=?, dirty=?, size=?, mtime_ns=?, mode=?, base_uid=?, base_size=?, base_modified=?,"
             " complete=?, last_used=?, gen=?, base_etag=?, sent_md5=? WHERE id=?",
-            (
-                e.path, int(e.dirty), e.size, e.mtime_ns, e.mode, e.base_uid, e.base_size, e.base_modified,
-                int(e.complete), e.last_used, e.gen, e.base_etag, json.dumps(e.sent_md5) if e.sent_md5 else None,
-                e.id,
-            ),
+            values,
         )
+        self._saved[e.id] = values
 
     def _commit(self, e: CacheEntry, **changes: Any) -> None:
         """Apply `changes` to `e` durably: the journal (and the identity record) first, memory
@@ -612,6 +619,7 @@ class CacheStore:
 
     def _drop(self, entry_id: int) -> None:
         # the data goes first: on a full disk that frees the space the journal needs
+        self._saved.pop(entry_id, None)
         self._unlink(str(entry_id))
         self._unlink(f"{entry_id}.id")
         try:
@@ -661,6 +669,7 @@ class CacheStore:
                 self._quarantine(str(entry_id), None, "found under an id the journal was handing out")
                 fd = self.open_data(entry_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             os.close(fd)
+            self._data_dir_unsynced = True
             self._write_identity(e, e.gen, e.identity())
             e.written = e.identity()
         except BaseException:
@@ -691,21 +700,18 @@ class CacheStore:
         self._commit(e)
 
     def sync_entry(self, e: CacheEntry) -> None:
-        """Make what a power cut could still take of `e` durable (fsync): its identity record and
-        the directory entries of its data file, the record and the journal. The data file itself
-        is fsync'ed by the caller, and every journal commit is already synced (WAL,
-        ``synchronous=FULL``). Safe to call from a worker thread: it uses descriptors only."""
-        try:
-            fd = os.open(f"{e.id}.id", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._data_fd)
-        except FileNotFoundError:
-            pass  # deleted meanwhile: nothing left to keep
-        else:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.fsync(self._data_fd)
-        os.fsync(self._root_fd)
+        """Make what a power cut could still take of `e` durable (fsync): the directory entry of
+        its data file (the `data/` directory is synced when a file was created in it since its
+        last sync) and, once, the cache directory's (the journal's own files). The data file is
+        fsync'ed by the caller, and every journal commit is already synced (WAL,
+        ``synchronous=FULL``); the identity record is only read when the journal is damaged.
+        Safe to call from a worker thread: it uses descriptors and two flags only."""
+        if self._data_dir_unsynced:
+            self._data_dir_unsynced = False  # before the sync: a create meanwhile sets it again
+            os.fsync(self._data_fd)
+        if not self._root_synced:
+            os.fsync(self._root_fd)
+            self._root_synced = True
 
     def mark_dirty(self, e: CacheEntry) -> None:
         """clean -> dirty, journal first: raises (ENOSPC...) and leaves `e` clean if it cannot."""
