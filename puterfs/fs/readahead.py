@@ -5,9 +5,11 @@ block of where the last one ended) is a *stream*. Once a stream is confirmed (tw
 row), the blocks ahead of it, up to its *window*, are fetched in the background in chunks of
 up to ``CHUNK_MAX`` blocks, at most ``PARALLEL`` ranged requests per file at once; the window
 starts at ``WINDOW_START`` blocks and doubles each time the reader enters a new block, up to
-``WINDOW_MAX``. So a cold sequential read of a large file costs ``size / 8 MiB`` ``/read``
-requests (32 for 256 MiB, within the free tier's 300 a minute and 5 in flight) and the reader
+``WINDOW_MAX``. So a cold sequential read of a large file costs about ``size / 4 MiB`` ``/read``
+requests (64 for 256 MiB, within the free tier's 300 a minute and 5 in flight) and the reader
 rarely waits for the network, while random readers (no stream) fetch only what they read.
+Background requests are paced at background priority (docs/client.md): a reader's own fetch,
+of this file or another, goes first when both wait for the account's read budget.
 
 A read that needs a block a background request is fetching waits for it (``settle``) instead
 of asking again. A background chunk is only a hint: it is stored only if the file is still the
@@ -137,7 +139,8 @@ class ReadAhead:
         try:
             begin = first * BLOCK_SIZE
             length = min((last + 1) * BLOCK_SIZE, size) - begin
-            data, etag = await ops.remote.read_version(node.path, begin, length, size=size)
+            with ops.remote.background():  # a reader's own fetch goes first when both wait for the budget
+                data, etag = await ops.remote.read_version(node.path, begin, length, size=size)
             if not self._still_wanted(node, ent, size, etag) or len(data) != length:
                 return  # the file changed, was written or closed meanwhile: not ours to store
             # the copy into the cache file in a worker thread (a large pwrite would hold up every
