@@ -306,13 +306,16 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
     args = s.args
     state_path = config.mount_state_file(s.mountpoint)
-    # few retries of failures inside the client: the upload queue retries forever itself, and
-    # a syscall should not wait long for an unreachable server (cached data is served instead).
-    # A 429 is different: the client waits for the budget and retries within --timeout (a bit
-    # less, so that running out of budget is reported as such, not as an unreachable server).
+    # Each request's failure is judged on its own: the client retries an idempotent request
+    # (and reconciles another one with the server's state) until --timeout (a bit less, so
+    # that running out of the budget is reported as such), with backoff from 50 ms capped at
+    # 2 s (a dropped answer is retried at once; an outage is the poller's to judge). Only
+    # the change poller decides the server is unreachable; then retries stop (keep_retrying)
+    # and calls fail at once, serving cached data, while the upload queue waits for it.
     async with PuterClient(
         token=s.token, ignore_ssl=not s.verify_tls, api_url=s.api_url, web_url=s.web_url,
-        max_retries=2, retry_max_delay=2.0, deadline=max(1.0, args.timeout - 2.0), tier=s.tier, domain=s.domain,
+        max_retries=None, retry_base_delay=0.05, retry_max_delay=2.0, deadline=max(1.0, args.timeout - 2.0),
+        tier=s.tier, domain=s.domain,
     ) as client:
         try:
             root = s.remote_root or await client.home()
@@ -335,6 +338,14 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             ready(False, f"cannot use the cache dir: {exc}")
             return 1
         remote = Remote(client, root, timeout=args.timeout)
+
+        def keep_retrying() -> bool:
+            # a request failed and may be retried: the poller probes the server (only its
+            # probes decide reachability); once it says unreachable, retries stop
+            remote.suspect = True
+            return remote.unreachable is None and remote.token_refused is None
+
+        client.keep_retrying = keep_retrying
         changed = _Changed(trio.Event)
         on_change = changed.set
         remote.on_auth_change = on_change

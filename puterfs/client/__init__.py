@@ -14,6 +14,7 @@ from puterfs.client._client import PuterClient
 from puterfs.client._errors import (
     AlreadyExists,
     AuthenticationError,
+    BadAnswer,
     BadRequest,
     Conflict,
     EventsRefused,
@@ -51,6 +52,7 @@ from puterfs.client._tokens import token_kind
 __all__ = [
     "AlreadyExists",
     "AuthenticationError",
+    "BadAnswer",
     "BadRequest",
     "BrowserLogin",
     "CacheUpdated",

@@ -17,13 +17,14 @@ Design rules:
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
 import os
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from puterfs.client._chat import (
 )
 from puterfs.client._errors import (
     AuthenticationError,
+    BadAnswer,
     BadRequest,
     NotFound,
     OTPRequired,
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from puterfs.client._events import EventStream
 from puterfs.client._multipart import MultipartBody
 from puterfs.client._pacing import Budget, Pacer, Ticket, scopes_for
-from puterfs.client._retry import NOT_SENT_ERRORS, Idempotency, RetryPolicy, may_retry
+from puterfs.client._retry import NOT_SENT_ERRORS, RESEND, Idempotency, RetryPolicy, may_retry, uncertain
 from puterfs.client.ai import AI
 from puterfs.client.apps import Apps
 from puterfs.client.auth import Auth
@@ -83,6 +85,10 @@ CONNECT_ONLY = Idempotency.CONNECT_ONLY
 _warned_insecure = False
 
 _NO_BODY = object()
+_AGAIN = object()  # _send: send the request again
+
+# PuterClient.retries(n): a cap on the retries of the calls made inside (this task only).
+_RETRY_CAP: contextvars.ContextVar[int | None] = contextvars.ContextVar("puterfs_retry_cap", default=None)
 
 
 def _warn_insecure_once() -> None:
@@ -128,7 +134,7 @@ class PuterClient(PutergenaiFacade):
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         ai_timeout: float = 600.0,
-        max_retries: int = 6,
+        max_retries: int | None = 6,
         retry_base_delay: float = 0.25,
         retry_max_delay: float = 30.0,
         tier: str | None = None,
@@ -177,6 +183,9 @@ class PuterClient(PutergenaiFacade):
         # only this bound on the silence between two chunks.
         self._ai_timeout = httpx.Timeout(timeout, read=ai_timeout)
         self._retry = RetryPolicy(max_retries, retry_base_delay, retry_max_delay)
+        # When set and False, failures are not retried (429s aside): the caller knows the
+        # server cannot be reached (the mount's change poller says so).
+        self.keep_retrying: Callable[[], bool] | None = None
         if ignore_ssl:
             _warn_insecure_once()
         self._transport = transport
@@ -248,6 +257,24 @@ class PuterClient(PutergenaiFacade):
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
+    @contextmanager
+    def retries(self, count: int) -> Iterator[None]:
+        """At most ``count`` retries (429s aside) for the calls made inside, whatever the
+        client's policy: a probe that decides reachability is a sample, not a task."""
+        token = _RETRY_CAP.set(count)
+        try:
+            yield
+        finally:
+            _RETRY_CAP.reset(token)
+
+    def _may_try_again(self, attempt: int) -> bool:
+        cap = _RETRY_CAP.get()
+        if cap is not None and attempt > cap:
+            return False
+        if not self._retry.allows(attempt):
+            return False
+        return self.keep_retrying is None or self.keep_retrying()
+
     async def _send(
         self,
         method: str,
@@ -263,16 +290,28 @@ class PuterClient(PutergenaiFacade):
         stream: bool = False,
         gone_ok_on_retry: bool = False,
         content: Any = None,
-    ) -> httpx.Response:
-        """Send one logical request, retrying as ``idem`` allows.
+        decode: Callable[[httpx.Response], Any] | None = None,
+        reconcile: Callable[[PuterError], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """Send one logical request, retrying as ``idem`` allows; each failure is judged on
+        its own (no state is kept from one call to the next).
 
         Every attempt first waits for room in the account's budgets (``_pacing.py``). A
         429 tightens the budget and is retried (when ``idem`` allows) as soon as the
         window has slid, for as long as the call's ``deadline`` lasts; other retryable
-        failures get at most ``max_retries`` retries with capped backoff, also within
-        the deadline. Returns a response with a 2xx status. With ``stream=True`` the body
-        is not read and the caller must ``aclose()`` it. ``gone_ok_on_retry`` makes a 404
-        answer to a retry a success (for deletes). ``content`` is a raw body (bytes).
+        failures get at most ``max_retries`` retries (None: no limit) with capped backoff,
+        also within the deadline, while ``keep_retrying`` (when set) says so.
+
+        Returns a response with a 2xx status, or with ``decode`` what ``decode(response)``
+        returns: a ``BadAnswer`` it raises (an HTML page, JSON cut short) is a failure like
+        a 5xx, so an idempotent call is sent again. A call that is not idempotent and whose
+        outcome is uncertain (``_retry.uncertain``) is reconciled when it gives
+        ``reconcile``: that function looks at the server's state and returns the call's
+        result (it took effect) or ``RESEND`` (it did not: send it again); without one the
+        failure is raised. With ``stream=True`` the body is not read and the caller must
+        ``aclose()`` it. ``gone_ok_on_retry`` makes a 404 answer to a retry a success
+        (for deletes; the result is then the response, or None with ``decode``).
+        ``content`` is a raw body (bytes).
         """
         scopes = self._scopes(method, url, None if json_body is _NO_BODY else json_body)
         end = anyio.current_time() + self._deadline if self._deadline is not None else math.inf
@@ -280,6 +319,36 @@ class PuterClient(PutergenaiFacade):
         refusals = 0  # 429s
         tries = 0
         last_refusal: RateLimited | None = None
+
+        async def failed(err: PuterError, *, sent: bool, retry_after: float | None = None) -> Any:
+            """After a failed attempt: _AGAIN to send the request again, else the call's
+            result (a reconcile found it done); raises ``err`` when it may not be retried."""
+            nonlocal attempt
+            attempt += 1
+            delay = self._retry.delay(attempt, retry_after)
+            if not (self._may_try_again(attempt) and _before(end, delay)):
+                raise err
+            if may_retry(idem, err, sent=sent):
+                log.info("%s %s: %s; retry %d in %.2fs", method, _path_of(url), err, attempt, delay)
+                await anyio.sleep(delay)
+                return _AGAIN
+            if reconcile is None or not uncertain(err, sent=sent):
+                raise err
+            log.info("%s %s: %s; checking the server's state", method, _path_of(url), err)
+            try:
+                verdict = await reconcile(err)
+            except PuterError as exc:
+                if exc is err:
+                    raise  # the server's state says the failure stands
+                log.info("%s %s: the server's state could not be learned: %s", method, _path_of(url), exc)
+                raise err from exc
+            if verdict is not RESEND:
+                log.info("%s %s: the server's state shows it was done", method, _path_of(url))
+                return verdict
+            log.info("%s %s: not done on the server; sending it again in %.2fs", method, _path_of(url), delay)
+            await anyio.sleep(delay)
+            return _AGAIN
+
         while True:
             tries += 1
             try:
@@ -317,13 +386,13 @@ class PuterClient(PutergenaiFacade):
                     ticket.refund()  # the server never saw it
                 if upload is not None:
                     await upload.aclose()  # closes the file it was reading from
-                attempt += 1
-                delay = self._retry.delay(attempt)
-                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=sent) and _before(end, delay):
-                    log.info("%s %s: %s; retry %d in %.2fs", method, _path_of(url), err, attempt, delay)
-                    await anyio.sleep(delay)
+                try:
+                    outcome = await failed(err, sent=sent)
+                except PuterError as final:
+                    raise final from exc
+                if outcome is _AGAIN:
                     continue
-                raise err from exc
+                return outcome
             except BaseException:
                 if ticket is not None:
                     ticket.release()
@@ -352,7 +421,7 @@ class PuterClient(PutergenaiFacade):
                     else:
                         delay = self._retry.delay(refusals, err.retry_after)
                     # max_retries=0 turns off every retry, 429s included
-                    if self._retry.max_retries > 0 and may_retry(idem, err, sent=True) and _before(end, delay):
+                    if self._retry.max_retries != 0 and may_retry(idem, err, sent=True) and _before(end, delay):
                         log.info(
                             "%s %s: HTTP 429 (%s); retry %d after the window slides",
                             method, _path_of(url), "in flight" if concurrent else "window", refusals,
@@ -364,14 +433,11 @@ class PuterClient(PutergenaiFacade):
                 if ticket is not None:
                     ticket.release()
                 if gone_ok_on_retry and tries > 1 and isinstance(err, NotFound):
-                    return response
-                attempt += 1
-                delay = self._retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
-                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True) and _before(end, delay):
-                    log.info("%s %s: HTTP %d; retry %d in %.2fs", method, _path_of(url), status, attempt, delay)
-                    await anyio.sleep(delay)
+                    return response if decode is None else None
+                outcome = await failed(err, sent=True, retry_after=parse_retry_after(response.headers.get("retry-after")))
+                if outcome is _AGAIN:
                     continue
-                raise err
+                return outcome
             if stream:
                 if ticket is not None and response.is_closed:
                     ticket.release()  # the body was complete on arrival
@@ -383,17 +449,28 @@ class PuterClient(PutergenaiFacade):
                 await response.aread()
             except httpx.RequestError as exc:
                 err = _map_transport_error(exc)
-                attempt += 1
-                delay = self._retry.delay(attempt)
-                if attempt <= self._retry.max_retries and may_retry(idem, err, sent=True) and _before(end, delay):
-                    await anyio.sleep(delay)
-                    continue
-                raise err from exc
-            finally:
                 await response.aclose()
                 if ticket is not None:
                     ticket.release()
-            return response
+                try:
+                    outcome = await failed(err, sent=True)
+                except PuterError as final:
+                    raise final from exc
+                if outcome is _AGAIN:
+                    continue
+                return outcome
+            await response.aclose()
+            if ticket is not None:
+                ticket.release()
+            if decode is None:
+                return response
+            try:
+                return decode(response)
+            except BadAnswer as bad:
+                outcome = await failed(bad, sent=True)
+                if outcome is _AGAIN:
+                    continue
+                return outcome
 
     def _scopes(self, method: str, url: str, json_body: Any) -> tuple[str, ...]:
         """The rate-limit scopes of a request to our own API host (others are not paced)."""
@@ -408,26 +485,57 @@ class PuterClient(PutergenaiFacade):
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
+        """The JSON body of a 2xx answer; anything else (a proxy's HTML page, JSON cut
+        short) is a ``BadAnswer``, which ``_send`` retries or reconciles."""
         try:
             return response.json()
         except ValueError as exc:
-            raise ServerError(
-                f"expected JSON, got {response.headers.get('content-type') or 'no content type'}",
+            raise BadAnswer(
+                f"expected JSON, got {response.headers.get('content-type') or 'no content type'}"
+                f" ({len(response.content)} bytes that do not decode)",
                 status=response.status_code,
             ) from exc
 
+    @classmethod
+    def _json_checked(cls, check: Callable[[Any], Any] | None) -> Callable[[httpx.Response], Any]:
+        """A ``decode`` for ``_send``: the JSON body, passed through ``check`` (which raises
+        ``BadAnswer`` for an answer of the wrong shape, or returns what the caller wants)."""
+
+        def decode(response: httpx.Response) -> Any:
+            data = cls._json(response)
+            return data if check is None else check(data)
+
+        return decode
+
     async def _post_json(
-        self, path: str, body: Any, *, idem: Idempotency, web: bool = False, auth: bool = True
+        self,
+        path: str,
+        body: Any,
+        *,
+        idem: Idempotency,
+        web: bool = False,
+        auth: bool = True,
+        check: Callable[[Any], Any] | None = None,
+        reconcile: Callable[[PuterError], Awaitable[Any]] | None = None,
     ) -> Any:
         base = self.web_url if web else self.api_url
-        response = await self._send("POST", base + path, idem=idem, json_body=body, auth=auth)
-        return self._json(response)
+        return await self._send(
+            "POST", base + path, idem=idem, json_body=body, auth=auth,
+            decode=self._json_checked(check), reconcile=reconcile,
+        )
 
     async def _get_json(
-        self, path: str, *, idem: Idempotency = IDEMPOTENT, auth: bool = True, params: dict[str, Any] | None = None
+        self,
+        path: str,
+        *,
+        idem: Idempotency = IDEMPOTENT,
+        auth: bool = True,
+        params: dict[str, Any] | None = None,
+        check: Callable[[Any], Any] | None = None,
     ) -> Any:
-        response = await self._send("GET", self.api_url + path, idem=idem, auth=auth, params=params)
-        return self._json(response)
+        return await self._send(
+            "GET", self.api_url + path, idem=idem, auth=auth, params=params, decode=self._json_checked(check)
+        )
 
     # ------------------------------------------------------------------ account
 

@@ -153,6 +153,14 @@ class StreamError(ServerError):
     pass
 
 
+class BadAnswer(ServerError):
+    """A 2xx answer that is not what the server sends: a proxy's or captive portal's HTML
+    page, JSON cut short, a body shorter than announced or not matching its MD5 ETag, an
+    answer of the wrong shape. The request may or may not have been carried out; an
+    idempotent one is sent again (``_retry.py``), another one is reconciled with the
+    server's state."""
+
+
 class EventsRefused(PuterError):
     """The socket.io endpoint will not serve this client: the token is of a kind it refuses
     (a full-api-access or app token gets ``44 only user tokens accepted``), is missing or
@@ -370,7 +378,7 @@ def error_from_response(status: int, headers: Any, content: bytes) -> PuterError
 
 def is_temporary(exc: BaseException) -> bool:
     """Whether retrying the same idempotent request may succeed."""
-    if isinstance(exc, (RateLimited, PuterConnectionError)):
+    if isinstance(exc, (RateLimited, PuterConnectionError, BadAnswer)):
         return True
     if isinstance(exc, ServerError) and not isinstance(exc, StreamError):
         return exc.status is None or exc.status >= 500

@@ -11,9 +11,11 @@ keyword flags here.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import posixpath
+import re
 from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -23,6 +25,7 @@ import anyio
 import httpx
 
 from puterfs.client._errors import (
+    BadAnswer,
     BadRequest,
     IsADirectory,
     NotFound,
@@ -33,7 +36,7 @@ from puterfs.client._errors import (
 )
 from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
 from puterfs.client._presign import LARGE_FILE, UploadSession, write_large
-from puterfs.client._retry import Idempotency
+from puterfs.client._retry import RESEND, Idempotency
 
 if TYPE_CHECKING:
     from puterfs.client._client import PuterClient
@@ -51,6 +54,53 @@ JSON_WRITE_MAX = 8 << 20  # bytes of content per JSON request; bigger files: /ba
 READDIR_PAGE = 1000
 # A directory listing bigger than this many pages means the server loops on cursors.
 READDIR_MAX_PAGES = 100_000
+_PLAIN_MD5 = re.compile(r'^(?:W/)?"?([0-9a-f]{32})"?$')
+
+
+def _entry(data: Any) -> dict[str, Any]:
+    """A ``check`` for answers that are one entry."""
+    if not isinstance(data, dict):
+        raise BadAnswer("expected an entry")
+    return data
+
+
+def _moved(data: Any) -> dict[str, Any]:
+    moved = data.get("moved") if isinstance(data, dict) else None
+    if not isinstance(moved, dict):
+        raise BadAnswer("unexpected /move answer")
+    return moved
+
+
+def _read_body(span: tuple[int, int] | None) -> Callable[[httpx.Response], bytes]:
+    """The ``decode`` of a ``/read``: the bytes, once they are known to be the file's. An
+    HTML page (a proxy's; /read always answers application/octet-stream), a ranged answer
+    shorter than its range, or a whole file that does not match its MD5 ``ETag`` is a
+    ``BadAnswer`` (retried)."""
+
+    def decode(response: httpx.Response) -> bytes:
+        if "text/html" in response.headers.get("content-type", ""):
+            raise BadAnswer("an HTML page answered the read, not the server", status=response.status_code)
+        data = response.content
+        if response.status_code == 206 and span is not None:
+            m = re.match(r"bytes (\d+)-(\d+)/", response.headers.get("content-range", ""))
+            if m is None:
+                raise BadAnswer("a ranged read answered without a Content-Range", status=206)
+            first, last = int(m.group(1)), int(m.group(2))
+            if first != span[0] or len(data) != last - first + 1:
+                raise BadAnswer(
+                    f"a ranged read answered {len(data)} bytes at {first} for bytes {first}-{last}", status=206
+                )
+            return data
+        m = _PLAIN_MD5.match(response.headers.get("etag", ""))
+        if m is not None and hashlib.md5(data).hexdigest() != m.group(1):
+            raise BadAnswer(f"the {len(data)} bytes read do not match their ETag (cut short?)", status=200)
+        if span is not None:
+            if len(data) <= span[1]:
+                raise BadAnswer(f"the whole file answered a ranged read is {len(data)} bytes, too short")
+            data = data[span[0] : span[1] + 1]  # the server ignored the Range
+        return data
+
+    return decode
 
 
 _OPTION_SPELLINGS = {
@@ -77,6 +127,20 @@ def _fs_options(options: dict[str, Any] | None, allowed: tuple[str, ...], what: 
     if out.get("overwrite") and out.get("dedupe_name"):
         raise BadRequest(f"{what}: overwrite and dedupeName cannot both be set")
     return out
+
+
+def _listing(data: Any) -> Any:
+    if isinstance(data, list) or (isinstance(data, dict) and isinstance(data.get("items"), list)):
+        return data
+    raise BadAnswer("unexpected /readdir answer")
+
+
+def _copied(data: Any) -> dict[str, Any]:
+    item = data[0] if isinstance(data, list) and data else data
+    copied = item.get("copied") if isinstance(item, dict) else None
+    if not isinstance(copied, dict):
+        raise BadAnswer("unexpected /copy answer")
+    return copied
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -111,7 +175,7 @@ class FS:
 
     async def stat(self, path: str) -> dict[str, Any]:
         """The legacy entry of ``path`` (``POST /stat``)."""
-        return await self._c._post_json("/stat", {"path": await self._c._abs(path)}, idem=IDEMPOTENT)
+        return await self._c._post_json("/stat", {"path": await self._c._abs(path)}, idem=IDEMPOTENT, check=_entry)
 
     async def readdir(self, path: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """All entries of a directory, fetched page by page."""
@@ -124,12 +188,10 @@ class FS:
         entries: list[dict[str, Any]] = []
         seen: set[str] = set()
         for _ in range(READDIR_MAX_PAGES):
-            data = await self._c._post_json("/readdir", body, idem=IDEMPOTENT)
+            data = await self._c._post_json("/readdir", body, idem=IDEMPOTENT, check=_listing)
             if isinstance(data, list):
                 entries.extend(data)
                 return entries
-            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-                raise ServerError("unexpected /readdir answer")
             entries.extend(data["items"])
             cursor = data.get("cursor")
             if not cursor:
@@ -156,7 +218,7 @@ class FS:
         # A retry of a plain mkdir finds the directory and returns it; with
         # dedupe_name a retry would create "x (1)".
         idem = SAFE_REJECTIONS if body.get("dedupe_name") else IDEMPOTENT
-        return await self._c._post_json("/mkdir", body, idem=idem)
+        return await self._c._post_json("/mkdir", body, idem=idem, check=_entry)
 
     def _write_op(
         self, index: int, path: str, overwrite: bool, create_missing_parents: bool, dedupe_name: bool = False
@@ -198,12 +260,46 @@ class FS:
         # Overwriting the same bytes twice is harmless; a non-overwrite write retried
         # after it succeeded would fail with "already exists".
         idem = IDEMPOTENT if overwrite else SAFE_REJECTIONS
-        response = await self._c._send("POST", self._c.api_url + "/batch", idem=idem, multipart=body)
-        data = self._c._json(response)
-        results = data.get("results") if isinstance(data, dict) else None
-        if not isinstance(results, list) or len(results) != len(items):
-            raise ServerError("unexpected /batch answer", status=response.status_code)
-        return response.status_code, results
+
+        def decode(response: httpx.Response) -> tuple[int, list[Any]]:
+            data = self._c._json(response)
+            results = data.get("results") if isinstance(data, dict) else None
+            if not isinstance(results, list) or len(results) != len(items):
+                raise BadAnswer("unexpected /batch answer", status=response.status_code)
+            return response.status_code, results
+
+        async def reconcile(err: PuterError) -> Any:
+            # not one of the files there: nothing was written, it may be sent again; any
+            # of them there is left to the caller (it may be ours or another client's)
+            if await self._none_exist([p for p, _ in items]):
+                return RESEND
+            raise err
+
+        result: tuple[int, list[Any]] = await self._c._send(
+            "POST", self._c.api_url + "/batch", idem=idem, multipart=body, decode=decode,
+            reconcile=None if overwrite else reconcile,
+        )
+        return result
+
+    async def _none_exist(self, paths: Sequence[str]) -> bool:
+        for path in paths:
+            try:
+                await self.stat(path)
+                return False
+            except NotFound:
+                continue
+        return True
+
+    async def _holds(self, path: str, data: bytes) -> dict[str, Any] | None:
+        """The entry at ``path`` when the server holds exactly ``data`` there, else None."""
+        try:
+            entry = await self.stat(path)
+        except NotFound:
+            return None
+        if entry.get("is_dir") or int(entry.get("size") or 0) != len(data):
+            return None
+        there = await self.read(path, size=len(data)) if data else b""
+        return entry if hashlib.md5(there).digest() == hashlib.md5(data).digest() else None
 
     @staticmethod
     def _op_result(status: int, result: Any) -> dict[str, Any] | PuterError:
@@ -324,19 +420,34 @@ class FS:
                 "encoding": "base64",
             })
         idem = IDEMPOTENT if overwrite else SAFE_REJECTIONS
+
+        def entries(answers: Any) -> list[dict[str, Any]]:
+            if not isinstance(answers, list) or len(answers) != len(reqs):
+                raise BadAnswer("unexpected /fs/batchWrite answer")
+            out = []
+            for a in answers:
+                entry = a.get("fsEntry") if isinstance(a, dict) else None
+                if not isinstance(entry, dict):
+                    raise BadAnswer("unexpected /fs/write answer")
+                out.append(legacy_entry(entry))
+            return out
+
+        async def reconcile(err: PuterError) -> Any:
+            # what is there now decides: every file holding our bytes (done), none of them
+            # there (not done: send again); anything else is left to the caller
+            held = [await self._holds(r["fileMetadata"]["path"], base64.b64decode(r["fileContent"])) for r in reqs]
+            if all(e is not None for e in held):
+                return held
+            if await self._none_exist([r["fileMetadata"]["path"] for r in reqs]):
+                return RESEND
+            raise err
+
+        rec = None if overwrite or dedupe else reconcile
         if len(reqs) == 1:
-            answers = [await self._c._post_json("/fs/write", reqs[0], idem=idem)]
-        else:
-            answers = await self._c._post_json("/fs/batchWrite", reqs, idem=idem)
-        if not isinstance(answers, list) or len(answers) != len(reqs):
-            raise ServerError("unexpected /fs/batchWrite answer")
-        out = []
-        for a in answers:
-            entry = a.get("fsEntry") if isinstance(a, dict) else None
-            if not isinstance(entry, dict):
-                raise ServerError("unexpected /fs/write answer")
-            out.append(legacy_entry(entry))
-        return out
+            return await self._c._post_json(
+                "/fs/write", reqs[0], idem=idem, check=lambda a: entries([a]), reconcile=rec
+            )
+        return await self._c._post_json("/fs/batchWrite", reqs, idem=idem, check=entries, reconcile=rec)
 
     async def set_metadata(self, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
         """Replace the whole metadata of an entry (contentType included: send it along) and
@@ -351,11 +462,7 @@ class FS:
             "dedupe_name": False, "new_metadata": metadata,
         }
         # onto its own path: no collision, so a retry after a success is harmless
-        data = await self._c._post_json("/move", body, idem=IDEMPOTENT)
-        moved = data.get("moved") if isinstance(data, dict) else None
-        if not isinstance(moved, dict):
-            raise ServerError("unexpected /move answer")
-        return moved
+        return await self._c._post_json("/move", body, idem=IDEMPOTENT, check=_moved)
 
     async def write_many(
         self,
@@ -519,17 +626,12 @@ class FS:
         if empty:
             return b"", None
         headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
-        response = await self._c._send(
-            "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers
+        body = _read_body(span)
+        data, etag = await self._c._send(
+            "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers,
+            decode=lambda r: (body(r), r.headers.get("etag")),
         )
-        if "text/html" in response.headers.get("content-type", ""):
-            # /read always answers application/octet-stream: an HTML page is a proxy's
-            raise ServerError(f"an HTML page answered the read of {target}, not the server", status=502)
-        data = response.content
-        if span and response.status_code == 200:
-            # The server ignored the Range: cut the slice out of the full body.
-            data = data[span[0] : span[1] + 1]
-        return data, parse_etag(response.headers.get("etag"))
+        return data, parse_etag(etag)
 
     async def read_into(
         self,
@@ -582,7 +684,7 @@ class FS:
                 from puterfs.client._client import _map_transport_error  # the transport's own mapping
 
                 err = _map_transport_error(exc)
-                if origin is None or attempt > self._c._retry.max_retries:
+                if origin is None or attempt > self._c._retry.bounded:
                     raise err from exc
                 log.info("download of %s broke after %d bytes: %s; restarting", target, written, err)
                 fileobj.seek(origin)
@@ -607,17 +709,16 @@ class FS:
         await self._refuse_dangerous(target, "delete")
         # Deleting twice has the effect of deleting once, except that a retry whose
         # first attempt had already deleted the entry answers 404: that is success.
-        response = await self._c._send(
+        # The server answers JSON; anything else (an HTML page from a proxy) is no proof
+        # that the entry is gone: it is sent again (and a 404 then says it is gone).
+        await self._c._send(
             "POST",
             self._c.api_url + "/delete",
             idem=IDEMPOTENT,
             json_body={"path": target, "recursive": bool(recursive)},
             gone_ok_on_retry=True,
+            decode=self._c._json,
         )
-        if response.status_code != 404:
-            # the server answers JSON; anything else (an HTML page from a proxy) is no
-            # proof that the entry is gone
-            self._c._json(response)
 
     async def rename(
         self,
@@ -652,10 +753,30 @@ class FS:
         await self._refuse_dangerous(src, "rename")
         if dst == src:
             return await self.stat(src)
-        # Not idempotent: a retry after success would find no source.
+        # Not idempotent: a retry after success would find no source; reconciled instead.
         return await self._c._post_json(
-            "/rename", {"path": src, "new_name": _split(dst)[1]}, idem=SAFE_REJECTIONS
+            "/rename", {"path": src, "new_name": _split(dst)[1]}, idem=SAFE_REJECTIONS, check=_entry,
+            reconcile=self._moved_or_not(src, dst),
         )
+
+    def _moved_or_not(self, src: str, dst: str) -> Callable[[PuterError], Any]:
+        """The reconcile of a move or rename whose outcome is unknown: the source gone and
+        the destination there means it was done (the destination's entry is the answer);
+        the source still there means it was not (a move takes the source away), so it is
+        sent again (an existing destination then gets the server's own refusal)."""
+
+        async def reconcile(err: PuterError) -> Any:
+            try:
+                await self.stat(src)
+                return RESEND
+            except NotFound:
+                pass
+            try:
+                return await self.stat(dst)
+            except NotFound:
+                raise err from None  # neither there: someone else moved or deleted it
+
+        return reconcile
 
     async def _source_and_target(self, source: str, destination: str, what: str) -> tuple[str, str, str, str]:
         src = await self._c._abs(source)
@@ -704,12 +825,11 @@ class FS:
         """
         body = await self._copy_move_body(source, destination, "move", overwrite, dedupe_name, create_missing_parents)
         # A retried move whose first attempt succeeded finds no source: never retried
-        # once sent.
-        data = await self._c._post_json("/move", body, idem=SAFE_REJECTIONS)
-        moved = data.get("moved") if isinstance(data, dict) else None
-        if not isinstance(moved, dict):
-            raise ServerError("unexpected /move answer")
-        return moved
+        # blindly once sent; an unknown outcome is reconciled (with dedupe_name the name
+        # it would have is unknown, so it cannot be).
+        dst = posixpath.join(body["destination"], body["new_name"])
+        reconcile = None if dedupe_name else self._moved_or_not(body["source"], dst)
+        return await self._c._post_json("/move", body, idem=SAFE_REJECTIONS, check=_moved, reconcile=reconcile)
 
     async def copy(
         self,
@@ -724,12 +844,10 @@ class FS:
         returns the new entry. Flags as :meth:`move` (nothing replaced unless ``overwrite``)."""
         body = await self._copy_move_body(source, destination, "copy", overwrite, dedupe_name, create_missing_parents)
         # Copying again over its own earlier result is harmless with overwrite.
-        data = await self._c._post_json("/copy", body, idem=IDEMPOTENT if overwrite else SAFE_REJECTIONS)
-        item = data[0] if isinstance(data, list) and data else data
-        copied = item.get("copied") if isinstance(item, dict) else None
-        if not isinstance(copied, dict):
-            raise ServerError("unexpected /copy answer")
-        return copied
+        data = await self._c._post_json(
+            "/copy", body, idem=IDEMPOTENT if overwrite else SAFE_REJECTIONS, check=_copied
+        )
+        return data
 
     async def touch(self, path: str) -> None:
         """Create an empty file, or set an existing entry's times to now."""
@@ -739,19 +857,20 @@ class FS:
 
     async def df(self) -> dict[str, Any]:
         """``{"used": bytes, "capacity": bytes}``."""
-        data = await self._c._post_json("/df", {}, idem=IDEMPOTENT)
-        if not isinstance(data, dict):
-            raise ServerError("unexpected /df answer")
+        data: dict[str, Any] = await self._c._post_json("/df", {}, idem=IDEMPOTENT, check=_entry)
         return data
 
 
     async def last_change(self) -> int:
         """Milliseconds timestamp of the user's last change (cheap to poll)."""
-        data = await self._c._get_json("/cache/last-change-timestamp")
-        try:
-            return int(data["timestamp"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ServerError("unexpected /cache/last-change-timestamp answer") from exc
+        def check(data: Any) -> int:
+            try:
+                return int(data["timestamp"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BadAnswer("unexpected /cache/last-change-timestamp answer") from exc
+
+        ts: int = await self._c._get_json("/cache/last-change-timestamp", check=check)
+        return ts
 
     async def read_url(self, path: str, options: dict[str, Any] | None = None) -> str:
         """A signed, token-free URL that reads the file (``POST /sign``, action read)."""

@@ -99,13 +99,13 @@ class Net:
                 response = await http.send(request, follow_redirects=not (include_auth or puter_auth_header))
             except httpx.RequestError as exc:
                 err = _transport_error(exc)
-                if attempt <= policy.max_retries and may_retry(idem, err, sent=not isinstance(exc, NOT_SENT_ERRORS)):
+                if attempt <= policy.bounded and may_retry(idem, err, sent=not isinstance(exc, NOT_SENT_ERRORS)):
                     await anyio.sleep(policy.delay(attempt))
                     continue
                 raise err from exc
             if not 200 <= response.status_code < 300:
                 err = error_from_response(response.status_code, response.headers, response.content)
-                if attempt <= policy.max_retries and may_retry(idem, err, sent=True):
+                if attempt <= policy.bounded and may_retry(idem, err, sent=True):
                     await anyio.sleep(policy.delay(attempt))
                     continue
                 raise err

@@ -1,5 +1,5 @@
 """Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, captcha, revoke, clock,
-sockets, request log."""
+sockets, request log, a subtree's contents."""
 
 from __future__ import annotations
 
@@ -98,6 +98,11 @@ async def _handle(emu: Emulator, request: Request) -> Response:
         # signup window, no captcha); {"temp": false} makes a confirmed signed-up user
         body = parse_json_bytes(await request.body())
         return JSONResponse(_new_user(emu, temp=body.get("temp", True) is not False))
+    elif path == "/_emulator/tree" and method == "GET":
+        # what the server holds below a path, straight from the store (no rate limits, no
+        # faults): {relative path: "dir" | sha256 of the stored bytes}; for tests that check
+        # thousands of files without spending the account's read budget
+        return JSONResponse({"tree": _tree(emu, request.query_params.get("path", ""))})
     elif path == "/_emulator/log":
         if method == "GET":
             bodies = request.query_params.get("bodies", "") not in ("", "0", "false")
@@ -106,6 +111,27 @@ async def _handle(emu: Emulator, request: Request) -> Response:
             emu.log.clear()
             return JSONResponse({"ok": True})
     return api_error(404, "not_found", "Not Found")
+
+
+def _tree(emu: Emulator, path: str) -> dict[str, str]:
+    import hashlib
+
+    top = emu.store.by_path(path.rstrip("/") or "/")
+    if top is None:
+        raise ApiError(404, "subject_does_not_exist", f"{path} does not exist")
+    prefix = top["path"].rstrip("/") + "/"
+    out: dict[str, str] = {}
+    for row in emu.store.descendants(top):
+        rel = row["path"][len(prefix):] if row["path"].startswith(prefix) else row["path"]
+        if row["is_dir"]:
+            out[rel] = "dir"
+            continue
+        h = hashlib.sha256()
+        with emu.store.open_blob(row) as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        out[rel] = h.hexdigest()
+    return out
 
 
 def _new_user(emu: Emulator, temp: bool) -> dict[str, str]:

@@ -284,6 +284,11 @@ class EmulatorProcess:
     def log(self, bodies: bool = False) -> list[dict[str, Any]]:
         return self._admin("GET", "log" + ("?bodies=1" if bodies else ""))
 
+    def tree(self, path: str) -> dict[str, str]:
+        """``{path relative to path: "dir" | sha256}`` of what the server stores below ``path``
+        (read from its store: no rate limits, no faults)."""
+        return self._admin("GET", "tree", params={"path": path})["tree"]
+
     def clear_log(self) -> None:
         self._admin("DELETE", "log")
 

@@ -78,7 +78,10 @@ class ListingCache:
             except PuterError as exc:
                 log.debug("change poll failed: %s", exc)
             else:
-                if self._last_change is not None and ts != self._last_change:
+                # while the events are live they say what changed: the probe only checked
+                # that the server answers (a retried request made it suspect); re-reading
+                # every listing for our own changes would spend the readdir budget
+                if self._last_change is not None and ts != self._last_change and not self.events_live:
                     self.epoch += 1
                     # a same-size overwrite shows in no listing: the files it may have hit
                     # (last modified no earlier than the second before these changes) check

@@ -22,11 +22,9 @@ import trio
 from puterfs.client import _pacing
 from puterfs.client._errors import (
     AuthenticationError,
-    NotFound,
     PuterConnectionError,
     PuterError,
     PuterTimeout,
-    ServerError,
 )
 from puterfs.client._multipart import guess_type
 from puterfs.client._presign import BATCH_MAX_FILE, UploadSession
@@ -38,6 +36,7 @@ PRESIGN_BUSY = 16 * 1024 * 1024  # from this size a file skips a busy /batch for
 # ("<md5 of the part MD5s>-<parts>", recorded for 10 MiB + 1 byte), which only the server knows.
 PLAIN_ETAG_MAX = 5 * 1024 * 1024
 PROBE_FAILURES = 3  # consecutive failed probes before the server counts as unreachable
+PROBE_RETRIES = 2  # retries inside one probe
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
 log = logging.getLogger(__name__)
@@ -341,36 +340,10 @@ class Remote:
         )
         return [r if isinstance(r, BaseException) else RemoteEntry.from_json(r) for r in results]
 
-    def _uncertain(self, exc: BaseException, deadline: float) -> bool:
-        """Whether a failed non-idempotent call may have been done by the server (its answer
-        was lost, an error, a proxy's page) and there is time left to find out."""
-        return (
-            isinstance(exc, (PuterConnectionError, ServerError))
-            and self.unreachable is None
-            and trio.current_time() < deadline
-        )
-
     async def mkdir(self, rel: str) -> RemoteEntry:
-        """mkdir, reconciled: after an answer that says nothing (lost, 5xx, not JSON) the
-        server's state decides (a directory there now is ours), then the call is repeated."""
-        deadline = trio.current_time() + self.timeout
-        while True:
-            try:
-                return RemoteEntry.from_json(await self._call("mkdir", self.client.fs_mkdir, self.abspath(rel)))
-            except PuterError as exc:
-                if not self._uncertain(exc, deadline):
-                    raise
-                log.info("mkdir %s: %s; checking the server's state", rel, exc)
-                try:
-                    now = await self.stat(rel)
-                except NotFound:
-                    continue
-                except PuterError:
-                    await trio.sleep(0.1)
-                    continue
-                if now.is_dir:
-                    return now
-                raise
+        """mkdir (the client retries it until the deadline: a plain mkdir of an existing
+        directory answers that directory, so a retry after a lost answer is the check)."""
+        return RemoteEntry.from_json(await self._call("mkdir", self.client.fs_mkdir, self.abspath(rel)))
 
     async def delete(self, rel: str, *, recursive: bool) -> None:
         if not rel:
@@ -378,35 +351,14 @@ class Remote:
         await self._call("delete", self.client.fs_delete, self.abspath(rel), recursive=recursive)
 
     async def move(self, src: str, dst: str, *, overwrite: bool) -> RemoteEntry:
-        """move, reconciled: after an answer that says nothing the server's state decides
-        (the source gone and the destination there: it was done), else it is repeated; a
-        directory rename is never left half-known, so the tree cannot split."""
-        deadline = trio.current_time() + self.timeout
-        while True:
-            try:
-                moved = await self._call(
-                    "move", self.client.fs_move, self.abspath(src), self.abspath(dst), {"overwrite": overwrite}
-                )
-                return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
-            except PuterError as exc:
-                if not self._uncertain(exc, deadline):
-                    raise
-                log.info("move %s -> %s: %s; checking the server's state", src, dst, exc)
-                try:
-                    there = await self.stat(dst)
-                    try:
-                        await self.stat(src)
-                        still = True
-                    except NotFound:
-                        still = False
-                except NotFound:
-                    continue  # the destination is not there: not done, try again
-                except PuterError:
-                    await trio.sleep(0.1)
-                    continue
-                if not still:
-                    return there
-                # both exist: the move was not done; the next attempt says why if it fails
+        """move; after an answer that says nothing (lost, 5xx, not the server's) the client
+        reconciles with the server's state (the source gone and the destination there: it
+        was done; the source there: it is sent again), so a directory rename is never left
+        half-known and the tree cannot split."""
+        moved = await self._call(
+            "move", self.client.fs_move, self.abspath(src), self.abspath(dst), {"overwrite": overwrite}
+        )
+        return RemoteEntry.from_json(moved)  # the client returns the moved entry itself
 
     async def set_metadata(
         self, rel: str, metadata: dict[str, Any], *, known: dict[str, Any] | None, is_dir: bool
@@ -431,9 +383,11 @@ class Remote:
         connection failure or no answer within PROBE_TIMEOUT marks the server unreachable,
         an answer marks it reachable again (and wakes the uploads)."""
         try:
-            ts = int(await self._call(
-                "last-change", self.client.fs_last_change, probe=True, timeout=min(self.timeout, PROBE_TIMEOUT)
-            ))
+            # a probe is a sample: a few retries (one dropped answer is no outage), not --timeout
+            with self.client.retries(PROBE_RETRIES) if hasattr(self.client, "retries") else contextlib.nullcontext():
+                ts = int(await self._call(
+                    "last-change", self.client.fs_last_change, probe=True, timeout=min(self.timeout, PROBE_TIMEOUT)
+                ))
         except PuterConnectionError as exc:  # timeouts included
             self._probe_failures += 1
             if self._probe_failures >= PROBE_FAILURES:

@@ -284,12 +284,20 @@ async def test_retries_over_real_http(puter: PuterClient, puter_user, emulator) 
         assert time.monotonic() - start >= 0.4  # two waits of Retry-After: 0.2
     emulator.set_faults({"path": "/read", "drop": True, "count": 1})
     assert await puter.fs_read("r.txt") == b"retry me"
+    # not idempotent: a 500 is reconciled with the server's state before anything is sent
+    # again. Before the server acted: the source is still there, so the move is sent again.
     emulator.set_faults({"path": "/move", "status": 500, "count": 1})
-    from puterfs.client import ServerError
-
-    with pytest.raises(ServerError):
-        await puter.fs_move("r.txt", "r2.txt")  # not idempotent: not retried
-    assert (await puter.fs_stat("r.txt"))["size"] == 8
+    moved = await puter.fs_move("r.txt", "r2.txt")
+    assert moved["name"] == "r2.txt" and (await puter.fs_stat("r2.txt"))["size"] == 8
+    # After it acted (the answer is an error, an HTML page, cut short): the source gone and
+    # the destination there means done; it is not sent again (that would fail: no source).
+    for fault in ({"status": 500}, {"html": True}, {"truncate": True}, {"drop": True}):
+        emulator.clear_log()
+        emulator.set_faults({"path": "/move", "after": True, "count": 1, **fault})
+        moved = await puter.fs_move("r2.txt", "r3.txt")
+        assert moved["name"] == "r3.txt", fault
+        assert [r["path"] for r in emulator.log() if r["path"] == "/move"] == ["/move"], fault
+        await puter.fs_move("r3.txt", "r2.txt")
     emulator.clear_faults()
 
 

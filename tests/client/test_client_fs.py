@@ -476,19 +476,105 @@ async def test_move_splits_destination_into_parent_and_name(client: PuterClient,
 
 
 async def test_move_conflict_and_not_retried(client: PuterClient, router: respx.MockRouter) -> None:
+    """A refusal (409) is final; a 500 is not retried blindly: the server's state decides."""
     route = router.post(f"{API}/move").mock(
         side_effect=[
             recorded_response(exchange("fs-more.jsonl", "move without overwrite onto existing file")),
             httpx.Response(500, json={"error": "x", "message": "x", "code": "internal_error"}),
         ]
     )
+    stat = router.post(f"{API}/stat").mock(side_effect=_stat_of({"/u/c": {"name": "c", "path": "/u/c"}}))
     with pytest.raises(AlreadyExists):
         await client.fs_move("/u/a", "/u/b")
-    from puterfs.client import ServerError
+    assert stat.call_count == 0  # a refusal needs no look
+    # the 500 came after the server acted: /u/a is gone and /u/c there, so it was done
+    assert (await client.fs_move("/u/a", "/u/c"))["path"] == "/u/c"
+    assert route.call_count == 2  # the 500 was not sent again
 
-    with pytest.raises(ServerError):
-        await client.fs_move("/u/a", "/u/c")
-    assert route.call_count == 2  # the 500 was not retried
+
+def _stat_of(entries: dict[str, dict]) -> object:
+    """A /stat handler answering from ``entries`` (404 for any other path)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = json.loads(request.content)["path"]
+        if path in entries:
+            return httpx.Response(200, json={"is_dir": False, "size": 1, **entries[path]})
+        return httpx.Response(404, json={"error": {"code": "subject_does_not_exist", "message": "not found"}})
+
+    return handler
+
+
+@pytest.mark.parametrize("failure", ["500", "html", "cut", "dropped"])
+async def test_move_with_an_unknown_outcome_is_reconciled(
+    client: PuterClient, router: respx.MockRouter, failure: str
+) -> None:
+    """The source still there after a failure that says nothing means the move was not
+    done: it is sent again; gone from both places means someone else took it: the error."""
+    bad = {
+        "500": httpx.Response(500, json={"error": "x", "message": "x", "code": "internal_error"}),
+        "html": httpx.Response(200, html="<html><body>Sign in</body></html>"),
+        "cut": httpx.Response(200, content=b'{"moved": {"name": "d", "pa', headers={"content-type": "application/json"}),
+        "dropped": httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    }[failure]
+    moved = httpx.Response(200, json={"moved": {"name": "d", "path": "/u/d", "is_dir": False}})
+    route = router.post(f"{API}/move").mock(side_effect=[bad, moved])
+    router.post(f"{API}/stat").mock(side_effect=_stat_of({"/u/a": {"name": "a", "path": "/u/a"}}))
+    assert (await client.fs_move("/u/a", "/u/d"))["path"] == "/u/d"
+    assert route.call_count == 2
+    before = route.call_count
+    route.mock(side_effect=[bad])
+    router.post(f"{API}/stat").mock(side_effect=_stat_of({}))
+    from puterfs.client import PuterConnectionError, ServerError
+
+    with pytest.raises((ServerError, PuterConnectionError)):
+        await client.fs_move("/u/x", "/u/y")  # the failure itself, not a NotFound of the look
+    assert route.call_count == before + 1
+
+
+@pytest.mark.parametrize("answer", ["html", "cut", "short-range", "wrong-md5"])
+async def test_idempotent_calls_retry_answers_that_are_not_the_servers(
+    client: PuterClient, router: respx.MockRouter, answer: str
+) -> None:
+    """A 2xx that is not the server's answer (a proxy's page, JSON cut short, a read shorter
+    than its range or not matching its MD5 ETag) is retried like a 5xx."""
+    import hashlib
+
+    data = b"0123456789"
+    good_stat = httpx.Response(200, json={"name": "f", "path": "/u/f", "size": 10, "is_dir": False})
+    stat = router.post(f"{API}/stat").mock(side_effect=[
+        httpx.Response(200, html="<html>portal</html>") if answer == "html" else
+        httpx.Response(200, content=b'{"name": "f", "pa', headers={"content-type": "application/json"}),
+        good_stat,
+    ])
+    assert (await client.fs_stat("/u/f"))["size"] == 10
+    assert stat.call_count == 2
+    etag = {"etag": f'"{hashlib.md5(data).hexdigest()}"'}
+    bad = {
+        "html": httpx.Response(200, html="<html>portal</html>"),
+        "cut": httpx.Response(200, content=data[:5], headers=etag),
+        "short-range": httpx.Response(206, content=data[2:4], headers={"content-range": "bytes 2-5/10"}),
+        "wrong-md5": httpx.Response(200, content=b"X" * 10, headers=etag),
+    }[answer]
+    good = (
+        httpx.Response(206, content=data[2:6], headers={"content-range": "bytes 2-5/10"})
+        if answer == "short-range" else httpx.Response(200, content=data, headers=etag)
+    )
+    read = router.get(f"{API}/read").mock(side_effect=[bad, good])
+    if answer == "short-range":
+        assert await client.fs_read("/u/f", offset=2, length=4, size=10) == data[2:6]
+    else:
+        assert await client.fs_read("/u/f", size=10) == data
+    assert read.call_count == 2
+
+
+async def test_delete_answered_with_a_page_is_sent_again(client: PuterClient, router: respx.MockRouter) -> None:
+    """An HTML 200 is no proof the entry is gone: sent again; a 404 then means it is."""
+    route = router.post(f"{API}/delete").mock(side_effect=[
+        httpx.Response(200, html="<html>portal</html>"),
+        httpx.Response(404, json={"error": {"code": "subject_does_not_exist", "message": "gone"}}),
+    ])
+    await client.fs_delete("/u/f")
+    assert route.call_count == 2
 
 
 @pytest.mark.parametrize(("src", "dst"), [("/admin/d", "/admin/d"), ("/admin/d", "/admin/d/d"), ("~/d", "d/x/y")])

@@ -202,8 +202,9 @@ UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/
 
 def test_exit_status_says_files_are_not_uploaded(mount_factory: MountFactory, emulator: Any) -> None:
     """Stopped (umount --force) while the server refuses uploads: a non-zero exit, a state file that
-    names what is not on the server; the next mount uploads it and exits 0."""
-    m = mount_factory()
+    names what is not on the server; the next mount uploads it and exits 0 (--timeout 3: an
+    upload attempt is retried inside the client until then)."""
+    m = mount_factory(timeout=3)
     emulator.set_faults(*[{"method": "POST", "path": p, "status": 500} for p in UPLOAD_PATHS])
     try:
         (m.path / "kept.txt").write_bytes(b"not on the server yet")
@@ -310,9 +311,11 @@ def test_readers_closing_a_dirty_file_do_not_postpone_its_upload(mount_factory: 
     m.proc.stop()
 
 
-def test_delete_answered_with_html_is_not_taken_as_done(mount: Any, emulator: Any) -> None:
-    """A proxy's HTML page (200) instead of the server's answer to /delete: the unlink fails,
-    the file stays (here and on the server), and a retry deletes it."""
+def test_delete_answered_with_html_is_not_taken_as_done(mount_factory: MountFactory, emulator: Any) -> None:
+    """A proxy's HTML page (200) instead of the server's answer to /delete, every time: it is
+    sent again until --timeout, then the unlink fails, the file stays (here and on the
+    server), and a later unlink deletes it."""
+    mount = mount_factory(timeout=3)
     (mount.path / "keep.txt").write_bytes(b"still here")
     mount.wait_uploaded()
     emulator.set_faults({"method": "POST", "path": "/delete", "html": True})

@@ -1,0 +1,229 @@
+"""Availability under faults: real programs and a randomised run through the mount while the
+emulator fails 30% of all requests, before and after the server acts, with errors, dropped
+connections, lost answers, HTML pages (a proxy's) and JSON cut short.
+
+Every test ends with the same data on the server as in the local model, once the upload
+queue has drained and the faults are off, and prints its figures: operations, faults
+injected, bytes compared, bytes lost (always 0).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mount_testlib import MountFactory, local_tree, tree_diff
+
+FAULT_SHARE = 0.30
+# (share of all requests, the fault): before the server acts (nothing happened) and after
+# (it happened; the answer is lost, an error, a page or cut short)
+FAULT_MIX: list[tuple[float, dict[str, Any]]] = [
+    (0.06, {"status": 503}),
+    (0.04, {"drop": True}),
+    (0.04, {"html": True}),
+    (0.06, {"after": True, "drop": True}),
+    (0.03, {"after": True, "status": 500}),
+    (0.04, {"after": True, "html": True}),
+    (0.03, {"after": True, "truncate": True}),
+]
+assert abs(sum(p for p, _ in FAULT_MIX) - FAULT_SHARE) < 1e-9
+
+
+def fault_rules(seed: int) -> list[dict[str, Any]]:
+    """Rules that fault FAULT_SHARE of all API requests: the first matching rule that hits
+    wins, so each rule's probability is its share of what the rules before it let through.
+
+    The change events (socket.io) are left alone (a rule without a fault matches them
+    first): each of their reconnections makes the mount re-read every listing, which under
+    the free tier's readdir budget costs minutes, not correctness; their faults are
+    tests/mount/test_mount_events.py's."""
+    rules: list[dict[str, Any]] = [{"path": "/socket.io/*"}]
+    left = 1.0
+    for i, (share, fault) in enumerate(FAULT_MIX):
+        rules.append({"path": "*", "probability": share / left, "seed": seed + i, **fault})
+        left -= share
+    return rules
+
+
+class Faults:
+    """30% of requests fail while inside ``with``; ``injected`` counts them."""
+
+    def __init__(self, emulator: Any, seed: int) -> None:
+        self.emulator = emulator
+        self.seed = seed
+        self.injected = 0
+
+    def __enter__(self) -> Faults:
+        self.emulator.set_faults(*fault_rules(self.seed))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        rules = self.emulator._admin("GET", "faults")["rules"]
+        self.injected = sum(int(r.get("fired") or 0) for r in rules if not r["path"].startswith("/socket.io"))
+        self.emulator.clear_faults()
+
+
+def run(*cmd: str | os.PathLike[str], timeout: float = 300) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def check_server(m: Any, rel: str, want: dict[str, str]) -> None:
+    """The server holds exactly ``want`` (path -> sha256; directories end with '/')."""
+    on_server = m.remote.tree(rel)
+    assert on_server == want, f"the server differs from what was written under {rel or '/'}:\n" + tree_diff(on_server, want)
+
+
+def test_git_clone_at_30_percent_faults(mount_factory: MountFactory, tmp_path: Path) -> None:
+    m = mount_factory()
+    src = tmp_path / "origin"
+    src.mkdir()
+    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]
+    run("git", "init", "-q", "-b", "main", src)
+    for i in range(3):
+        (src / f"file{i}.txt").write_text(f"version {i}\n" * (i + 1) * 40)
+        (src / "src").mkdir(exist_ok=True)
+        (src / "src" / f"mod{i}.py").write_text(f"X = {i}\n")
+        (src / "data.bin").write_bytes(random.Random(i).randbytes(5_000 + i))
+        run("git", "-C", src, "add", "-A")
+        run(*git, "-C", src, "commit", "-q", "-m", f"commit {i}")
+    dest = m.path / "repo"
+    with Faults(m.emulator, seed=10) as faults:
+        run("git", "clone", "-q", "--no-hardlinks", src, dest)
+        run("git", "-C", dest, "fsck", "--full", "--strict")
+        assert run("git", "-C", dest, "status", "--porcelain") == ""
+        assert run("git", "-C", dest, "rev-parse", "HEAD") == run("git", "-C", src, "rev-parse", "HEAD")
+        m.wait_uploaded(timeout=180)
+    mounted = local_tree(dest)
+    check_server(m, "repo", mounted)
+    m.remount()
+    assert local_tree(dest) == mounted
+    run("git", "-C", dest, "fsck", "--full", "--strict")
+    files = sum(1 for p in dest.rglob("*") if p.is_file())
+    print(f"git clone at 30% faults: {files} files, {faults.injected} faults injected, "
+          f"{tree_bytes(dest)} bytes compared, bytes lost 0")
+
+
+# ------------------------------------------------------------------ randomised operations
+
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+def _random_op(rng: random.Random, model: Path) -> tuple[str, list[str], bytes | int | None]:
+    """One operation: (kind, relative paths, data or size). Mostly on what the model holds
+    (so most operations succeed), sometimes on a random name (so refusals are compared too)."""
+    files = sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_file())
+    dirs = [""] + sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_dir())
+
+    def new_path() -> str:
+        parent = rng.choice(dirs)
+        name = rng.choice(NAMES) + rng.choice(["", ".txt", "1"])
+        return f"{parent}/{name}" if parent else name
+
+    def some(pool: list[str]) -> str:
+        pool = [p for p in pool if p]
+        return rng.choice(pool) if pool and rng.random() < 0.85 else new_path()
+
+    kind = rng.choices(
+        ["create", "write", "append", "rename", "unlink", "mkdir", "rmdir", "truncate", "read"],
+        weights=[5, 3, 3, 3, 2, 2, 1, 2, 3],
+    )[0]
+    if kind in ("create", "write", "append"):
+        target = new_path() if kind == "create" else some(files)
+        return kind, [target], rng.randbytes(rng.choice([0, 1, 100, 4096, 20_000]))
+    if kind == "truncate":
+        return kind, [some(files)], rng.choice([0, 1, 50, 5000])
+    if kind == "rename":
+        return kind, [some(files + dirs), new_path() if rng.random() < 0.7 else some(files + dirs)], None
+    if kind == "mkdir":
+        return kind, [new_path()], None
+    if kind == "rmdir":
+        return kind, [some(dirs)], None
+    return kind, [some(files)], None
+
+
+def _apply(kind: str, paths: list[str], arg: Any, root: Path) -> int:
+    """Apply the operation under ``root``; 0 or the errno it failed with."""
+    p = [root / x for x in paths]
+    try:
+        if kind == "create":
+            with open(p[0], "xb") as f:
+                f.write(arg)
+        elif kind == "write":
+            with open(p[0], "r+b") as f:
+                f.seek(min(len(arg), os.fstat(f.fileno()).st_size // 2))
+                f.write(arg)
+        elif kind == "append":
+            with open(p[0], "ab") as f:
+                f.write(arg)
+        elif kind == "truncate":
+            os.truncate(p[0], arg)
+        elif kind == "rename":
+            os.rename(p[0], p[1])
+        elif kind == "unlink":
+            os.unlink(p[0])
+        elif kind == "mkdir":
+            os.mkdir(p[0])
+        elif kind == "rmdir":
+            os.rmdir(p[0])
+        return 0
+    except OSError as exc:
+        return exc.errno or -1
+
+
+def test_randomised_operations_at_30_percent_faults(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """create/write/append/rename/unlink/mkdir/rmdir/truncate and reads, seeded, on the mount
+    and on a local directory (the model): every result (success or errno, bytes read) must
+    be the same. Halfway, the mount is stopped and a new one with an empty cache takes over
+    (every read then goes to the server), all under faults; at the end the server, and a
+    fresh mount of it, must hold the model's tree."""
+    seed = int(os.environ.get("PUTERFS_FAULT_SEED", "7"))
+    rng = random.Random(seed)
+    m = mount_factory()
+    model = tmp_path / "model"
+    model.mkdir()
+    (m.path / "ops").mkdir()
+    ops = 200
+    done: dict[str, int] = {}
+    t0 = time.monotonic()
+    with Faults(m.emulator, seed=seed * 100) as faults:
+        for i in range(ops):
+            if i == ops // 2:
+                t_half = time.monotonic() - t0
+                m.proc.stop()  # drains the uploads (under faults)
+                m = mount_factory(cache_dir=tmp_path / "fresh-cache")
+
+            work = m.path / "ops"
+            kind, paths, arg = _random_op(rng, model)
+            if kind == "read" and (model / paths[0]).is_file():
+                assert (work / paths[0]).read_bytes() == (model / paths[0]).read_bytes(), f"#{i} read {paths}"
+                want = got = 0
+            else:
+                want = _apply(kind, paths, arg, model)
+                got = _apply(kind, paths, arg, work)
+            assert got == want, (
+                f"#{i} {kind} {paths}: mount {errno.errorcode.get(got, got)}, model {errno.errorcode.get(want, want)}\n"
+                + m.proc.log_text(8000)
+            )
+            done[kind if want == 0 else "refused"] = done.get(kind if want == 0 else "refused", 0) + 1
+        work = m.path / "ops"
+        assert local_tree(work) == local_tree(model), tree_diff(local_tree(work), local_tree(model))
+        m.wait_uploaded(timeout=180)
+    t_all = time.monotonic() - t0
+    want_tree = local_tree(model)
+    check_server(m, "ops", want_tree)
+    m.remount()
+    assert local_tree(m.path / "ops") == want_tree, "after a remount:\n" + tree_diff(local_tree(m.path / "ops"), want_tree)
+    mix = ", ".join(f"{k} {v}" for k, v in sorted(done.items()))
+    print(f"randomised ops at 30% faults (seed {seed}): {ops} operations ({mix}), {faults.injected} faults injected, "
+          f"{tree_bytes(model)} bytes compared, bytes lost 0 ({t_half:.0f} s + {t_all - t_half:.0f} s)")
