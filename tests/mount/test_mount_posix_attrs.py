@@ -123,6 +123,45 @@ def test_pending_metadata_survives_sigkill(mount_factory, tmp_path: Path) -> Non
     assert (m2.path / "e" / "new").read_bytes() == b"n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as a second user")
+def test_other_users_get_the_other_bits_with_allow_other(mount_factory) -> None:
+    # every entry is the mounting user's: with --allow-other the kernel (default_permissions)
+    # checks another user against the "other" bits, and the sticky bit protects everything
+    m = mount_factory(allow_other=True)
+    (m.path / "private.txt").write_bytes(b"p")
+    os.chmod(m.path / "private.txt", 0o600)
+    (m.path / "public.txt").write_bytes(b"pub")
+    os.chmod(m.path / "public.txt", 0o644)
+    (m.path / "open").mkdir()
+    os.chmod(m.path / "open", 0o777)
+    (m.path / "sticky").mkdir()
+    os.chmod(m.path / "sticky", 0o1777)
+
+    def as_nobody(script: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["sh", "-c", script], cwd=m.path, capture_output=True, timeout=60, user=65534,
+                              group=65534)  # fmt: skip
+
+    assert as_nobody("cat public.txt").stdout == b"pub"
+    for script, why in (("cat private.txt", b"Permission denied"), ("echo x >> public.txt", b"Permission denied"),
+                        ("touch new.txt", b"Permission denied"), ("rm sticky/mine", b"Operation not permitted"),
+                        ("chown 65534 open/made", b"Operation not permitted")):  # fmt: skip
+        if script.startswith("rm"):
+            assert as_nobody(": > sticky/mine").returncode == 0
+        if script.startswith("chown"):
+            assert as_nobody(": > open/made && mv open/made open/made2 && mv open/made2 open/made").returncode == 0
+        proc = as_nobody(script)
+        assert proc.returncode != 0 and why in proc.stderr, (script, proc)
+    st = os.stat(m.path / "open" / "made")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())  # the mounting user's, whoever made it
+    assert (m.path / "sticky" / "mine").exists()
+    # what follows from it: another user's new file is not its own, so setting its times to
+    # "now" (touch) needs write permission it does not have with the usual umask
+    proc = as_nobody("umask 022; touch open/by-touch")
+    assert proc.returncode != 0 and b"setting times" in proc.stderr, proc
+    st = os.stat(m.path / "open" / "by-touch")  # created all the same
+    assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.getuid()
+
+
 def test_ctime_never_goes_backwards(mount: MountedFs) -> None:
     p = mount.path / "c.txt"
     p.write_bytes(b"c")
