@@ -138,6 +138,7 @@ class CacheEntry:
     # `seen_fps`: fingerprints events showed since our upload started (an echo that came
     # before the upload's answer).
     unverified: bool = False
+    verify_after: float = 0.0  # trio time: a failed check is not repeated before it
     echo_due: tuple[str | None, int, int | None] | None = None
     seen_fps: set[tuple[str | None, int, int | None]] = field(default_factory=set)
 

@@ -36,6 +36,8 @@ from puterfs.fs.remote import RemoteEntry, split
 
 log = logging.getLogger(__name__)
 
+VERIFY_WAIT = 5.0  # a version check waits this long at most; then the cached copy answers
+VERIFY_RETRY = 10.0  # and the next check of that file is not before this
 RECENT = 600.0  # a directory used this recently is re-listed in the background
 REFUSED_RETRY = 300.0  # after a refusal, try the events again this late (or when the token changes)
 
@@ -513,13 +515,19 @@ async def verify(ops: Any, node: Node, *, force: bool = False) -> None:
     ent = node.entry
     if ent is None or ent.dirty or not (ent.unverified or force) or ent.id not in ops.cache.entries:
         return
+    now = trio.current_time()
+    if ent.verify_after > now:
+        return  # a check failed a moment ago: the cached copy answers meanwhile
     try:
-        etag = await ops.remote.version(node.path, ent.size)
+        with trio.fail_after(VERIFY_WAIT):
+            etag = await ops.remote.version(node.path, ent.size)
     except NotFound:
         return  # gone: the listing says so at its next read
-    except PuterError as exc:
-        log.debug("%s: version check failed (%s); serving the cached copy", node.path, exc)
-        return  # the cached copy answers while the server does not; checked again next time
+    except (PuterError, trio.TooSlowError) as exc:
+        # the cached copy answers while the server does not (or slowly); checked again later
+        log.debug("%s: version check failed (%s); serving the cached copy", node.path, exc or "too slow")
+        ent.verify_after = now + VERIFY_RETRY
+        return
     if node.entry is not ent or ent.dirty:
         return
     ent.unverified = False

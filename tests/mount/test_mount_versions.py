@@ -127,3 +127,27 @@ def test_polling_mount_sees_a_same_second_overwrite(mount_factory: Any, puter_us
 
     rel = _overwrite_within_the_second(m, "polled.txt", a, b, cache_it)
     wait_for(lambda: (m.path / rel).read_bytes() == b, 10, "the other client's version through a polling mount")
+
+
+def test_a_stalled_version_check_does_not_hold_up_the_cached_copy(mount_factory: Any, emulator: Any) -> None:
+    """The version check (one byte) waits 5 s at most: a server that does not answer leaves the
+    cached copy answering, not the caller waiting for --timeout."""
+    m = mount_factory(timeout=30)
+    size = BLOCK + 10
+    m.remote.write("held.bin", b"H" * size)
+    wait_for(lambda: (m.path / "held.bin").exists(), 10, "held.bin in the mount")
+    with open(m.path / "held.bin", "rb") as f:
+        assert f.read(4096) == b"H" * 4096  # the first block is cached, the rest is not
+    emulator.set_faults({"method": "GET", "path": "/read", "stall": True})
+    try:
+        t0 = time.monotonic()
+        with open(m.path / "held.bin", "rb") as f:  # a partly cached file checks its version at open
+            assert f.read(4096) == b"H" * 4096
+        elapsed = time.monotonic() - t0
+        fired = sum(r.get("fired") or 0 for r in emulator._admin("GET", "faults")["rules"])
+    finally:
+        emulator.clear_faults()
+        emulator.release()
+    assert fired >= 1, "no version check was sent"
+    assert elapsed < 15, f"the cached block took {elapsed:.1f}s behind a stalled version check (--timeout 30)"
+    print(f"stalled version check: cached data answered after {elapsed:.1f}s")
