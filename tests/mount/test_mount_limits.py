@@ -242,6 +242,7 @@ def test_an_abandoned_large_upload_aborts_its_session(mount: MountedFs) -> None:
     """A file of 100 MiB or more deleted while its presigned upload is under way: the upload
     stops, the session is dropped with /fs/abortWrite, nothing is left on the server. The
     file is sparse (cheap); the storage is slowed so that it is deleted halfway."""
+    mount.emulator.clear_log()  # the session emulator's log holds earlier tests' requests
     mount.emulator.set_faults({"path": "/puter-local/*", "method": "PUT", "latency": 2.0})
     with open(mount.path / "gone.bin", "wb") as f:
         f.write(b"head")
@@ -264,6 +265,7 @@ def test_a_big_file_skips_a_busy_batch_for_the_presigned_flow(mount_factory: Mou
     held by the server), a 16 MiB file goes up through the presigned routes (a budget of their
     own) instead of queueing behind them; the held ones finish once let go."""
     mount = mount_factory(timeout=600)  # the held requests must not time out meanwhile
+    mount.emulator.clear_log()  # the session emulator's log holds earlier tests' requests
     # count 3: a third /batch would be held too (the rule stays listed while it has some left)
     mount.emulator.set_faults({"method": "POST", "path": "/batch", "stall": True, "count": 3})
 
