@@ -271,7 +271,8 @@ class FS:
         async def reconcile(err: PuterError) -> Any:
             # not one of the files there: nothing was written, it may be sent again; any
             # of them there is left to the caller (it may be ours or another client's)
-            if await self._none_exist([p for p, _ in items]):
+            listed = await self._listed({_split(p)[0] or "/" for p, _ in items})
+            if not any(p in listed for p, _ in items):
                 return RESEND
             raise err
 
@@ -281,21 +282,52 @@ class FS:
         )
         return result
 
-    async def _none_exist(self, paths: Sequence[str]) -> bool:
-        for path in paths:
+    async def _listed(self, folders: set[str]) -> dict[str, dict[str, Any]]:
+        """{path: entry} of what the folders hold now (a missing folder holds nothing)."""
+        out: dict[str, dict[str, Any]] = {}
+        for folder in sorted(folders):
             try:
-                await self.stat(path)
-                return False
+                entries = await self.readdir(folder)
             except NotFound:
                 continue
-        return True
+            for e in entries:
+                name = e.get("name")
+                if isinstance(name, str):
+                    out[posixpath.join(folder, name)] = e
+        return out
 
-    async def _holds(self, path: str, data: bytes) -> dict[str, Any] | None:
+    async def _all_held(
+        self, items: Sequence[tuple[str, bytes]], entries: Sequence[dict[str, Any] | None] | None = None
+    ) -> list[dict[str, Any] | None]:
+        """`_holds` of each (path, data) (its entry, when known, spares a stat), a few at a
+        time (the server's read cap is 5)."""
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        errors: list[PuterError] = []
+        limit = anyio.CapacityLimiter(4)
+
+        async def one(i: int, path: str, data: bytes) -> None:
+            async with limit:
+                if errors:
+                    return
+                try:
+                    out[i] = await self._holds(path, data, entries[i] if entries is not None else None)
+                except PuterError as exc:  # raised as itself below, not in an exception group
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i, (path, data) in enumerate(items):
+                tg.start_soon(one, i, path, data)
+        if errors:
+            raise errors[0]
+        return out
+
+    async def _holds(self, path: str, data: bytes, entry: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The entry at ``path`` when the server holds exactly ``data`` there, else None."""
-        try:
-            entry = await self.stat(path)
-        except NotFound:
-            return None
+        if entry is None:
+            try:
+                entry = await self.stat(path)
+            except NotFound:
+                return None
         if entry.get("is_dir") or int(entry.get("size") or 0) != len(data):
             return None
         there = await self.read(path, size=len(data)) if data else b""
@@ -433,13 +465,20 @@ class FS:
             return out
 
         async def reconcile(err: PuterError) -> Any:
-            # what is there now decides: every file holding our bytes (done), none of them
-            # there (not done: send again); anything else is left to the caller
-            held = [await self._holds(r["fileMetadata"]["path"], base64.b64decode(r["fileContent"])) for r in reqs]
+            # what is there now decides (one listing per folder, then a read of each file
+            # that could be ours): every file holding our bytes (done), none of them there
+            # (not done: send again); anything else is left to the caller
+            items = [(r["fileMetadata"]["path"], base64.b64decode(r["fileContent"])) for r in reqs]
+            listed = await self._listed({_split(p)[0] or "/" for p, _ in items})
+            there = [listed.get(p) for p, _ in items]
+            if all(e is None for e in there):
+                return RESEND
+            if any(e is None or e.get("is_dir") or int(e.get("size") or 0) != len(d)
+                   for e, (_, d) in zip(there, items, strict=True)):
+                raise err
+            held = await self._all_held(items, there)
             if all(e is not None for e in held):
                 return held
-            if await self._none_exist([r["fileMetadata"]["path"] for r in reqs]):
-                return RESEND
             raise err
 
         rec = None if overwrite or dedupe else reconcile

@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS pending_meta (
     mode INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_moves (
+    old TEXT NOT NULL,
+    new TEXT NOT NULL
+);
 """
 _ADDED_COLUMNS = {
     "gen": "INTEGER NOT NULL DEFAULT 0",
@@ -778,6 +782,21 @@ class CacheStore:
             freed += e.size if e.complete else len(e.blocks) * BLOCK_SIZE
             self.delete(e)
         return freed
+
+    # -- server moves under way (a rename whose outcome a crash could leave unknown) -------
+
+    def begin_move(self, old: str, new: str) -> None:
+        """Journal (committed at once) that the server is asked to move `old` to `new`: if the
+        daemon dies before it learns the outcome, the next start asks the server."""
+        self._sql("INSERT INTO pending_moves (old, new) VALUES (?, ?)", (old, new))
+
+    def end_move(self, old: str, new: str) -> None:
+        """The move's outcome is known and the journal's paths follow it."""
+        self._sql("DELETE FROM pending_moves WHERE old=? AND new=?", (old, new))
+
+    def pending_moves(self) -> list[tuple[str, str]]:
+        rows = self._sql("SELECT old, new FROM pending_moves ORDER BY rowid").fetchall()
+        return [(str(o), str(n)) for o, n in rows if valid_path(str(o)) and valid_path(str(n)) and o and n]
 
     # -- pending metadata updates (mode and mtime not yet on the server) --------------------
 

@@ -19,6 +19,8 @@ import trio
 from puterfs.client._errors import (
     NotEmpty,
     NotFound,
+    PuterError,
+    is_temporary,
 )
 from puterfs.fs.errors import FsError
 from puterfs.fs.inodes import LINK_SUFFIX, Node
@@ -147,15 +149,24 @@ class Namespace:
             target.remote_fp is not None or (target.entry is not None and target.entry.maybe_remote)
         )
         if node.remote_fp is not None or (node.entry is not None and node.entry.maybe_remote):
+            # journaled first: a daemon killed before it learns the outcome (the server may
+            # have moved the tree) asks the server at the next start (prepare), so pending
+            # files follow the tree instead of recreating the old path beside it
+            self.cache.begin_move(node.path, new_path)
             try:
                 result = await self.remote.move(node.path, new_path, overwrite=target_remote)
             except NotFound:
+                self.cache.end_move(node.path, new_path)
                 if node.is_dir or node.entry is None or not node.entry.dirty:
                     raise
                 # not on the server (after all); our dirty copy goes up under the new name
                 node.remote_fp = None
                 node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
                 self.cache.save(node.entry)
+            except PuterError as exc:
+                if not is_temporary(exc):  # a refusal: not moved (else the next start asks)
+                    self.cache.end_move(node.path, new_path)
+                raise
             else:
                 old_fp = node.remote_fp
                 node.remote_fp = result.fingerprint
@@ -349,6 +360,7 @@ class Namespace:
         if target is not None:
             self._drop_target(new_parent, new_name, target)
         self.cache.rename(old_path, new_path)
+        self.cache.end_move(old_path, new_path)
         self.table.rename(node, new_path)
         if old_parent.children is not None and old_parent.children.get(old_name) is node:
             del old_parent.children[old_name]

@@ -27,7 +27,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from puterfs.client._errors import PuterError
+from puterfs.client._errors import NotFound, PuterError
 from puterfs.fs.cache import CacheStore
 from puterfs.fs.data import READAHEAD_BLOCKS, DataCache, _Handle
 from puterfs.fs.errors import FsError, fuse_errors
@@ -124,6 +124,26 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self._meta_restored: set[int] = set()  # inodes whose update came from the journal (restore_pending_meta)
         self._meta_journaled: set[int] = set()  # inodes with a pending_meta row not yet sent
 
+    async def _settle_moves(self) -> None:
+        """Moves the last daemon asked for without learning the outcome (killed meanwhile):
+        the server's state says which way it went (the source gone and the destination
+        there: moved, and the journal follows; else not), before any upload could recreate
+        the old path beside the moved tree."""
+        for old, new in self.cache.pending_moves():
+            try:
+                await self.remote.stat(old)
+                moved = False
+            except NotFound:
+                try:
+                    await self.remote.stat(new)
+                    moved = True
+                except NotFound:
+                    moved = False
+            if moved:
+                log.info("the move of %s to %s was done on the server before the last stop; following it", old, new)
+                self.cache.rename(old, new)
+            self.cache.end_move(old, new)
+
     async def prepare(self) -> None:
         """Check the remote root and restore pending uploads from the journal."""
         root = await self.remote.stat("")
@@ -140,6 +160,7 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
             else:
                 self._orphans.append(session)
                 self.cache.save_upload_session(entry_id, None)
+        await self._settle_moves()
         pending = self.cache.dirty_entries()
         for e in pending:
             self.queue.schedule(e.id, 0)

@@ -655,3 +655,36 @@ async def test_last_change_is_milliseconds_int(client: PuterClient, router: resp
     request = route.calls.last.request
     assert_api_request(request, "GET", "/cache/last-change-timestamp")
     assert "content-type" not in request.headers
+
+
+@pytest.mark.parametrize("there", ["ours", "nothing", "another"])
+async def test_non_overwrite_write_with_an_unknown_outcome_is_reconciled(
+    client: PuterClient, router: respx.MockRouter, there: str
+) -> None:
+    """A write that must not overwrite, answered with a 500: what the server holds decides.
+    Our bytes there: done (not sent again); nothing there: sent again; other bytes: the
+    failure stands (the caller keeps both)."""
+    import hashlib
+
+    from puterfs.client import ServerError
+
+    data = b"our new file\n"
+    held = {"ours": data, "another": b"their file!!\n"}.get(there)
+    entry = {"name": "n.txt", "path": "/u/n.txt", "size": len(data), "is_dir": False, "uid": "u1"}
+    ok = httpx.Response(200, json={"fsEntry": {**entry, "id": "u1"}})
+    route = router.post(f"{API}/fs/write").mock(side_effect=[
+        httpx.Response(500, json={"error": "x", "message": "x", "code": "internal_error"}), ok,
+    ])
+    router.post(f"{API}/readdir").mock(return_value=httpx.Response(200, json=[] if held is None else [entry]))
+    if held is not None:
+        router.get(f"{API}/read").mock(return_value=httpx.Response(
+            200, content=held, headers={"etag": f'"{hashlib.md5(held).hexdigest()}"'}
+        ))
+    if there == "another":
+        with pytest.raises(ServerError):
+            await client.fs.write("/u/n.txt", data, overwrite=False, metadata={"k": "v"})
+        assert route.call_count == 1
+        return
+    out = await client.fs.write("/u/n.txt", data, overwrite=False, metadata={"k": "v"})
+    assert out["path"] == "/u/n.txt"
+    assert route.call_count == (1 if there == "ours" else 2)
