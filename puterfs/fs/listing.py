@@ -184,11 +184,13 @@ class ListingCache:
         if dirnode.children is not None and self.background is not None:
             # the refresh runs on its own: a caller that gives up (stale_ok, or interrupted)
             # leaves it to finish for the next one
-            done = self._refreshing.get(dirnode.inode)
-            if done is None:
-                done = self._refreshing[dirnode.inode] = trio.Event()
-                self.background.start_soon(self._refresh_listing, dirnode, done)
-            with trio.move_on_after(STALE_WAIT if stale_ok else math.inf):
+            running = self._refreshing.get(dirnode.inode)
+            if running is None:
+                running = self._refreshing[dirnode.inode] = (trio.Event(), trio.current_time())
+                self.background.start_soon(self._refresh_listing, dirnode, running[0])
+            done, started = running
+            # STALE_WAIT from the refresh's start: callers after that answer at once
+            with trio.move_on_at(started + STALE_WAIT if stale_ok else math.inf):
                 await done.wait()
             if not dirnode.in_tree:
                 raise FsError(errno.ENOENT)

@@ -110,7 +110,7 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self.mutations = 0  # namespace changes of ours under way (see _mutating)
         # a nursery for listing refreshes that outlive their caller (Freshness.run sets it)
         self.background: trio.Nursery | None = None
-        self._refreshing: dict[int, trio.Event] = {}
+        self._refreshing: dict[int, tuple[trio.Event, float]] = {}  # folder inode -> (done, started)
         self.mutating: list[tuple[set[str], set[str]]] = []  # their (folders, subtrees)
         self.events_live = False  # change events arrive (freshness.py): the timestamp poll rests
         self.freshness: Any = None  # puterfs.fs.freshness.Freshness, set by the mount
