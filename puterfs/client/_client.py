@@ -324,6 +324,8 @@ class PuterClient(PutergenaiFacade):
             """After a failed attempt: _AGAIN to send the request again, else the call's
             result (a reconcile found it done); raises ``err`` when it may not be retried."""
             nonlocal attempt
+            if not may_retry(idem, err, sent=sent) and (reconcile is None or not uncertain(err, sent=sent)):
+                raise err  # an answer that stands (a 404, a refusal): no retry, nothing suspect
             attempt += 1
             delay = self._retry.delay(attempt, retry_after)
             if not (self._may_try_again(attempt) and _before(end, delay)):
