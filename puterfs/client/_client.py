@@ -324,18 +324,17 @@ class PuterClient(PutergenaiFacade):
             """After a failed attempt: _AGAIN to send the request again, else the call's
             result (a reconcile found it done); raises ``err`` when it may not be retried."""
             nonlocal attempt
-            if not may_retry(idem, err, sent=sent) and (reconcile is None or not uncertain(err, sent=sent)):
-                raise err  # an answer that stands (a 404, a refusal): no retry, nothing suspect
+            retry = may_retry(idem, err, sent=sent)
+            if not retry and (reconcile is None or not uncertain(err, sent=sent)):
+                raise err  # a refusal (404, 409 ...) or an outcome nobody can learn
             attempt += 1
             delay = self._retry.delay(attempt, retry_after)
-            if not (self._may_try_again(attempt) and _before(end, delay)):
+            if not (_before(end, delay) and self._may_try_again(attempt)):
                 raise err
-            if may_retry(idem, err, sent=sent):
+            if retry:
                 log.info("%s %s: %s; retry %d in %.2fs", method, _path_of(url), err, attempt, delay)
                 await anyio.sleep(delay)
                 return _AGAIN
-            if reconcile is None or not uncertain(err, sent=sent):
-                raise err
             log.info("%s %s: %s; checking the server's state", method, _path_of(url), err)
             try:
                 verdict = await reconcile(err)
