@@ -259,15 +259,12 @@ class Uploader:
         )
         results: dict[int, BaseException | None] = {}
         for ent, version, md5, res in zip(batch, versions, md5s, outcome, strict=True):
-            if isinstance(res, BaseException) and refused_for_good(res) and len(batch) > 1:
-                # one file the server refuses must not fail the others: on its own it fails alone
-                try:
-                    await self._upload_one(ent)
-                    results[ent.id] = None
-                except PuterError as exc:
-                    results[ent.id] = exc
-            elif isinstance(res, AlreadyExists):
-                # someone created the name meanwhile, or an earlier attempt of ours got through
+            if isinstance(res, AlreadyExists) or (
+                isinstance(res, BaseException) and refused_for_good(res) and len(batch) > 1
+            ):
+                # A name someone created meanwhile (or an earlier attempt of ours got through),
+                # or one file the server refuses: each goes up on its own, so it fails alone
+                # and never fails the others.
                 try:
                     await self._upload_one(ent)
                     results[ent.id] = None
