@@ -82,10 +82,14 @@ mount: mount-venv
 umount:
 	$(BIN)/puterfs umount $(MOUNTPOINT)
 
-# rclone mount is the benchmark's reference column; without it (not root, no package) that
-# column is skipped with a note in the table.
+# The benchmark needs what mounting needs plus git and tar (its workloads); rclone mount is its
+# reference column, installed from Debian when missing; without it (not root, no package) that
+# column is skipped with a note in the table. Not the whole test toolchain (no Chromium, no npm).
+# Defaults: both tiers, 3 passes each, 256 MiB (bench/README.md: about 25 minutes here).
 BENCH_ARGS ?=
-bench: venv
+BENCH_TOOLS := git:git tar:tar
+bench: mount-venv
+	$(call install_missing,$(BENCH_TOOLS),)
 	@command -v rclone >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rclone; } || \
 	  echo "note: rclone could not be installed; the rclone column will be skipped"
