@@ -61,6 +61,9 @@ def test_bench_smoke_runs_every_workload(tmp_path: Path) -> None:
     assert w["random 4 KiB reads"]["puterfs"]["bytes downloaded"] >= w["random 4 KiB reads"]["puterfs"]["bytes read"]
     assert w["ls -lR"]["puterfs"]["warm requests"] <= w["ls -lR"]["puterfs"]["cold requests"]
     assert w["sequential"]["puterfs"]["cold read requests"] >= 1
+    # the request log by route covers each whole workload (ls -lR clears it between cold and warm)
+    assert set(tier["requests_by_route"]) == set(bench_run.WORKLOADS)
+    assert any(r in bench_run.LISTING_ROUTES for r in tier["requests_by_route"]["ls -lR"])
     assert tier["429 per pass"] == [tier["429 per pass"][0]] and data["seconds"] > 0
     # the printed table has a verdict for each target of issue 13
     for row in ("tar x: HTTP requests", "rm -rf: on the server after", "429 answers, all workloads",
