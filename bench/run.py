@@ -235,9 +235,11 @@ class Mount:
         while time.monotonic() < deadline:
             st = self.state()
             now = time.perf_counter()
-            if st and "budget_exhausted" in str(st.get("last_error") or ""):
-                # the tier's hourly budget is spent: waiting would take up to an hour
-                raise RuntimeError(f"the mount ran out of the tier's request budget: {st['last_error']}")
+            err = str((st or {}).get("last_error") or "")
+            if "request budget" in err and "-sustained" in err:
+                # the account's hourly budget (fs:mutate-sustained) is spent: waiting would
+                # take up to an hour; the pass reports it as this workload's failure
+                raise RuntimeError(f"the mount ran out of the tier's request budget: {err}")
             if st and st.get("pending") == 0 and st.get("uploading", 0) == 0:
                 zero_since = zero_since or now
                 if now - zero_since >= settle:
