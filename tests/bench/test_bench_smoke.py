@@ -32,9 +32,9 @@ import run as bench_run  # noqa: E402
 
 
 def test_bench_smoke_runs_every_workload(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", str(out), "--markdown", str(md)],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,3 +70,9 @@ def test_bench_smoke_runs_every_workload(tmp_path: Path) -> None:
                 "cold sequential read", "ls -lR 20 entries, warm", "daemon peak RSS"):  # fmt: skip
         assert row in proc.stdout, row
     assert "met" in proc.stdout
+    # the Markdown table (for docs/performance.md) has the same rows, and --from-json prints them again
+    table = md.read_text()
+    assert "| tar x: HTTP requests | " in table and "| 429 answers, all workloads | " in table
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--from-json", str(out)],
+                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert "tar x: HTTP requests" in again.stdout
