@@ -86,14 +86,18 @@ umount:
 # reference column, installed from Debian when missing; without it (not root, no package) that
 # column is skipped with a note in the table. Not the whole test toolchain (no Chromium, no npm).
 # Defaults: both tiers, 3 passes each, 256 MiB (bench/README.md: about 25 minutes here).
+# The results go to .bench/latest.json (every median and every pass's figures) and
+# .bench/latest.md (the table as Markdown, for docs/performance.md); BENCH_OUT moves them.
 BENCH_ARGS ?=
+BENCH_OUT ?= .bench
 BENCH_TOOLS := git:git tar:tar
 bench: mount-venv
 	$(call install_missing,$(BENCH_TOOLS),)
 	@command -v rclone >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rclone; } || \
 	  echo "note: rclone could not be installed; the rclone column will be skipped"
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/run.py --json $(BENCH_OUT)/latest.json --markdown $(BENCH_OUT)/latest.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
