@@ -114,6 +114,11 @@ class PutergenaiFacade:
         """``fs_read`` with the server's version of the bytes, its ETag (puterfs)."""
         return await self.fs.read_version(path, offset=offset, length=length, size=size)
 
+    async def fs_read_version_into(self, path: str, buf: memoryview, *, offset: int, size: int) -> str | None:
+        """Fill ``buf`` with the bytes from ``offset`` of a file of ``size`` bytes, straight from
+        the answer; returns their version, the ETag (puterfs)."""
+        return await self.fs.read_version_into(path, buf, offset=offset, size=size)
+
     async def fs_read_into(
         self,
         path: str,

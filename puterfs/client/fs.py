@@ -71,6 +71,48 @@ def _moved(data: Any) -> dict[str, Any]:
     return moved
 
 
+async def _fill_from(response: httpx.Response, buf: memoryview, span: tuple[int, int] | None) -> str | None:
+    """Copy a streamed ``/read`` answer into ``buf`` (exactly its size), checking it as
+    `_read_body` does; returns the answer's ETag header."""
+    if "text/html" in response.headers.get("content-type", ""):
+        raise BadAnswer("an HTML page answered the read, not the server", status=response.status_code)
+    skip = 0
+    if response.status_code == 206 and span is not None:
+        m = re.match(r"bytes (\d+)-(\d+)/", response.headers.get("content-range", ""))
+        if m is None:
+            raise BadAnswer("a ranged read answered without a Content-Range", status=206)
+        if (int(m.group(1)), int(m.group(2))) != span:
+            raise BadAnswer(f"a ranged read answered bytes {m.group(1)}-{m.group(2)} for {span[0]}-{span[1]}")
+    elif span is not None:
+        skip = span[0]  # the server ignored the Range: the whole file, from which the range is cut
+    # a whole file with its MD5 as ETag is checked against it, as read_version does
+    m = _PLAIN_MD5.match(response.headers.get("etag", "")) if response.status_code == 200 else None
+    md5 = hashlib.md5() if m is not None else None
+    want, pos = len(buf), 0
+    async with aclosing(response.aiter_bytes()) as chunks:
+        async for chunk in chunks:
+            if md5 is not None:
+                md5.update(chunk)
+            n = len(chunk)
+            if skip:
+                if n <= skip:
+                    skip -= n
+                    continue
+                chunk, n, skip = chunk[skip:], n - skip, 0
+            if pos + n > want:
+                if span is None or response.status_code == 206:
+                    raise BadAnswer(f"the read answered more than the {want} bytes asked for")
+                n = want - pos  # the rest of the whole file is not wanted
+            if n:
+                buf[pos : pos + n] = chunk[:n] if n < len(chunk) else chunk
+                pos += n
+    if pos != want or skip:
+        raise BadAnswer(f"the read answered {pos} of the {want} bytes asked for (cut short?)", status=response.status_code)
+    if md5 is not None and m is not None and md5.hexdigest() != m.group(1):
+        raise BadAnswer("the bytes read do not match their ETag (cut short?)", status=200)
+    return response.headers.get("etag")
+
+
 def _read_body(span: tuple[int, int] | None) -> Callable[[httpx.Response], bytes]:
     """The ``decode`` of a ``/read``: the bytes, once they are known to be the file's. An
     HTML page (a proxy's; /read always answers application/octet-stream), a ranged answer
@@ -671,6 +713,40 @@ class FS:
             decode=lambda r: (body(r), r.headers.get("etag")),
         )
         return data, parse_etag(etag)
+
+    async def read_version_into(self, path: str, buf: memoryview, *, offset: int, size: int) -> str | None:
+        """Fill the writable buffer ``buf`` with the ``len(buf)`` bytes of a file of ``size``
+        bytes from ``offset``, straight from the answer as it arrives (no copy of the body is
+        collected in memory); returns the version (ETag) like `read_version`.
+
+        The answer is checked like `read_version`'s (an HTML page, a ranged answer for other
+        bytes, one too short or too long, a whole file when a range was asked for is skipped to
+        the range); a bad answer or a connection broken mid-body sends the request again (up to
+        the client's bounded retries), filling ``buf`` anew."""
+        if len(buf) == 0 or offset < 0 or offset + len(buf) > size:
+            raise BadRequest(f"bytes {offset}+{len(buf)} are not within a file of {size} bytes")
+        target, span, _ = await self._read_range(path, offset, len(buf), size)
+        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
+        attempt = 0
+        while True:
+            attempt += 1
+            response = await self._c._send(
+                "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers,
+                stream=True,
+            )
+            try:
+                etag = await _fill_from(response, buf, span)
+                return parse_etag(etag)
+            except (httpx.RequestError, BadAnswer) as exc:
+                from puterfs.client._client import _map_transport_error  # the transport's own mapping
+
+                err = exc if isinstance(exc, BadAnswer) else _map_transport_error(exc)
+                if attempt > self._c._retry.bounded:
+                    raise err from exc
+                log.info("read of %s into a buffer failed (%s); sending it again", target, err)
+                await anyio.sleep(self._c._retry.delay(attempt))
+            finally:
+                await response.aclose()
 
     async def read_into(
         self,

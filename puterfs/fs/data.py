@@ -125,6 +125,7 @@ class DataCache:
         assert ent is not None
         if not ent.dirty:
             self.cache.mark_dirty(ent)  # committed before the write returns
+            self.readahead.drop(ent.id)
         ent.version += 1
         self.queue.changed(ent.id)
         node.local_seq = self.table.next_seq()
@@ -220,6 +221,8 @@ class DataCache:
             self.queue.schedule(ent.id)
         if node.opens == 0:
             self._close_fd(node)
+            if ent is not None:
+                self.readahead.drop(ent.id)
             if not node.in_tree:
                 self._release_unlinked(node)
                 self.table.maybe_drop(node)
@@ -317,7 +320,7 @@ class DataCache:
             await verify_version(self, node, force=True)
         return self._open_handle(node, flags)
 
-    async def _read(self, fh: int, off: int, size: int) -> bytes:
+    async def _read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._handles.get(fh)
         if h is None:
             raise FsError(errno.EBADF)
@@ -338,7 +341,9 @@ class DataCache:
                 return b""  # the server's new version is shorter
             size = min(size, ent.size - off)
         self.cache.touch(ent)
-        data = os.pread(self._fd(node), size, off)
+        data: bytes | memoryview | None = self.readahead.serve(ent, off, size)  # just fetched, still in memory
+        if data is None:
+            data = os.pread(self._fd(node), size, off)
         h.next_off = off + len(data)
         self.readahead.advance(node, ent, off, len(data))
         return data

@@ -553,6 +553,9 @@ async def content_changed(ops: Any, node: Node, ent: Any, etag: str) -> None:
     if node.entry is not ent or ent.dirty or ent.id not in ops.cache.entries:
         return  # replaced or written meanwhile
     size = e.size if e is not None else ent.size
+    ra = getattr(ops, "readahead", None)
+    if ra is not None:
+        ra.drop(ent.id)  # no chunk of the old version is served from memory
     fd = ops._fd(node)
     os.ftruncate(fd, 0)
     os.ftruncate(fd, size)

@@ -11,6 +11,14 @@ rarely waits for the network, while random readers (no stream) fetch only what t
 Background requests are paced at background priority (docs/client.md): a reader's own fetch,
 of this file or another, goes first when both wait for the account's read budget.
 
+A background chunk's answer is copied, as it arrives, into one of a few page-aligned chunk
+buffers (at most ``MAX_BUFFERS``: the daemon's memory stays bounded whatever the number of
+readers); from there it is written to the cache file with ``O_DIRECT`` where the cache disk
+allows it (no second copy of the bytes in the page cache: the kernel already caches them for
+the mount's file, and copying into fresh page-cache pages was the largest CPU cost of a cold
+read), and the kernel's reads of it are answered from the buffer until the reader has passed it
+(``serve``); after that, or once the buffer is wanted for a newer chunk, from the cache file.
+
 A read that needs a block a background request is fetching waits for it (``settle``) instead
 of asking again. A background chunk is only a hint: it is stored only if the file is still the
 same clean, incomplete, open cache entry at the same size and the server's version (ETag) is the
@@ -20,7 +28,9 @@ fetch does the work and reports what went wrong. See docs/performance.md.
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +48,9 @@ WINDOW_MAX = 16  # at most this many blocks ahead of the reader (16 MiB)
 PARALLEL = 4  # background ranged requests in flight per file
 NEAR = BLOCK_SIZE // 2  # a read within this distance of the last one's end continues its stream
 MAX_STREAMS = 64
+CHUNK_BYTES = CHUNK_MAX * BLOCK_SIZE
+MAX_BUFFERS = 8  # chunk buffers in all (in flight, or landed and not yet read past): 32 MiB
+DIRECT_ALIGN = 4096  # O_DIRECT wants offsets, lengths and addresses aligned to the disk's blocks
 
 
 @dataclass(eq=False)
@@ -48,11 +61,52 @@ class _Stream:
     tasks: int = 0  # background requests in flight
 
 
-def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+@dataclass(eq=False)
+class _Landed:
+    """A chunk in the cache file whose bytes are also still in its buffer."""
+
+    ent: Any
+    begin: int
+    length: int
+    buf: mmap.mmap
+    etag: str | None
+
+
+def _pwrite_all(fd: int, data: Any, off: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, off)
         view, off = view[n:], off + n
+
+
+def _store(cache: Any, entry_id: int, view: memoryview, off: int, direct: bool) -> bool:
+    """Write `view` at `off` of data/<entry_id>: its aligned part with O_DIRECT when `direct`,
+    the rest through the page cache. Returns whether O_DIRECT is still to be used (a cache disk
+    that refuses it, EINVAL, is written through the page cache from then on)."""
+    aligned = len(view) // DIRECT_ALIGN * DIRECT_ALIGN if direct and off % DIRECT_ALIGN == 0 else 0
+    if aligned:
+        try:
+            fd = cache.open_data(entry_id, os.O_WRONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            direct, aligned = False, 0
+        else:
+            try:
+                _pwrite_all(fd, view[:aligned], off)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                direct, aligned = False, 0
+            finally:
+                os.close(fd)
+    if aligned < len(view):
+        fd = cache.open_data(entry_id, os.O_WRONLY)
+        try:
+            _pwrite_all(fd, view[aligned:], off + aligned)
+        finally:
+            os.close(fd)
+    return direct
 
 
 class ReadAhead:
@@ -60,6 +114,63 @@ class ReadAhead:
         self.ops = ops  # PuterOperations: remote, cache, _pwrite, spawn
         self._inflight: dict[int, dict[int, trio.Event]] = {}  # entry id -> block -> landed
         self._streams: dict[int, _Stream] = {}  # entry id -> its sequential reader
+        self._landed: list[_Landed] = []  # oldest first
+        self._free: list[mmap.mmap] = []
+        self._buffers = 0  # chunk buffers allocated (free, in flight or landed)
+        self._direct = hasattr(os, "O_DIRECT")
+
+    def _take_buffer(self) -> mmap.mmap | None:
+        """A chunk buffer: a free one, a new one, or the oldest landed chunk's; None when every
+        buffer is in flight."""
+        if self._free:
+            return self._free.pop()
+        if self._buffers < MAX_BUFFERS:
+            self._buffers += 1
+            return mmap.mmap(-1, CHUNK_BYTES)
+        if self._landed:
+            return self._landed.pop(0).buf
+        return None
+
+    def _give_back(self, buf: mmap.mmap) -> None:
+        self._free.append(buf)
+        if len(self._free) == self._buffers:  # nothing in flight or landed: free the memory
+            for b in self._free:
+                try:
+                    b.close()
+                except BufferError:  # a reply still holds a view of it: the GC unmaps it
+                    pass
+            self._free.clear()
+            self._buffers = 0
+
+    def serve(self, ent: Any, off: int, size: int) -> memoryview | None:
+        """The bytes [off, off+size) of `ent` from a landed chunk's buffer, or None (then the
+        cache file has them). Only for a clean entry whose version is the chunk's."""
+        if ent.dirty:
+            return None
+        for c in self._landed:
+            if c.ent is ent and c.begin <= off and off + size <= c.begin + c.length:
+                if c.etag != ent.base_etag:
+                    return None
+                return memoryview(c.buf)[off - c.begin : off - c.begin + size]
+        return None
+
+    def drop(self, ent_id: int) -> None:
+        """Forget the landed chunks of an entry (written, truncated, changed on the server or
+        closed): its cache file has their bytes."""
+        keep = [c for c in self._landed if c.ent.id != ent_id]
+        if len(keep) != len(self._landed):
+            gone = [c for c in self._landed if c.ent.id == ent_id]
+            self._landed = keep
+            for c in gone:
+                self._give_back(c.buf)
+
+    def _passed(self, ent: Any, pos: int) -> None:
+        """The reader of `ent` is at `pos`: the chunks it left behind go back to the pool."""
+        gone = [c for c in self._landed if c.ent is ent and c.begin + c.length + BLOCK_SIZE <= pos]
+        if gone:
+            self._landed = [c for c in self._landed if c not in gone]
+            for c in gone:
+                self._give_back(c.buf)
 
     def busy(self, ent: Any, block: int) -> bool:
         """Whether a background request is fetching `block` of `ent`."""
@@ -95,6 +206,8 @@ class ReadAhead:
         if end // BLOCK_SIZE > st.pos // BLOCK_SIZE:
             st.window = min(st.window * 2, WINDOW_MAX)  # entered a new block: reach further
         st.pos = max(st.pos, end)
+        if self._landed:
+            self._passed(ent, st.pos)
         if st.hits >= 2:
             self._fill(spawn, node, ent, st)
 
@@ -115,11 +228,14 @@ class ReadAhead:
                 e += 1
             if e + 1 - b < chunk and e < last_block and not (e + 1 in ent.blocks or self.busy(ent, e + 1)):
                 break  # whole chunks only (fewer, larger requests): the window moves on first
+            buf = self._take_buffer()
+            if buf is None:
+                break  # every buffer is in flight: the reader's own fetch if it gets there first
             blocks = self._inflight.setdefault(ent.id, {})
             for i in range(b, e + 1):
                 blocks[i] = trio.Event()
             st.tasks += 1
-            spawn(self._chunk, node, ent, st, b, e)
+            spawn(self._chunk, node, ent, st, b, e, buf)
             b = e + 1
 
     def _still_wanted(self, node: Any, ent: Any, size: int, etag: str | None) -> bool:
@@ -132,24 +248,20 @@ class ReadAhead:
         # another version than the cached blocks': the reader's own fetch sees to it
         return etag is None or ent.base_etag is None and not ent.blocks or etag == ent.base_etag
 
-    async def _chunk(self, node: Any, ent: Any, st: _Stream, first: int, last: int) -> None:
+    async def _chunk(self, node: Any, ent: Any, st: _Stream, first: int, last: int, buf: mmap.mmap) -> None:
         ops = self.ops
         size = ent.size
-        stored = False
+        stored = landed = False
+        begin = first * BLOCK_SIZE
+        length = min((last + 1) * BLOCK_SIZE, size) - begin
+        view = memoryview(buf)[:length]
         try:
-            begin = first * BLOCK_SIZE
-            length = min((last + 1) * BLOCK_SIZE, size) - begin
             with ops.remote.background():  # a reader's own fetch goes first when both wait for the budget
-                data, etag = await ops.remote.read_version(node.path, begin, length, size=size)
-            if not self._still_wanted(node, ent, size, etag) or len(data) != length:
+                etag = await ops.remote.read_version_into(node.path, view, begin, size=size)
+            if not self._still_wanted(node, ent, size, etag):
                 return  # the file changed, was written or closed meanwhile: not ours to store
-            # the copy into the cache file in a worker thread (a large pwrite would hold up every
-            # handler), through a descriptor of our own (the file's may be closed meanwhile)
-            fd = os.dup(ops._fd(node))
-            try:
-                await trio.to_thread.run_sync(_pwrite_all, fd, data, begin)
-            finally:
-                os.close(fd)
+            # into the cache file in a worker thread (a large write would hold up every handler)
+            self._direct = await trio.to_thread.run_sync(_store, ops.cache, ent.id, view, begin, self._direct)
             if not self._still_wanted(node, ent, size, etag):
                 return  # unmarked bytes are never served: a read fetches its blocks first
             if etag is not None and ent.base_etag is None:
@@ -157,6 +269,8 @@ class ReadAhead:
                 ops.cache.save(ent)
             ent.blocks.update(range(first, last + 1))
             stored = True
+            self._landed.append(_Landed(ent, begin, length, buf, etag))
+            landed = True
             if ent.missing_blocks(0, ent.size) == []:
                 ent.complete = True
                 ent.blocks.clear()
@@ -164,6 +278,9 @@ class ReadAhead:
         except Exception as exc:  # noqa: BLE001 - a hint only; the reader's own fetch reports errors
             log.debug("read-ahead of %s blocks %d-%d dropped: %s", node.path, first, last, exc)
         finally:
+            view.release()
+            if not landed:
+                self._give_back(buf)
             st.tasks -= 1
             blocks = self._inflight.get(ent.id, {})
             for i in range(first, last + 1):

@@ -251,6 +251,14 @@ class Remote:
         )
         return data, etag
 
+    async def read_version_into(self, rel: str, buf: memoryview, offset: int, *, size: int) -> str | None:
+        """`read_version` of ``len(buf)`` bytes at `offset`, written into ``buf`` as they arrive."""
+        etag: str | None = await self._call(
+            "read", self.client.fs_read_version_into, self.abspath(rel), buf, offset=offset, size=size,
+            timeout=self.timeout + len(buf) / (256 * 1024),
+        )
+        return etag
+
     async def version(self, rel: str, size: int) -> str | None:
         """The server's current version (ETag) of a file of `size` bytes, for the price of one
         byte (an empty file is read whole: Puter refuses any Range on it)."""

@@ -393,6 +393,57 @@ async def test_read_into_streams_range(client: PuterClient, router: respx.MockRo
     assert n == 7 and out.getvalue() == base64_of(rec) == b" world\n"
 
 
+async def test_read_version_into_fills_the_buffer_from_a_ranged_answer(
+    client: PuterClient, router: respx.MockRouter
+) -> None:
+    rec = exchange("fs-more.jsonl", "read Range bytes=5-")
+    route = router.get(f"{API}/read").mock(return_value=recorded_response(rec))
+    buf = bytearray(7)
+    etag = await client.fs_read_version_into("/x/a.txt", memoryview(buf), offset=5, size=12)
+    assert route.calls.last.request.headers["range"] == "bytes=5-11"
+    assert bytes(buf) == base64_of(rec) == b" world\n"
+    _, expected = await client.fs_read_version("/x/a.txt", offset=5, length=7, size=12)
+    assert etag == expected == "6f5902ac237024bdd0c176cb93063dc4"
+
+
+async def test_read_version_into_cuts_its_range_from_a_whole_file_answer(
+    client: PuterClient, router: respx.MockRouter
+) -> None:
+    router.get(f"{API}/read").mock(return_value=recorded_response(exchange("fs-more.jsonl", "read full (headers)")))
+    buf = bytearray(5)
+    await client.fs_read_version_into("/x/a.txt", memoryview(buf), offset=6, size=12)
+    assert bytes(buf) == b"world"
+    whole = bytearray(12)  # the whole file: no Range, checked against its MD5 ETag
+    await client.fs_read_version_into("/x/a.txt", memoryview(whole), offset=0, size=12)
+    assert bytes(whole) == b"hello world\n"
+    assert "range" not in router.calls.last.request.headers
+
+
+async def test_read_version_into_sends_again_after_a_short_or_wrong_answer(
+    client: PuterClient, router: respx.MockRouter
+) -> None:
+    rec = exchange("fs-more.jsonl", "read Range bytes=5-")
+    short = recorded_response(rec)
+    short = httpx.Response(206, headers=dict(short.headers), content=b" wor")  # cut short
+    html = httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>proxy</html>")
+    full = recorded_response(exchange("fs-more.jsonl", "read full (headers)"))
+    corrupt = httpx.Response(200, headers=dict(full.headers), content=b"hello World\n")  # not its MD5
+    route = router.get(f"{API}/read").mock(side_effect=[short, html, corrupt, recorded_response(rec)])
+    buf = bytearray(7)
+    await client.fs_read_version_into("/x/a.txt", memoryview(buf), offset=5, size=12)
+    assert bytes(buf) == b" world\n" and route.call_count == 4
+
+
+async def test_read_version_into_refuses_a_range_outside_the_file(
+    client: PuterClient, router: respx.MockRouter
+) -> None:
+    route = router.get(f"{API}/read")
+    for off, n in ((10, 5), (-1, 2), (0, 0)):
+        with pytest.raises(BadRequest):
+            await client.fs_read_version_into("/x/a.txt", memoryview(bytearray(n)), offset=off, size=12)
+    assert route.call_count == 0
+
+
 def base64_of(rec: dict) -> bytes:
     import base64
 

@@ -46,6 +46,17 @@ def test_cold_sequential_read_uses_few_large_ranged_reads(mount_factory: MountFa
     m.emulator.clear_log()
     assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert _reads(m.emulator) == []
+    # the cache file holds every byte (the read-ahead writes it with O_DIRECT, the kernel's
+    # reads were answered from memory): without the kernel's pages, read from it
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert _reads(m.emulator) == []
+    cached = [f for f in (m.proc.cache_dir / "data").iterdir() if f.stat().st_size == len(data)]
+    assert [hashlib.sha256(f.read_bytes()).digest() for f in cached] == [hashlib.sha256(data).digest()]
     m.proc.stop()
 
 

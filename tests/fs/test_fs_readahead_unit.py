@@ -1,0 +1,84 @@
+"""The read-ahead's chunk buffers and cache-file writes (puterfs/fs/readahead.py), unit level:
+a bounded pool, bytes served from memory only while they are the entry's, and the O_DIRECT
+write with its fallback to the page cache where the cache disk refuses it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from puterfs.fs import readahead as ra
+from puterfs.fs.cache import BLOCK_SIZE
+
+
+class _DataDir:
+    """The one method of the cache `_store` uses: data/<id> opened by id."""
+
+    def __init__(self, root: Path, refuse_direct: bool = False) -> None:
+        self.root = root
+        self.refuse_direct = refuse_direct
+        self.flags: list[int] = []
+
+    def open_data(self, entry_id: int, flags: int = os.O_RDWR) -> int:
+        self.flags.append(flags)
+        if self.refuse_direct and flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported")
+        return os.open(self.root / str(entry_id), flags | os.O_CREAT, 0o600)
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_store_writes_the_chunk_with_or_without_o_direct(tmp_path: Path, refuse: bool) -> None:
+    cache = _DataDir(tmp_path, refuse_direct=refuse)
+    data = os.urandom(2 * BLOCK_SIZE + 1234)  # an unaligned tail, as a file's last chunk
+    buf = ra.mmap.mmap(-1, ra.CHUNK_BYTES)
+    buf[: len(data)] = data
+    (tmp_path / "7").write_bytes(b"\0" * (BLOCK_SIZE + len(data)))
+    still_direct = ra._store(cache, 7, memoryview(buf)[: len(data)], BLOCK_SIZE, True)
+    assert still_direct is (not refuse)
+    assert (tmp_path / "7").read_bytes() == b"\0" * BLOCK_SIZE + data
+    assert any(f & os.O_DIRECT for f in cache.flags)
+    cache.flags.clear()
+    ra._store(cache, 7, memoryview(buf)[: len(data)], BLOCK_SIZE, still_direct)
+    assert any(f & os.O_DIRECT for f in cache.flags) is (not refuse)  # refused once: not asked again
+
+
+def _ent(i: int = 1, etag: str | None = "v1") -> Any:
+    return SimpleNamespace(id=i, dirty=False, base_etag=etag)
+
+
+def test_landed_bytes_are_served_only_while_they_are_the_entrys() -> None:
+    r = ra.ReadAhead(SimpleNamespace())
+    ent = _ent()
+    buf = r._take_buffer()
+    assert buf is not None
+    buf[:8] = b"abcdefgh"
+    r._landed.append(ra._Landed(ent, 4 * BLOCK_SIZE, BLOCK_SIZE, buf, "v1"))
+    assert bytes(r.serve(ent, 4 * BLOCK_SIZE + 2, 3)) == b"cde"
+    assert r.serve(ent, 5 * BLOCK_SIZE - 1, 2) is None  # not all of it in the chunk
+    assert r.serve(_ent(), 4 * BLOCK_SIZE, 3) is None  # another entry (replaced) of the same id
+    ent.base_etag = "v2"  # another version of the file
+    assert r.serve(ent, 4 * BLOCK_SIZE, 3) is None
+    ent.base_etag, ent.dirty = "v1", True  # written locally
+    assert r.serve(ent, 4 * BLOCK_SIZE, 3) is None
+    ent.dirty = False
+    r.drop(ent.id)
+    assert r.serve(ent, 4 * BLOCK_SIZE, 3) is None
+    assert r._buffers == 0 and r._free == []  # nothing in use: the memory is given back
+
+
+def test_the_buffers_are_bounded_and_the_oldest_landed_chunk_is_reused() -> None:
+    r = ra.ReadAhead(SimpleNamespace())
+    taken = [r._take_buffer() for _ in range(ra.MAX_BUFFERS)]
+    assert all(b is not None for b in taken)
+    assert r._take_buffer() is None  # every buffer in flight
+    a, b = _ent(1), _ent(2)
+    r._landed += [ra._Landed(a, 0, BLOCK_SIZE, taken[0], "v1"), ra._Landed(b, 0, BLOCK_SIZE, taken[1], "v1")]
+    assert r._take_buffer() is taken[0]  # the oldest landed chunk's
+    assert r.serve(a, 0, 1) is None and r.serve(b, 0, 1) is not None
+    r._passed(b, 3 * BLOCK_SIZE)  # the reader left it behind
+    assert r.serve(b, 0, 1) is None and r._free == [taken[1]]
