@@ -365,6 +365,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
 
         def resumed() -> None:
             ops.queue.retry_now()  # what failed while the token was refused goes up now
+            ops.ns.retry_now()
             ops.epoch += 1  # and listings are read again
 
         auth = MountAuth(client, remote, token_file=s.token_file, token_source=s.token_source,
@@ -404,6 +405,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
             async with trio.open_nursery() as nursery:
                 await nursery.start(ops.queue.run)
                 ops.spawn = nursery.start_soon  # background read-ahead (fs/readahead.py)
+                nursery.start_soon(ops.ns.run)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
                 nursery.start_soon(freshness.run)
                 nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop, auth)
@@ -547,7 +549,11 @@ def _pending_files(ops: Any, cap: int | None = PENDING_FILES_CAP) -> list[dict[s
     entries = sorted(ops.cache.dirty_entries(), key=lambda e: e.mtime_ns)
     if cap is not None:
         entries = entries[:cap]
-    return [{"path": e.path, "size": e.size, "since": e.mtime_ns / 1e9} for e in entries]
+    out = [{"path": e.path, "size": e.size, "since": e.mtime_ns / 1e9} for e in entries]
+    # namespace ops not on the server yet (mkdir, rmdir, unlink, rename: "op" says which)
+    for op in ops.ns.describe_pending()[: None if cap is None else max(cap - len(out), 0)]:
+        out.append({"path": op["path"], "size": 0, "since": op["since"], "op": op["op"]})
+    return out
 
 
 def _state(ops: Any, s: _Settings, root: str, account: str | None, auth: Any = None) -> dict[str, Any]:

@@ -611,6 +611,43 @@ class FS:
                 source.close()
         return out  # type: ignore[return-value]  # every slot was filled
 
+    async def batch(self, operations: Sequence[dict[str, Any]]) -> list[dict[str, Any] | PuterError]:
+        """Run namespace operations in one JSON ``/batch`` request (§5.7), in order.
+
+        Each op is the server's form: ``{"op":"mkdir","path":<parent>,"name":x,
+        "dedupe_name":false}`` (the op dedupes by default), ``{"op":"delete","path":p,
+        "recursive":bool}`` (recursive by default), ``{"op":"move","source":p,
+        "destination":<parent>,"new_name":x,"overwrite":bool,"dedupe_name":false}``; paths
+        may be relative to the home directory. Returns one item per op: its result (an
+        entry, or ``{"ok":true,"uid"}`` for a delete) or the exception object for that op
+        (partial failure is HTTP 218). A request that fails as a whole raises. Never
+        retried once sent: a retried move whose first attempt got through finds no source.
+        """
+        ops: list[dict[str, Any]] = []
+        for op in operations:
+            kind = op.get("op")
+            if kind not in ("mkdir", "delete", "move"):
+                raise BadRequest(f"unsupported batch op {kind!r}")
+            o = dict(op)
+            for key in ("path", "source", "destination"):
+                if isinstance(o.get(key), str):
+                    o[key] = await self._c._abs(o[key])
+            if kind == "delete":
+                await self._refuse_dangerous(o["path"], "delete")
+            elif kind == "move":
+                await self._refuse_dangerous(o["source"], "move")
+            ops.append(o)
+        if not ops:
+            return []
+        response = await self._c._send(
+            "POST", self._c.api_url + "/batch", idem=SAFE_REJECTIONS, json_body={"operations": ops}
+        )
+        data = self._c._json(response)
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(ops):
+            raise ServerError("unexpected /batch answer", status=response.status_code)
+        return [self._op_result(response.status_code, r) for r in results]
+
     async def _write_many_with_metadata(
         self, files: Sequence[tuple[str, Content]], metadata: list[dict[str, Any]], overwrite: bool, parents: bool
     ) -> list[dict[str, Any] | PuterError]:

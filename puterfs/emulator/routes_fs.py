@@ -581,7 +581,8 @@ def run_op(call: Call, op: dict[str, Any], files: list[multipart.Part], infos: l
         changed(call, "item.added", row)  # an overwrite too (recorded)
         return legacy(call, row)
     if kind == "mkdir":
-        row = do_mkdir(call, _mkdir_target(op), op)
+        # the op dedupes by default, unlike /mkdir (LegacyFSController batch: dedupe_name ?? true)
+        row = do_mkdir(call, _mkdir_target(op), {**op, "dedupe_name": flag(op, "dedupe_name", "change_name", default=True)})
         changed(call, "item.added", row)
         return legacy(call, row)
     if kind == "delete":
@@ -590,7 +591,9 @@ def run_op(call: Call, op: dict[str, Any], files: list[multipart.Part], infos: l
         _delete_announced(call, e, flag(op, "recursive", default=True), flag(op, "descendants_only"))
         return {"ok": True, "uid": uid}
     if kind == "move":
-        return _move_announced(call, op, new_metadata=False)  # the batch op passes no new_metadata on
+        # the batch op passes no new_metadata on, and its result is the moved entry itself
+        # (LegacyFSController batch: toLegacyEntry(moved)), not /move's {moved, old_path}
+        return _move_announced(call, op, new_metadata=False)["moved"]
     if kind == "shortcut":
         name = op.get("name")
         target_uid = op.get("shortcut_to_uid") or op.get("shortcut_to")
@@ -671,6 +674,7 @@ async def batch(call: Call) -> Response:
         ops = body.get("operations", body.get("ops"))
         if not isinstance(ops, list):
             raise ApiError(400, "bad_request", "`operations` must be an array")
+        call.request.scope["state"]["log"]["body"] = body  # the request log shows the ops (tests)
         return run_ops(call, ops, [], [])
     boundary = multipart.boundary_of(ctype)
     if not boundary:
@@ -985,6 +989,7 @@ def _move_announced(call: Call, body: dict[str, Any], new_metadata: bool = True)
 
 @route("POST", "/move")
 async def move(call: Call) -> Response:
+    call.request.scope["state"]["log"]["body"] = call.body  # the request log shows what moved (tests)
     return JSONResponse(_move_announced(call, call.body))
 
 

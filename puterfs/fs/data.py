@@ -82,7 +82,11 @@ class DataCache:
                 stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
                 begin = start_block * BLOCK_SIZE
                 length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
-                data, etag = await self.remote.read_version(node.path, begin, length, size=ent.size)
+                # a rename not applied yet: the server still has it under its old name
+                where = self.ns.server_path(node.path)
+                data, etag = await self.remote.read_version(
+                    node.path if where is None else where, begin, length, size=ent.size
+                )
                 if node.entry is not ent:
                     return  # replaced while we fetched
                 if etag is not None and etag != ent.base_etag:

@@ -96,6 +96,7 @@ class ListingCache:
         (not after their backoff) and listings are re-read."""
         self.epoch += 1
         self.queue.retry_now()
+        self.ns.retry_now()
 
     def _set_remote(self, node: Node, e: RemoteEntry) -> None:
         """Update `node` from what the server says about it.
@@ -211,10 +212,26 @@ class ListingCache:
             if self._fresh(dirnode):
                 assert dirnode.children is not None
                 return dirnode.children
+            where: str | None = dirnode.path
+            if self.ns.listing_blocked(dirnode.path):
+                # the server does not show our pending namespace ops yet: the cached listing
+                # is the truth (it has them); without one, the server's listing of what it
+                # renames (the same entries), else wait until the server has them
+                if dirnode.children is not None:
+                    return dirnode.children
+                where = self.ns.listing_source(dirnode.path)
+                if where is None:
+                    with trio.move_on_after(self.remote.timeout):
+                        await self.ns.wait_listing(dirnode.path)
+                    if not dirnode.in_tree:
+                        raise FsError(errno.ENOENT)
+                    if self.ns.listing_blocked(dirnode.path):
+                        raise FsError(errno.EAGAIN, f"{dirnode.path or '/'}: namespace changes not on the server yet")
+                    where = dirnode.path
             seq = self.table.next_seq()
             epoch = self.epoch
             try:
-                entries = await self.remote.listdir(dirnode.path)
+                entries = await self.remote.listdir(where)
             except PuterError as exc:
                 if dirnode.children is not None:
                     log.warning("listing %r failed (%s); serving the cached listing", dirnode.path or "/", exc)

@@ -124,9 +124,11 @@ class PosixMetadata:
                 node.remote_fp, node.remote_meta = e.fingerprint, e.metadata
         if node.remote_fp is None and not node.is_dir:
             return  # not on the server yet; its upload will carry them
+        await self.ns.wait_path(node.path)  # after a pending mkdir or rename of it (nsjournal.py)
         md = self._posix_metadata(node.mode, node.mtime_ns)
         try:
-            result = await self.remote.set_metadata(path, md, known=node.remote_meta, is_dir=node.is_dir)
+            with self._in_flight([(-node.inode, path)]):
+                result = await self.remote.set_metadata(path, md, known=node.remote_meta, is_dir=node.is_dir)
         except NotFound:
             if node.in_tree and node.path != path:
                 raise  # renamed meanwhile: retried under the new name

@@ -1,5 +1,11 @@
 """The namespace: mkdir, create, rename, unlink, rmdir and symlink, their POSIX checks against
-the cached listing, and how each reaches the server (docs/architecture.md and docs/inodes.md).
+the cached listing, and how each reaches the server (docs/namespace.md, docs/inodes.md).
+
+Local first: each operation completes against the cached listing and the inode table, and
+what the server must do is journaled (puterfs/fs/nsjournal.py) and applied in the background,
+in order, coalesced and batched (`_apply_ns`). Files themselves reach the server through the
+upload queue under their current name, so a file created and removed before its upload
+never reaches the server at all.
 
 A mixin of `PuterOperations` (puterfs/fs/operations.py)."""
 
@@ -17,14 +23,16 @@ import pyfuse3
 import trio
 
 from puterfs.client._errors import (
+    AlreadyExists,
+    NotADirectory,
     NotEmpty,
     NotFound,
     PuterError,
-    is_temporary,
 )
 from puterfs.fs.errors import FsError
 from puterfs.fs.inodes import LINK_SUFFIX, Node
-from puterfs.fs.remote import join
+from puterfs.fs.nsjournal import NsOp, ops_wire, parent_of, under
+from puterfs.fs.remote import RemoteEntry, conflict_name, join, split
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +40,21 @@ NAME_MAX = 255
 
 
 def _mutating(fn: Any) -> Any:
-    """A handler that changes the namespace on the server: while one runs, change events in
-    the folders it touches wait (puterfs/fs/freshness.py), so the echo of our own change
-    never lands half-way; the events of other folders do not."""
+    """A handler that changes the namespace: while one runs (and while its journaled ops are
+    pending, see `PuterOperations.mutating`), change events in the folders it touches wait
+    (puterfs/fs/freshness.py), so the echo of our own change never lands half-way; the
+    events of other folders do not."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
         scope = mutation_scope(self.table, args)
-        self.mutations += 1
-        self.mutating.append(scope)
+        self._mutations += 1
+        self._mutating_scopes.append(scope)
         try:
             return await fn(self, *args, **kw)
         finally:
-            self.mutations -= 1
-            self.mutating.remove(scope)
+            self._mutations -= 1
+            self._mutating_scopes.remove(scope)
 
     return wrapper
 
@@ -122,101 +131,41 @@ class Namespace:
             del parent.children[name]
         self._tombstone(parent, name)
         self._touch_dir(parent)
+        self._drop_meta_job(node)
         self.table.detach(node)
         self._release_unlinked(node)
+
+    def _drop_meta_job(self, node: Node) -> None:
+        """`node` leaves the tree: a pending update of its mode/mtime has nothing to update."""
+        if self._meta_jobs.pop(-node.inode, None) is not None or self.queue.pending(-node.inode):
+            self.queue.cancel(-node.inode)
+
+    def _maybe_on_server(self, node: Node) -> bool:
+        """Whether the server may hold `node` at its path: listed or uploaded, an upload that
+        may have got through, or one in flight (a directory: always; a pending mkdir of it
+        coalesces with whatever follows)."""
+        if node.is_dir or node.remote_fp is not None:
+            return True
+        ent = node.entry
+        return ent is not None and (ent.maybe_remote or ent.id in self._uploading)
 
     async def _delete_file(self, parent: Node, name: str, node: Node) -> None:
         if node.opens > 0 and node.remote_fp is not None:
             await self._ensure_complete(node)  # an open file stays readable after unlink
-        ent = node.entry
-        if ent is not None:
-            await self._quiesce([ent])  # no upload may recreate it while we delete
-        if node.remote_fp is not None or (ent is not None and ent.maybe_remote):
-            try:
-                await self.remote.delete(node.path, recursive=False)
-            except NotFound:
-                pass
-            except BaseException:
-                if ent is not None and ent.dirty and node.writers == 0:
-                    self.queue.schedule(ent.id)  # still ours to upload
-                raise
+        if self._maybe_on_server(node):
+            # journaled first (a full cache disk fails the unlink and changes nothing); the
+            # upload of it, if one is in flight, is cancelled below or lands first
+            self.ns.record_delete(node.path, is_dir=False)
         self._discard_data(node)
         node.remote_fp = None
         self._remove_child(parent, name, node)
-
-    async def _rename_remote(self, node: Node, target: Node | None, new_path: str) -> None:
-        target_remote = target is not None and (
-            target.remote_fp is not None or (target.entry is not None and target.entry.maybe_remote)
-        )
-        if node.remote_fp is not None or (node.entry is not None and node.entry.maybe_remote):
-            # journaled first: a daemon killed before it learns the outcome (the server may
-            # have moved the tree) asks the server at the next start (prepare), so pending
-            # files follow the tree instead of recreating the old path beside it
-            self.cache.begin_move(node.path, new_path)
-            try:
-                result = await self.remote.move(node.path, new_path, overwrite=target_remote)
-            except NotFound:
-                self.cache.end_move(node.path, new_path)
-                if node.is_dir or node.entry is None or not node.entry.dirty:
-                    raise
-                # not on the server (after all); our dirty copy goes up under the new name
-                node.remote_fp = None
-                node.entry.base_uid = node.entry.base_size = node.entry.base_modified = None
-                self.cache.save(node.entry)
-            except PuterError as exc:
-                if not is_temporary(exc):  # a refusal: not moved (else the next start asks)
-                    self.cache.end_move(node.path, new_path)
-                raise
-            else:
-                old_fp = node.remote_fp
-                node.remote_fp = result.fingerprint
-                node.remote_meta = result.metadata
-                ent = node.entry
-                if ent is not None and ent.id in self.cache.entries and ent.base_uid is not None and (
-                    (ent.base_uid, ent.base_size, ent.base_modified) == old_fp
-                ):
-                    # a move bumps `modified` on the server: our base is the moved copy, not
-                    # another client's edit (else the next upload would see a conflict)
-                    self.cache.set_base(ent, uid=result.uid, size=result.size, modified=result.modified,
-                                        etag=ent.base_etag)
-                if node.page_fp == ("remote", old_fp):
-                    node.page_fp = ("remote", result.fingerprint)
-                return
-        ent = node.entry
-        if target_remote and target is not None and not node.is_dir and ent is not None and ent.dirty:
-            # the source exists only here and replaces what the server holds at the new name
-            # (an editor's save): the server keeps that version until the upload of the new
-            # content replaces it, so a full or refusing server still has one of the two. The
-            # new content is based on it (its upload is no conflict), and the name is on the
-            # server as far as unlink and rename go.
-            t_ent, fp = target.entry, target.remote_fp
-            etag = None
-            if t_ent is not None and fp is not None and (t_ent.base_uid, t_ent.base_size, t_ent.base_modified) == fp:
-                etag = t_ent.base_etag
-            if t_ent is not None and t_ent.sent_md5:
-                # an upload of the target's whose outcome is unknown may be what the server holds
-                ent.sent_md5 = [*ent.sent_md5, *t_ent.sent_md5][-4:]
-            if fp is not None:
-                self.cache.set_base(ent, uid=fp[0], size=fp[1], modified=fp[2], etag=etag)
-                node.remote_fp = fp
-                node.remote_meta = target.remote_meta
-            else:
-                self.cache.save(ent)  # base unknown: the upload's checks keep both if need be
-            ent.maybe_remote = True
-            return
-        if target_remote:
-            # a directory that exists only here replaces an empty one on the server: that goes
-            # now (as rename(2) replaces it), our mkdir recreates the name later
-            try:
-                await self.remote.delete(new_path, recursive=False)
-            except NotFound:
-                pass
 
     def _drop_target(self, parent: Node, name: str, target: Node) -> None:
         self._discard_data(target)
         if parent.children is not None and parent.children.get(name) is target:
             del parent.children[name]
         target.remote_fp = None
+        self._drop_meta_job(target)
         self.table.detach(target)
 
     async def _create(
@@ -265,9 +214,10 @@ class Namespace:
         if await self._child(parent, text) is not None:
             raise FsError(errno.EEXIST)
         path = join(parent.path, text)
-        e = await self.remote.mkdir(path)
+        self.ns.record_mkdir(path)  # journaled first: a full cache disk fails the mkdir (ENOSPC)
         node = self.table.new(path, is_dir=True, mode=stat.S_IFDIR | (mode & ~umask & 0o7777))
-        self._set_remote(node, e)
+        self.ns.ops[-1].node = node  # its entry on the server, once made, is this node's
+        node.mtime_ns = node.ctime_ns = time.time_ns()
         node.children = {}
         node.listed_epoch = self.epoch
         node.listed_at = trio.current_time()
@@ -286,14 +236,8 @@ class Namespace:
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
         if await self._children(node):
-            raise FsError(errno.ENOTEMPTY)
-        try:
-            await self.remote.delete(node.path, recursive=False)
-        except NotFound:
-            pass
-        except NotEmpty:
-            node.listed_epoch = -1  # something appeared on the server meanwhile
-            raise
+            raise FsError(errno.ENOTEMPTY)  # the cached listing is authoritative
+        self.ns.record_delete(node.path, is_dir=True)
         self._remove_child(parent, text, node)
 
     @_mutating
@@ -343,24 +287,42 @@ class Namespace:
                 await self._delete_file(new_parent, new_name, target)
                 target = None
 
-        # uploads of anything under the source must not run while paths change
-        moving = [e for p, e in self.cache.paths.items() if e.dirty and (p == node.path or p.startswith(node.path + "/"))]
-        if target is not None and target.entry is not None and target.entry.dirty:
-            moving.append(target.entry)
-        await self._quiesce(moving)
-        try:
-            await self._rename_remote(node, target, new_path)
-        finally:
-            for e in moving:
-                n = self._node_of_entry(e)
-                if e.id in self.cache.entries and e.dirty and (n is None or n.writers == 0):
-                    self.queue.schedule(e.id)
+        # What the server must do, journaled before anything changes here. Uploads follow
+        # the files' new names by themselves (they wait for this op; see nsjournal.py).
+        target_remote = target is not None and self._maybe_on_server(target)
+        ent = node.entry
+        if self._maybe_on_server(node):
+            self.ns.record_move(node.path, new_path, is_dir=node.is_dir, overwrite=target_remote, node=node)
+        elif target_remote and target is not None and not node.is_dir and ent is not None and ent.dirty:
+            # the source exists only here and replaces what the server holds at the new name
+            # (an editor's save): the server keeps that version until the upload of the new
+            # content replaces it, so a full or refusing server still has one of the two. The
+            # new content is based on it (its upload is no conflict), and the name is on the
+            # server as far as unlink and rename go.
+            t_ent, fp = target.entry, target.remote_fp
+            etag = None
+            if t_ent is not None and fp is not None and (t_ent.base_uid, t_ent.base_size, t_ent.base_modified) == fp:
+                etag = t_ent.base_etag
+            if t_ent is not None and t_ent.sent_md5:
+                # an upload of the target's whose outcome is unknown may be what the server holds
+                ent.sent_md5 = [*ent.sent_md5, *t_ent.sent_md5][-4:]
+            if fp is not None:
+                self.cache.set_base(ent, uid=fp[0], size=fp[1], modified=fp[2], etag=etag)
+                node.remote_fp = fp
+                node.remote_meta = target.remote_meta
+            else:
+                self.cache.save(ent)  # base unknown: the upload's checks keep both if need be
+            ent.maybe_remote = True
+        elif target_remote:
+            # a directory that exists only here replaces an empty one on the server: that goes
+            # (as rename(2) replaces it), our mkdir recreates the name later
+            assert target is not None
+            self.ns.record_delete(new_path, is_dir=target.is_dir)
 
         old_path = node.path
         if target is not None:
             self._drop_target(new_parent, new_name, target)
         self.cache.rename(old_path, new_path)
-        self.cache.end_move(old_path, new_path)
         self.table.rename(node, new_path)
         if old_parent.children is not None and old_parent.children.get(old_name) is node:
             del old_parent.children[old_name]
@@ -399,3 +361,142 @@ class Namespace:
         node.lookups += 1
         self.queue.schedule(ent.id)
         return node
+
+    # ------------------------------------------------------------------ applying the journal
+
+    async def _apply_ns(self, batch: list[NsOp]) -> dict[int, BaseException | None]:
+        """Send `batch` (ops in journal order) in one /batch request and settle each op's
+        outcome; None for an op that is done (or never can be: refused, logged, the server's
+        state kept), an exception for one to retry."""
+        paths = [p for op in batch for p in op.paths()]
+        # uploads in flight under these paths land (or, streamed, are cancelled) first
+        waiting = [k for k, p in self._uploading.items() if any(under(p, q) for q in paths)]
+        streamed = [k for k in waiting if k > 0 and self._streamed(k)]
+        for k in streamed:
+            self.queue.changed(k)
+        self._mutations += 1
+        try:
+            for k in waiting:
+                await self.queue.wait_settled(k)
+            try:
+                results = await self.remote.batch(ops_wire(batch))
+            except PuterError as exc:
+                return {op.seq: exc for op in batch}
+            out: dict[int, BaseException | None] = {}
+            for op, res in zip(batch, results, strict=True):
+                try:
+                    out[op.seq] = await self._settle_ns(op, res)
+                except PuterError as exc:
+                    out[op.seq] = exc
+            return out
+        finally:
+            self._mutations -= 1
+            for k in streamed:
+                ent = self.cache.entries.get(k)
+                n = self._node_of_entry(ent) if ent is not None else None
+                if ent is not None and ent.dirty and (n is None or n.writers == 0):
+                    self.queue.schedule(k)
+
+    async def _settle_ns(self, op: NsOp, res: Any) -> BaseException | None:
+        if not isinstance(res, BaseException):
+            self._ns_applied(op, res)
+            return None
+        if op.kind == "delete":
+            if isinstance(res, NotFound):
+                return None  # gone already (an earlier attempt, or deleted elsewhere)
+            if isinstance(res, NotEmpty):
+                # entries were made in it elsewhere meanwhile: they stay, and so does it
+                log.warning("%s was not removed on the server: it holds entries made elsewhere since", op.path)
+                self.epoch += 1
+                return None
+        elif op.kind == "mkdir":
+            if isinstance(res, NotFound):
+                # its parent went on the server meanwhile: made again, nothing of ours is lost
+                self._ns_applied(op, await self.remote.mkdir(op.path, parents=True))
+                return None
+            if isinstance(res, AlreadyExists) and await self._keep_theirs(op.path):
+                self._ns_applied(op, await self.remote.mkdir(op.path))
+                return None
+        elif op.kind == "move":
+            if isinstance(res, AlreadyExists) and await self._keep_theirs(op.dest):
+                # the name was taken on the server meanwhile: theirs is kept under a conflict name
+                self._ns_applied(op, await self.remote.move(op.path, op.dest, overwrite=False))
+                return None
+            if isinstance(res, NotFound):
+                try:
+                    await self.remote.stat(op.path)
+                except NotFound:
+                    try:
+                        there = await self.remote.stat(op.dest)
+                    except NotFound:
+                        self._ns_source_gone(op)  # deleted elsewhere meanwhile
+                        return None
+                    self._ns_applied(op, there)  # an earlier attempt got through, its answer lost
+                    return None
+                # the destination's folder went on the server meanwhile (a move makes no parents)
+                if parent_of(op.dest):
+                    await self.remote.mkdir(parent_of(op.dest), parents=True)
+                self._ns_applied(op, await self.remote.move(op.path, op.dest, overwrite=op.overwrite))
+                return None
+        if self._ns_refused(res):
+            log.error("%s: the server refuses it (%s); the server keeps its state", op.describe(), res)
+            self.epoch += 1
+            return None
+        return res
+
+    @staticmethod
+    def _ns_refused(exc: BaseException) -> bool:
+        from puterfs.fs.uploader import refused_for_good
+
+        # a file where a folder on the way must be (made elsewhere meanwhile): the files below
+        # fail to upload on their own and stay in the cache (docs/write-back.md, refused uploads)
+        return isinstance(exc, (NotADirectory, NotEmpty)) or (isinstance(exc, PuterError) and refused_for_good(exc))
+
+    async def _keep_theirs(self, path: str) -> bool:
+        """The conflict rule for a name taken on the server meanwhile: the server's entry at
+        `path` moves aside to NAME.conflict-...; False when there is nothing there to move."""
+        try:
+            await self.remote.stat(path)
+        except NotFound:
+            return False
+        parent, name = split(path)
+        keep_as = join(parent, conflict_name(name, time.time()))
+        log.warning("conflict on %s: the server's entry there is kept as %s", path, keep_as)
+        await self.remote.move(path, keep_as, overwrite=False)
+        self.epoch += 1  # the conflict copy must show up in listings
+        return True
+
+    def _ns_applied(self, op: NsOp, e: Any) -> None:
+        if not isinstance(e, RemoteEntry):
+            return
+        if op.kind == "mkdir":
+            node = op.node
+            if node is not None and node.in_tree and node.is_dir and node.remote_fp is None:
+                node.remote_fp = e.fingerprint
+                node.remote_meta = e.metadata
+            return
+        if op.kind != "move" or e.uid is None:
+            return
+        # a move keeps the entry's uid and bumps its `modified`: what we knew of it is the moved
+        # copy, not another client's edit (else the next upload would see a conflict)
+        for node in self.table.by_inode.values():
+            old = node.remote_fp
+            if old is None or old[0] != e.uid:
+                continue
+            node.remote_fp = e.fingerprint
+            node.remote_meta = e.metadata
+            if node.page_fp == ("remote", old):
+                node.page_fp = ("remote", e.fingerprint)
+        for ent in list(self.cache.entries.values()):
+            if ent.base_uid == e.uid and ent.base_size == e.size and ent.base_modified != e.modified:
+                self.cache.set_base(ent, uid=e.uid, size=e.size, modified=e.modified, etag=ent.base_etag)
+
+    def _ns_source_gone(self, op: NsOp) -> None:
+        """The server has no source for this move: deleted elsewhere (or moved by an attempt
+        whose answer was lost). Dirty files there go up as new files under their names."""
+        for path, ent in list(self.cache.paths.items()):
+            if under(path, op.dest) and ent.dirty and ent.base_uid is not None:
+                ent.base_uid = ent.base_size = ent.base_modified = None
+                self.cache.save(ent)
+        self.epoch += 1
+

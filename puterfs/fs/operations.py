@@ -35,6 +35,7 @@ from puterfs.fs.inodes import InodeTable, Node
 from puterfs.fs.listing import ListingCache
 from puterfs.fs.metadata import PosixMetadata
 from puterfs.fs.namespace import NAME_MAX, Namespace
+from puterfs.fs.nsjournal import NamespaceJournal
 from puterfs.fs.readahead import ReadAhead
 from puterfs.fs.remote import Remote
 from puterfs.fs.uploader import EDIT_MAX, SMALL_FILE, Uploader, refused_for_good
@@ -98,6 +99,12 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
             cancel_on_change=self._streamed, lane=self._is_edit, is_permanent=refused_for_good,
         )
         self.cache.reclaim = self._reclaim_space
+        # mkdir/rmdir/unlink/rename as the server must replay them (nsjournal.py), in the
+        # cache's SQLite journal; applied after the same quiet period as uploads
+        self.ns = NamespaceJournal(cache, delay=write_back)
+        self.ns.apply = self._apply_ns
+        self.ns.on_change = on_change or (lambda: None)
+        self._uploading: dict[int, str] = {}  # upload key -> the path it is being uploaded to
         self._skipped_names: set[tuple[str, str]] = set()  # logged once each
         self.remote.on_reachable = self._server_back
         self._on_change = on_change or (lambda: None)
@@ -107,11 +114,11 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self.large_uploads: dict[int, tuple[int, int]] = {}  # entry id -> (done, total) bytes
         self.ai: Any = None  # puterfs.fs.aifiles.AiFiles, set by the mount
         self.epoch = 0  # bumped whenever the server's change timestamp moves
-        self.mutations = 0  # namespace changes of ours under way (see _mutating)
+        self._mutations = 0  # namespace changes of ours under way (see _mutating)
         # a nursery for listing refreshes that outlive their caller (Freshness.run sets it)
         self.background: trio.Nursery | None = None
         self._refreshing: dict[int, tuple[trio.Event, float]] = {}  # folder inode -> (done, started)
-        self.mutating: list[tuple[set[str], set[str]]] = []  # their (folders, subtrees)
+        self._mutating_scopes: list[tuple[set[str], set[str]]] = []  # the handlers' (folders, subtrees)
         self.events_live = False  # change events arrive (freshness.py): the timestamp poll rests
         self.freshness: Any = None  # puterfs.fs.freshness.Freshness, set by the mount
         self._handles: dict[int, _Handle] = {}
@@ -168,6 +175,20 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
             log.info("resuming %d pending upload(s) from the cache journal", len(pending))
         if n := self.restore_pending_meta():
             log.info("resuming %d pending mode/mtime update(s) from the cache journal", n)
+        if self.ns.ops:
+            log.info("applying %d pending namespace operation(s) from the cache journal", len(self.ns.ops))
+
+    @property
+    def mutations(self) -> int:
+        """Namespace changes of ours not on the server yet: handlers under way and journaled ops."""
+        return self._mutations + len(self.ns.ops)
+
+    @property
+    def mutating(self) -> list[tuple[set[str], set[str]]]:
+        """(folders, subtrees) of the namespace changes of ours not on the server yet: change
+        events there wait (freshness.py), so an echo never lands before the rest of our
+        changes are on the server. The handlers under way, and every journaled op."""
+        return [*self._mutating_scopes, *self.ns.scopes()]
 
     async def release_all(self) -> None:
         """The kernel let go of the mount: a handle still open now will never be released
@@ -177,14 +198,24 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
             await self._release(fh)
 
     async def shutdown(self) -> None:
-        """Upload everything pending (used on unmount and SIGTERM)."""
+        """Apply every pending namespace op and upload everything pending (used on unmount
+        and SIGTERM)."""
         self.queue.flush_all_now()
+        self.ns.retry_now()
+        await self.ns.wait_all()
         await self.queue.wait_idle()
+        await self.ns.wait_all()
 
     def statistics(self) -> dict[str, Any]:
         st = dict(self.queue.statistics())
         # every dirty file counts, also one still open for writing (not queued yet)
         st["pending"] = max(len(self.cache.dirty_entries()), int(st["pending"]))
+        # and every namespace op (mkdir, rmdir, unlink, rename) not on the server yet
+        st["namespace_pending"] = self.ns.pending()
+        st["pending"] += self.ns.pending()
+        if self.ns.last_error and not st.get("last_error"):
+            st["last_error"] = self.ns.last_error
+        st["failed_attempts"] = int(st.get("failed_attempts") or 0) + (1 if self.ns.attempts else 0)
         st["cache_bytes"] = self.cache.used_bytes()
         # what the start-up recovery of the cache journal did (docs/reliability.md)
         st["recovered"] = len(self.cache.recovered)
@@ -310,7 +341,7 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
 
     @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # directory operations are synchronous with the server
+        return None  # namespace ops are in the cache journal (synchronous=FULL) as they happen
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -348,10 +348,44 @@ class Remote:
         )
         return [r if isinstance(r, BaseException) else RemoteEntry.from_json(r) for r in results]
 
-    async def mkdir(self, rel: str) -> RemoteEntry:
+    async def mkdir(self, rel: str, *, parents: bool = False) -> RemoteEntry:
         """mkdir (the client retries it until the deadline: a plain mkdir of an existing
-        directory answers that directory, so a retry after a lost answer is the check)."""
-        return RemoteEntry.from_json(await self._call("mkdir", self.client.fs_mkdir, self.abspath(rel)))
+        directory answers that directory, so a retry after a lost answer is the check).
+        `parents`: create missing ancestors too."""
+        opts = {"create_missing_parents": True} if parents else None
+        return RemoteEntry.from_json(await self._call("mkdir", self.client.fs_mkdir, self.abspath(rel), opts))
+
+    async def batch(self, ops: Sequence[dict[str, Any]]) -> list[RemoteEntry | dict[str, Any] | BaseException]:
+        """Namespace operations in one JSON ``/batch`` request, applied by the server in order.
+
+        Ops in mount-relative paths: ``("mkdir", path)``, ``("delete", path, recursive)``,
+        ``("move", src, dst, overwrite)`` as dicts ``{"op", "path"/"src"/"dst", ...}``.
+        One item per op: the entry (mkdir, move), ``{"ok": True}`` (delete) or the exception
+        object for that op. A failed request raises (nothing is known of what it did)."""
+        wire: list[dict[str, Any]] = []
+        for op in ops:
+            kind = op["op"]
+            if kind == "mkdir":
+                parent, name = split(op["path"])
+                wire.append({"op": "mkdir", "path": self.abspath(parent), "name": name, "dedupe_name": False})
+            elif kind == "delete":
+                if not op["path"]:
+                    raise PermissionError("the root of the mount cannot be deleted")
+                wire.append({"op": "delete", "path": self.abspath(op["path"]), "recursive": bool(op["recursive"])})
+            elif kind == "move":
+                parent, name = split(op["dst"])
+                wire.append({"op": "move", "source": self.abspath(op["src"]), "destination": self.abspath(parent),
+                             "new_name": name, "overwrite": bool(op["overwrite"]), "dedupe_name": False})
+            else:
+                raise ValueError(f"unknown namespace op {kind!r}")
+        results = await self._call("batch", self.client.fs.batch, wire)
+        out: list[RemoteEntry | dict[str, Any] | BaseException] = []
+        for op, r in zip(ops, results, strict=True):
+            if isinstance(r, BaseException) or op["op"] == "delete":
+                out.append(r)
+            else:
+                out.append(RemoteEntry.from_json(r))
+        return out
 
     async def delete(self, rel: str, *, recursive: bool) -> None:
         if not rel:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from puterfs.client._errors import (
@@ -25,6 +26,7 @@ from puterfs.client._errors import (
     PuterConnectionError,
     PuterError,
     QuotaExceeded,
+    ServerError,
 )
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry
 from puterfs.fs.inodes import Node
@@ -241,7 +243,31 @@ class Uploader:
             results.update(await self._upload_batch(batch))
         return results
 
+    @contextlib.contextmanager
+    def _in_flight(self, pairs: list[tuple[int, str]]) -> Iterator[None]:
+        """Uploads of these (key, path) are under way: namespace ops on those paths wait for
+        them (nsjournal.py). Nested registrations of one key restore the outer one."""
+        prev = {k: self._uploading.get(k) for k, _ in pairs}
+        for k, p in pairs:
+            self._uploading[k] = p
+        try:
+            yield
+        finally:
+            for k, old in prev.items():
+                if old is None:
+                    self._uploading.pop(k, None)
+                else:
+                    self._uploading[k] = old
+
     async def _upload_batch(self, batch: list[CacheEntry]) -> dict[int, BaseException | None]:
+        # after every namespace op on the way to these files (a pending mkdir of their folder,
+        # a rename of it); from the check on, ops on these paths wait for this upload
+        while any(self.ns.blocking(e.path) for e in batch):
+            await self.ns.wait_path(next(e.path for e in batch if self.ns.blocking(e.path)))
+        with self._in_flight([(e.id, e.path) for e in batch]):
+            return await self._upload_batch_now(batch)
+
+    async def _upload_batch_now(self, batch: list[CacheEntry]) -> dict[int, BaseException | None]:
         items = []
         versions = []
         metadata = []
@@ -258,24 +284,32 @@ class Uploader:
             batch, self.remote.upload_many(items, overwrite=False, metadata=metadata), md5s
         )
         results: dict[int, BaseException | None] = {}
-        for ent, version, md5, res in zip(batch, versions, md5s, outcome, strict=True):
+        for ent, (path, _), version, md5, res in zip(batch, items, versions, md5s, outcome, strict=True):
             if isinstance(res, AlreadyExists) or (
                 isinstance(res, BaseException) and refused_for_good(res) and len(batch) > 1
             ):
                 # A name someone created meanwhile (or an earlier attempt of ours got through),
                 # or one file the server refuses: each goes up on its own, so it fails alone
                 # and never fails the others.
-                try:
-                    await self._upload_one(ent)
-                    results[ent.id] = None
-                except PuterError as exc:
-                    results[ent.id] = exc
+                results[ent.id] = await self._upload_alone(ent, path, res)
             elif isinstance(res, BaseException):
                 results[ent.id] = res
             else:
                 self._uploaded(ent, version, res, md5)
                 results[ent.id] = None
         return results
+
+    async def _upload_alone(self, ent: CacheEntry, path: str, res: BaseException) -> BaseException | None:
+        """Upload one file of a batch on its own, still registered under the batch's `path`
+        (no namespace-journal wait here: an op on that path waits for this upload). Renamed
+        meanwhile: the queue retries it under its new name, after the rename."""
+        if ent.path != path:
+            return ServerError(f"{path} was renamed during its upload; it goes up again as {ent.path}")
+        try:
+            await self._upload_one_now(ent)
+            return None
+        except PuterError as exc:
+            return exc
 
     async def _server_md5(self, path: str, size: int) -> str:
         """The MD5 of the server's copy of `path` (downloaded in ranged pieces)."""
@@ -297,6 +331,11 @@ class Uploader:
             return h.hexdigest(), None
 
     async def _upload_one(self, ent: CacheEntry) -> None:
+        await self.ns.wait_path(ent.path)  # see _upload_batch
+        with self._in_flight([(ent.id, ent.path)]):
+            await self._upload_one_now(ent)
+
+    async def _upload_one_now(self, ent: CacheEntry) -> None:
         version = ent.version
         path = ent.path
         try:

@@ -184,3 +184,34 @@ def test_allow_ip_hosts_serves_both_route_sets_on_an_address(tmp_path) -> None: 
         r = httpx.post(emu.address_url + "/login", json={"username": emu.username, "password": emu.password})
         assert r.status_code == 200
         assert local_http.post(emu.url + "/stat", json={"path": "~"}, headers=auth).status_code == 200
+
+
+def test_batch_namespace_ops_as_the_server_runs_them(home_api: tuple[str, httpx.Client]) -> None:
+    """JSON /batch ops run in order (LegacyFSController batch): mkdir dedupes unless told not to,
+    move answers the moved entry itself (not /move's {moved, old_path}), delete is recursive
+    unless told not to, and a failed op is in place with HTTP 218."""
+    home, api = home_api
+    api.post("/mkdir", json={"path": f"{home}/bd"}).raise_for_status()
+    r = api.post("/batch", json={"operations": [
+        {"op": "mkdir", "path": home, "name": "bd"},  # exists: dedupes to "bd (1)" by default
+        {"op": "mkdir", "path": home, "name": "bd", "dedupe_name": False},  # exists: that one
+        {"op": "mkdir", "path": f"{home}/bd", "name": "in"},
+        {"op": "move", "source": f"{home}/bd/in", "destination": home, "new_name": "out"},
+        {"op": "delete", "path": f"{home}/bd (1)", "recursive": False},
+    ]})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert res[0]["name"] == "bd (1)" and res[1]["path"] == f"{home}/bd"
+    assert res[3]["path"] == f"{home}/out" and res[3]["uid"] == res[2]["uid"] and "moved" not in res[3]
+    assert res[4]["ok"] is True
+    upload(api, f"{home}/out", "f.txt").raise_for_status()
+    r = api.post("/batch", json={"operations": [
+        {"op": "delete", "path": f"{home}/out", "recursive": False},
+        {"op": "move", "source": f"{home}/nothing", "destination": home, "new_name": "x"},
+        {"op": "delete", "path": f"{home}/bd", "recursive": False},
+    ]})
+    assert r.status_code == 218, r.text
+    res = r.json()["results"]
+    assert res[0]["error"] is True and res[0]["status"] == 409 and "not empty" in res[0]["message"].lower()
+    assert res[1]["error"] is True and res[1]["status"] == 404
+    assert res[2]["ok"] is True

@@ -1,0 +1,393 @@
+"""The namespace journal: mkdir, rmdir, unlink and rename complete against the local cache,
+and the server follows in order, in the background (docs/namespace.md).
+
+An op is journaled (one SQLite row in the cache journal, committed before the handler
+returns) *before* memory changes, so a full cache disk fails the syscall and changes nothing,
+and a daemon killed with ops pending applies them at its next start. Ops are kept in the
+order they happened and describe the server's way from its state to ours:
+
+* ``mkdir P``; ``delete P`` (``is_dir``: a directory, deleted non-recursively); ``move S -> D``
+  (``overwrite``: the server holds something at D that the move replaces, as rename(2) does).
+* **Coalescing** when an op is added: an rmdir of a directory whose ``mkdir`` is still pending
+  drops both; a rename of a pending ``mkdir``'s directory or of a pending move's destination
+  rewrites that op (a directory renamed twice is moved once; renamed back, not at all), and
+  the later pending ops below it follow; an unlink of a pending move's destination deletes the
+  source instead. A file created and deleted (or renamed) before its upload never appears here
+  at all: files reach the server through the upload queue, under their current name.
+* **Batches**: the applier (``run``) takes the pending ops in order, up to ``MAX_BATCH`` per
+  JSON ``/batch`` request (the server runs a batch's ops in order). A move never shares a batch
+  with an op on a related path (see ``_batch``): a batch whose answer was lost is sent again,
+  and only ops that cannot undo each other may be repeated.
+* **Ordering against uploads**: an upload (or metadata update) of path P waits until no pending
+  op concerns P or an ancestor of P (``wait_path``); the applier waits for uploads in flight
+  under the paths of the ops it is about to send (the operations do that, ``apply``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # ops per /batch request (the server's file cap; JSON ops have none documented)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nsops (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    dest TEXT NOT NULL DEFAULT '',
+    is_dir INTEGER NOT NULL DEFAULT 0,
+    overwrite INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+)
+"""
+
+
+def under(path: str, top: str) -> bool:
+    """`path` is `top` or below it ("" is the mount's root, above everything)."""
+    return not top or path == top or path.startswith(top + "/")
+
+
+def related(a: str, b: str) -> bool:
+    return under(a, b) or under(b, a)
+
+
+def rebase(path: str, old: str, new: str) -> str:
+    return new + path[len(old):] if under(path, old) and old else path
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+@dataclass(eq=False)
+class NsOp:
+    seq: int
+    kind: str  # "mkdir" | "delete" | "move"
+    path: str  # mkdir, delete: the path; move: the source
+    dest: str = ""  # move: the destination
+    is_dir: bool = False
+    overwrite: bool = False
+    created: float = 0.0
+    node: Any = None  # the inode-table node it was made for, while this process runs (not journaled)
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, self.dest) if self.kind == "move" else (self.path,)
+
+    def describe(self) -> str:
+        if self.kind == "move":
+            return f"move {self.path} -> {self.dest}"
+        return f"{'rmdir' if self.kind == 'delete' and self.is_dir else self.kind} {self.path}"
+
+
+# what an apply function says of each op: done, or to be retried later (with the error)
+ApplyFn = Callable[[list[NsOp]], Awaitable[dict[int, BaseException | None]]]
+
+
+class NamespaceJournal:
+    def __init__(self, cache: Any, *, delay: float = 2.0, backoff_max: float = 300.0) -> None:
+        self.cache = cache
+        self.delay = delay  # an op waits this long for more to coalesce and batch with
+        self.backoff_max = backoff_max
+        # the cache journal's connection: the same SQLite file, so both survive a crash alike
+        cache._sql(_SCHEMA)
+        self.ops: list[NsOp] = []
+        for row in cache._sql(
+            "SELECT seq, kind, path, dest, is_dir, overwrite, created FROM nsops ORDER BY seq"
+        ).fetchall():
+            seq, kind, path, dest, is_dir, overwrite, created = row
+            if kind not in ("mkdir", "delete", "move"):
+                log.error("namespace journal: ignoring an op of unknown kind %r (seq %d)", kind, seq)
+                continue
+            self.ops.append(NsOp(seq, kind, path, dest or "", bool(is_dir), bool(overwrite), created))
+        self.apply: ApplyFn | None = None
+        self.on_change: Callable[[], None] = lambda: None
+        self._wake = trio.Event()
+        self._changed = trio.Event()  # set (and replaced) whenever ops leave the journal
+        self._urgent = 0  # callers waiting for ops to reach the server: no quiet period
+        self.attempts = 0
+        self.retry_at = -math.inf
+        self.last_error: str | None = None
+        self.applied = 0
+        self.sending: list[NsOp] = []  # the batch in flight
+
+    # ------------------------------------------------------------------ state
+
+    def pending(self) -> int:
+        return len(self.ops)
+
+    def describe_pending(self) -> list[dict[str, Any]]:
+        return [{"op": op.describe(), "path": op.dest or op.path, "since": op.created} for op in self.ops]
+
+    def blocking(self, path: str) -> bool:
+        """Whether a pending op concerns `path` or one of its ancestors (an upload of `path`
+        must wait for it)."""
+        return any(under(path, p) for op in self.ops for p in op.paths())
+
+    def scopes(self) -> list[tuple[set[str], set[str]]]:
+        """(folders, subtrees) the pending ops touch, as `PuterOperations.mutating` has them."""
+        if not self.ops:
+            return []
+        paths = {p for op in self.ops for p in op.paths()}
+        return [({parent_of(p) for p in paths}, paths)]
+
+    def listing_blocked(self, path: str) -> bool:
+        """Whether the server's listing of directory `path` may not show our state yet: a
+        pending op on an entry in it, on it, or on an ancestor."""
+        for op in self.ops:
+            for p in op.paths():
+                if parent_of(p) == path or under(path, p):
+                    return True
+        return False
+
+    def listing_source(self, path: str) -> str | None:
+        """The server path whose listing is directory `path`'s when the only pending ops that
+        concern it rename it or an ancestor (its entries are the same, under another name);
+        None when an op changes an entry in it, or it is new."""
+        name = path  # its path after the op looked at, walking back
+        for op in reversed(self.ops):
+            if any(parent_of(p) == name for p in op.paths()):
+                return None
+            if op.kind == "move" and under(name, op.dest):
+                name = rebase(name, op.dest, op.path)
+            elif under(name, op.path) and op.kind != "move":
+                return None  # made (or removed) by a pending op
+            if any(parent_of(p) == name for p in op.paths()):
+                return None
+        return name
+
+    def server_path(self, path: str) -> str | None:
+        """Where the server holds what is at `path` here (pending renames undone), None when
+        the server has nothing there yet (below a pending mkdir)."""
+        for op in reversed(self.ops):
+            if op.kind == "move" and under(path, op.dest):
+                path = rebase(path, op.dest, op.path)
+            elif op.kind == "mkdir" and under(path, op.path):
+                return None
+        return path
+
+    async def wait_path(self, path: str) -> None:
+        """Wait until no pending op concerns `path` or an ancestor (applied at once, no quiet
+        period). Returns synchronously after the check: the caller's next step sees it true."""
+        while self.blocking(path):
+            await self._wait_changed()
+
+    async def wait_listing(self, path: str) -> None:
+        while self.listing_blocked(path):
+            await self._wait_changed()
+
+    async def wait_all(self) -> None:
+        """Wait until every op pending now has reached the server (or been dropped)."""
+        last = self.ops[-1].seq if self.ops else 0
+        while self.ops and self.ops[0].seq <= last:
+            await self._wait_changed()
+
+    async def _wait_changed(self) -> None:
+        self._urgent += 1
+        self._wake.set()
+        try:
+            await self._changed.wait()
+        finally:
+            self._urgent -= 1
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        self.on_change()
+
+    # ------------------------------------------------------------------ journaling
+
+    def _insert(self, op: NsOp) -> None:
+        cur = self.cache._sql(
+            "INSERT INTO nsops (kind, path, dest, is_dir, overwrite, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (op.kind, op.path, op.dest, int(op.is_dir), int(op.overwrite), op.created),
+        )
+        op.seq = int(cur.lastrowid or 0)
+
+    def _update(self, op: NsOp) -> None:
+        self.cache._sql(
+            "UPDATE nsops SET kind=?, path=?, dest=?, is_dir=?, overwrite=? WHERE seq=?",
+            (op.kind, op.path, op.dest, int(op.is_dir), int(op.overwrite), op.seq),
+        )
+
+    def _delete_row(self, op: NsOp) -> None:
+        self.cache._sql("DELETE FROM nsops WHERE seq=?", (op.seq,))
+
+    def _append(self, op: NsOp) -> NsOp:
+        self._insert(op)  # raises (ENOSPC) before anything changed
+        self.ops.append(op)
+        self._wake.set()
+        self.on_change()
+        return op
+
+    def _producer(self, path: str) -> int | None:
+        """The index of the pending op that made `path` what it is (a mkdir of it, a move onto
+        it), when no later op concerns an ancestor of it; else None."""
+        for i in range(len(self.ops) - 1, -1, -1):
+            op = self.ops[i]
+            if op in self.sending:
+                return None  # on its way: it is what the server will have
+            if (op.kind == "mkdir" and op.path == path) or (op.kind == "move" and op.dest == path):
+                return i
+            if any(under(path, p) and p != path for p in op.paths()):
+                return None  # an ancestor changed since: the paths no longer line up
+            if any(p == path for p in op.paths()):
+                return None  # the path itself was vacated or created by something else
+        return None
+
+    def _later_touch(self, i: int, path: str) -> bool:
+        return any(related(p, path) for op in self.ops[i + 1:] for p in op.paths())
+
+    def record_mkdir(self, path: str, node: Any = None) -> None:
+        self._append(NsOp(0, "mkdir", path, is_dir=True, created=time.time(), node=node))
+
+    def record_delete(self, path: str, *, is_dir: bool) -> None:
+        i = self._producer(path)
+        if i is not None and not self._later_touch(i, path):
+            op = self.ops[i]
+            if op.kind == "mkdir":
+                # made and removed before the server heard of it: neither goes
+                with self.cache._transaction():
+                    self._delete_row(op)
+                del self.ops[i]
+                self._notify()
+                return
+            if not op.overwrite:
+                # moved here, now deleted: delete it where the server has it
+                op.kind, op.dest, op.is_dir = "delete", "", is_dir
+                self._update(op)
+                self.on_change()
+                return
+        self._append(NsOp(0, "delete", path, is_dir=is_dir, created=time.time()))
+
+    def record_move(self, src: str, dst: str, *, is_dir: bool, overwrite: bool, node: Any = None) -> None:
+        i = self._producer(src)
+        if i is not None and not overwrite and not any(
+            related(p, dst) or (related(p, src) and not under(p, src))
+            for op in self.ops[i + 1:] for p in op.paths()
+        ):
+            op = self.ops[i]
+            if op.kind == "mkdir" or not op.overwrite:
+                later = [o for o in self.ops[i + 1:] if any(under(p, src) for p in o.paths())]
+                with self.cache._transaction():
+                    if op.kind == "move" and op.path == dst:
+                        self._delete_row(op)  # renamed back: nothing to do
+                    else:
+                        if op.kind == "mkdir":
+                            op.path = dst
+                        else:
+                            op.dest = dst
+                        self._update(op)
+                    for o in later:
+                        o.path = rebase(o.path, src, dst)
+                        if o.kind == "move":
+                            o.dest = rebase(o.dest, src, dst)
+                        self._update(o)
+                if op.kind == "move" and op.path == dst:
+                    self.ops.remove(op)
+                    self._notify()
+                else:
+                    if node is not None:
+                        op.node = node
+                    self.on_change()
+                return
+        self._append(NsOp(0, "move", src, dst, is_dir=is_dir, overwrite=overwrite, created=time.time(), node=node))
+
+    # ------------------------------------------------------------------ applying
+
+    def _batch(self) -> list[NsOp]:
+        """The next ops to send together: in order, up to MAX_BATCH, and a move only with ops
+        on unrelated paths (a batch sent again after a lost answer must not undo itself: a
+        repeated mkdir finds its directory, a repeated delete finds nothing, a repeated move
+        finds its source gone and its destination there)."""
+        batch: list[NsOp] = []
+        for op in self.ops:
+            if len(batch) >= MAX_BATCH:
+                break
+            clash = any(
+                (op.kind == "move" or b.kind == "move") and related(p, q)
+                for b in batch for p in op.paths() for q in b.paths()
+            )
+            if clash:
+                break
+            batch.append(op)
+        return batch
+
+    def done(self, op: NsOp) -> None:
+        if op in self.ops:
+            self._delete_row(op)
+            self.ops.remove(op)
+            self.applied += 1
+
+    async def run(self) -> None:
+        """Apply pending ops in order, forever; a failure is retried with backoff, never dropped."""
+        while True:
+            if not self.ops:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            # the quiet period after the oldest op (wall clock: it may come from the last run),
+            # skipped while someone waits for the ops; a backoff after a failure is kept
+            wait = 0.0 if self._urgent else self.ops[0].created + self.delay - time.time()
+            wait = max(wait, self.retry_at - trio.current_time())
+            if wait > 0:
+                self._wake = trio.Event()
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+                continue  # look again: woken (a waiter, a retry_now) or due
+            batch = self._batch()
+            assert self.apply is not None
+            self.sending = batch
+            try:
+                outcome = await self.apply(batch)
+            except Exception as exc:  # noqa: BLE001 - the applier must outlive any failure
+                log.exception("applying %d namespace op(s) failed", len(batch))
+                outcome = {op.seq: exc for op in batch}
+            finally:
+                self.sending = []
+            errors = [e for e in (outcome.get(op.seq, RuntimeError("no outcome")) for op in batch) if e is not None]
+            try:
+                with self.cache._transaction():
+                    for op in batch:
+                        if op.seq in outcome and outcome[op.seq] is None:
+                            self.done(op)
+            except OSError as exc:  # the cache disk: the ops are applied again (harmless) later
+                log.error("namespace journal: cannot record applied ops: %s", exc)
+            if errors:
+                self.attempts += 1
+                delay = min(1.0 * 2 ** (self.attempts - 1), self.backoff_max)
+                self.retry_at = trio.current_time() + delay
+                self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
+                log.warning("%d namespace op(s) not applied (attempt %d, retry in %.1fs): %s",
+                            len(errors), self.attempts, delay, errors[0])
+            else:
+                self.attempts = 0
+                self.retry_at = -math.inf
+                self.last_error = None
+            self._notify()
+
+    def retry_now(self) -> None:
+        self.retry_at = -math.inf
+        self.attempts = 0
+        self._wake.set()
+
+
+def ops_wire(batch: Sequence[NsOp]) -> list[dict[str, Any]]:
+    """The ops as `Remote.batch` takes them."""
+    out: list[dict[str, Any]] = []
+    for op in batch:
+        if op.kind == "mkdir":
+            out.append({"op": "mkdir", "path": op.path})
+        elif op.kind == "delete":
+            out.append({"op": "delete", "path": op.path, "recursive": False})
+        else:
+            out.append({"op": "move", "src": op.path, "dst": op.dest, "overwrite": op.overwrite})
+    return out

@@ -1,0 +1,116 @@
+"""The namespace journal's coalescing and batching rules (puterfs/fs/nsjournal.py), on a real
+cache journal: what the server is sent for a sequence of local namespace changes, and that the
+journal survives a reopen (the same SQLite file as the data journal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from puterfs.fs.cache import CacheStore
+from puterfs.fs.nsjournal import MAX_BATCH, NamespaceJournal
+
+
+def _ops(j: NamespaceJournal) -> list[str]:
+    return [op.describe() for op in j.ops]
+
+
+def _journal(tmp_path: Path) -> NamespaceJournal:
+    return NamespaceJournal(CacheStore(tmp_path / "cache"))
+
+
+def test_mkdir_then_rmdir_sends_nothing(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.record_mkdir("a")
+    j.record_mkdir("a/b")
+    j.record_delete("a/b", is_dir=True)
+    j.record_delete("a", is_dir=True)
+    assert _ops(j) == []
+
+
+def test_a_directory_renamed_twice_is_moved_once_and_renamed_back_not_at_all(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.record_move("a", "b", is_dir=True, overwrite=False)
+    j.record_move("b", "c", is_dir=True, overwrite=False)
+    assert _ops(j) == ["move a -> c"]
+    j.record_move("c", "a", is_dir=True, overwrite=False)
+    assert _ops(j) == []
+
+
+def test_a_renamed_new_directory_is_made_under_its_last_name_with_what_follows(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.record_mkdir("new")
+    j.record_mkdir("new/sub")
+    j.record_move("srv.txt", "new/sub/srv.txt", is_dir=False, overwrite=False)
+    j.record_move("new", "final", is_dir=True, overwrite=False)
+    assert _ops(j) == ["mkdir final", "mkdir final/sub", "move srv.txt -> final/sub/srv.txt"]
+
+
+def test_a_moved_then_deleted_file_is_deleted_where_the_server_has_it(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.record_move("a.txt", "b.txt", is_dir=False, overwrite=False)
+    j.record_delete("b.txt", is_dir=False)
+    assert _ops(j) == ["delete a.txt"]
+    # but a move that replaced something there must still happen: the server's b.txt goes too
+    j.record_move("c.txt", "d.txt", is_dir=False, overwrite=True)
+    j.record_delete("d.txt", is_dir=False)
+    assert _ops(j) == ["delete a.txt", "move c.txt -> d.txt", "delete d.txt"]
+
+
+def test_no_coalescing_across_a_later_change_of_a_related_path(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.record_move("a", "b", is_dir=True, overwrite=False)
+    j.record_move("x", "c", is_dir=True, overwrite=False)
+    j.record_move("b", "c/b", is_dir=True, overwrite=False)  # into a directory moved after it
+    assert _ops(j) == ["move a -> b", "move x -> c", "move b -> c/b"]
+    j2 = _journal(tmp_path / "2")
+    j2.record_delete("d", is_dir=True)
+    j2.record_mkdir("d")  # rm -rf d; mkdir d: the server's d goes, a new one is made
+    assert _ops(j2) == ["rmdir d", "mkdir d"]
+
+
+def test_batches_keep_order_and_never_mix_a_move_with_a_related_op(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    for i in range(MAX_BATCH + 5):
+        j.record_delete(f"dir/f{i}", is_dir=False)
+    j.record_delete("dir", is_dir=True)
+    assert len(j._batch()) == MAX_BATCH  # rm -rf: many deletes per request
+    j2 = _journal(tmp_path / "2")
+    j2.record_mkdir("a")
+    j2.record_mkdir("a/b")  # mkdir -p: one request
+    j2.record_move("s", "a/b/s", is_dir=False, overwrite=False)  # related: the next request
+    j2.record_mkdir("other")
+    assert [op.describe() for op in j2._batch()] == ["mkdir a", "mkdir a/b"]
+
+
+def test_pending_renames_map_back_to_the_servers_paths(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.record_move("a", "b", is_dir=True, overwrite=False)
+    j.record_move("b/f.txt", "b/g.txt", is_dir=False, overwrite=False)
+    j.record_mkdir("n")
+    assert j.server_path("b/g.txt") == "a/f.txt"
+    assert j.server_path("b/other") == "a/other"
+    assert j.server_path("n/x") is None  # below a directory the server does not have yet
+    assert j.server_path("elsewhere") == "elsewhere"
+    assert j.blocking("b/g.txt") and j.blocking("n/x") and not j.blocking("elsewhere")
+    assert j.listing_blocked("") and j.listing_blocked("b") and not j.listing_blocked("elsewhere")
+    assert j.listing_source("b") is None  # an entry in it is renamed: its listing must wait
+    assert j.listing_source("n") is None  # new here
+    j2 = _journal(tmp_path / "2")
+    j2.record_move("a", "b", is_dir=True, overwrite=False)
+    j2.record_move("b/c", "b/d", is_dir=True, overwrite=False)
+    assert j2.listing_source("b/d") == "a/c"  # renamed, and its parent too: the same entries
+    assert j2.listing_source("b/d/e") == "a/c/e"
+    j2.record_delete("b/d/e/f", is_dir=False)
+    assert j2.listing_source("b/d/e") is None and j2.listing_source("b/d") == "a/c"
+
+
+def test_the_journal_survives_a_reopen(tmp_path: Path) -> None:
+    cache = CacheStore(tmp_path / "cache")
+    j = NamespaceJournal(cache)
+    j.record_mkdir("m")
+    j.record_move("a", "b", is_dir=True, overwrite=True)
+    j.record_delete("c.txt", is_dir=False)
+    cache._db.close()  # as a kill -9 leaves it: no clean shutdown
+    j2 = NamespaceJournal(CacheStore(tmp_path / "cache"))
+    assert _ops(j2) == ["mkdir m", "move a -> b", "delete c.txt"]
+    assert j2.ops[1].overwrite and j2.ops[0].is_dir and not j2.ops[2].is_dir
