@@ -667,7 +667,10 @@ def _print_mount(m: dict[str, Any]) -> None:
     )
     shown = m["pending_files"]
     for f in shown:
-        print(f"    pending  {f.get('path')}  {_human_size(f.get('size'))}  since {_since(f.get('since'))}")
+        if f.get("op"):  # a namespace op not on the server yet (docs/namespace.md)
+            print(f"    pending  {f.get('op')}  since {_since(f.get('since'))}")
+        else:
+            print(f"    pending  {f.get('path')}  {_human_size(f.get('size'))}  since {_since(f.get('since'))}")
     if m["pending"] > len(shown) and shown:
         print(f"    … and {m['pending'] - len(shown)} more")
     for f in failed:

@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from puterfs.client._errors import (
+    NotFound,
     PuterError,
 )
 from puterfs.fs.errors import FsError
@@ -232,6 +233,10 @@ class ListingCache:
             epoch = self.epoch
             try:
                 entries = await self.remote.listdir(where)
+            except NotFound:
+                if not self._dirty_below(dirnode.path):
+                    raise
+                entries = []  # not on the server (yet): made here, its files' uploads make it
             except PuterError as exc:
                 if dirnode.children is not None:
                     log.warning("listing %r failed (%s); serving the cached listing", dirnode.path or "/", exc)
@@ -297,10 +302,24 @@ class ListingCache:
                     if not ent.dirty and ent.base_uid is not None:
                         node.remote_fp = (ent.base_uid, ent.base_size or 0, ent.base_modified)
                     new[name] = node
+            elif ent.dirty and path.startswith(prefix):
+                # a dirty file deeper down whose folder the server does not have (its mkdir
+                # was lost with a damaged journal): the folder shows, the upload makes it
+                name = path[len(prefix):].split("/", 1)[0]
+                if name not in new and (dirnode is not self.table.root or name != ".ai" or self.ai is None):
+                    sub = self.table.by_path.get(prefix + name)
+                    if sub is None or not sub.is_dir:
+                        sub = self.table.new(prefix + name, is_dir=True, mode=stat.S_IFDIR | 0o755)
+                    sub.local_seq = self.table.next_seq()
+                    new[name] = sub
         dirnode.children = new
         if tombs:
             # a listing requested after a removal already reflects it
             dirnode.tombstones = {n: t for n, t in tombs.items() if t > seq} or None
+
+    def _dirty_below(self, path: str) -> bool:
+        prefix = path + "/" if path else ""
+        return any(ent.dirty and p.startswith(prefix) for p, ent in self.cache.paths.items())
 
     def _link_name(self, e: RemoteEntry) -> str | None:
         """The link name a server entry stands for (NAME.rclonelink -> NAME), else None."""

@@ -175,6 +175,7 @@ def test_touch_elsewhere_is_seen_within_the_relisting_bound(mount_factory: Any) 
     _wait_mode(m, "events")
     os.mkdir(m.path / "t")
     os.listdir(m.path / "t")
+    m.wait_uploaded()  # the mkdir is local first: on the server after the quiet period
     r = m.remote
     started = time.monotonic()
     resp = r._http.post("/touch", json={"path": r.abspath("t/touched.txt")})

@@ -311,24 +311,24 @@ def test_readers_closing_a_dirty_file_do_not_postpone_its_upload(mount_factory: 
     m.proc.stop()
 
 
-def test_delete_answered_with_html_is_not_taken_as_done(mount_factory: MountFactory, emulator: Any) -> None:
-    """A proxy's HTML page (200) instead of the server's answer to /delete, every time: it is
-    sent again until --timeout, then the unlink fails, the file stays (here and on the
-    server), and a later unlink deletes it."""
-    mount = mount_factory(timeout=3)
+def test_delete_answered_with_html_is_not_taken_as_done(mount: Any, emulator: Any) -> None:
+    """A proxy's HTML page (200) instead of the server's answer to the /batch that carries an
+    unlink (local first: the unlink itself returns at once): not taken as done, the file stays
+    on the server, and a retry deletes it."""
     (mount.path / "keep.txt").write_bytes(b"still here")
     mount.wait_uploaded()
-    emulator.set_faults({"method": "POST", "path": "/delete", "html": True})
+    emulator.set_faults({"method": "POST", "path": "/batch", "html": True})
     try:
-        with pytest.raises(OSError):
-            os.unlink(mount.path / "keep.txt")
+        os.unlink(mount.path / "keep.txt")
+        assert not (mount.path / "keep.txt").exists()
+        mount.proc.wait_state(lambda s: (s.get("failed_attempts") or 0) > 0, 30, "the delete to get the HTML page")
+        assert mount.remote.read("keep.txt") == b"still here"
+        assert mount.proc.state()["pending"] == 1
     finally:
         emulator.clear_faults()
-    assert mount.remote.read("keep.txt") == b"still here"
-    assert (mount.path / "keep.txt").read_bytes() == b"still here"
-    os.unlink(mount.path / "keep.txt")
+    mount.wait_uploaded(timeout=60)
     assert not mount.remote.exists("keep.txt")
-    print("delete answered with HTML 200: refused, file kept, deleted on retry; bytes lost 0")
+    print("delete answered with HTML 200: not taken as done, the file kept on the server until a retry deleted it")
 
 
 def test_interrupted_upload_is_not_a_conflict_after_crash(mount_factory: MountFactory, emulator: Any) -> None:

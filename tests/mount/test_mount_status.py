@@ -48,11 +48,16 @@ def test_status_names_the_real_server_and_the_pending_files(mount_factory: Any) 
         entry = wait_for(
             lambda: (e := status_json(mount))["failed_attempts"] and e, 30, "a failed upload attempt in status"
         )
-        assert [f["path"] for f in entry["pending_files"]] == ["notes/todo.txt"]
-        assert entry["pending_files"][0]["size"] == 3000 and entry["pending_files"][0]["since"] > 0
+        # the file, and the mkdir of its folder (local first: the /batch carrying it fails too)
+        files = [f for f in entry["pending_files"] if not f.get("op")]
+        assert [f["path"] for f in files] == ["notes/todo.txt"], entry["pending_files"]
+        assert [f["op"] for f in entry["pending_files"] if f.get("op")] == ["mkdir notes"]
+        assert entry["pending"] >= 2  # (and the folder's mtime, an update of its own)
+        assert files[0]["size"] == 3000 and files[0]["since"] > 0
         assert "injected: uploads fail" in entry["last_error"]
         text = status(mount, str(mount.path)).stdout
         assert "pending  notes/todo.txt  2.9 KiB  since " in text
+        assert "pending  mkdir notes  since " in text
         assert "last error:" in text and "injected: uploads fail" in text
     finally:
         mount.emulator.clear_faults()
