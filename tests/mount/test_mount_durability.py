@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -306,9 +307,10 @@ def test_dir_rename_during_upload_makes_no_conflict(mount: MountedFs, faults: An
 def test_sigkill_mid_directory_rename_keeps_one_tree(mount_factory: MountFactory, faults: Any, moment: str) -> None:
     """kill -9 while a directory rename is on its way to the server: once after the server
     moved the tree (its answer never arrives), once before the server acted. The rename(2)
-    never returned, so either tree is right, but only one: the file not yet uploaded must
-    end up in the tree the server holds (the move was journaled before it was sent, and the
-    next start asks the server which way it went), with nothing left at the other path."""
+    returned at once (local first, docs/namespace.md) and its move is in the namespace journal
+    until its outcome is known, so the next start applies it again (or finds it done: the
+    source gone, the destination there): one tree, the renamed one, and the file not yet
+    uploaded in it, with nothing left at the old path."""
     m = mount_factory(write_back=60)
     m.remote.mkdir("d")
     m.remote.write("d/clean.txt", b"uploaded before the rename\n")
@@ -316,26 +318,25 @@ def test_sigkill_mid_directory_rename_keeps_one_tree(mount_factory: MountFactory
     pending = os.urandom(30_000)
     (m.path / "d" / "pending.bin").write_bytes(pending)  # dirty: write-back 60 s
     after = moment == "server-moved-answer-lost"
-    faults.set_faults({"method": "POST", "path": "/move", "stall": True, "after": after})
-    renamer = subprocess.Popen(["mv", str(m.path / "d"), str(m.path / "e")])
+    faults.set_faults({"method": "POST", "path": "/batch", "stall": True, "after": after})
+    os.rename(m.path / "d", m.path / "e")
+    m.proc.expected_exit = True
+    m.proc.proc.send_signal(signal.SIGTERM)  # unmounting applies the journal now, then uploads
     try:
         if after:
             wait_for(lambda: m.remote.exists("e/clean.txt"), 30, "the server to move d to e (answer held)")
         else:
-            wait_for(lambda: faults._admin("GET", "faults")["rules"][0]["fired"], 30, "the /move to reach the server")
+            wait_for(lambda: faults._admin("GET", "faults")["rules"][0]["fired"], 30, "the /batch to reach the server")
+        assert not m.remote.exists("e/pending.bin")  # the upload waits for the move
         m.proc.kill()
     finally:
         faults.clear_faults()
-        renamer.wait(30)
-    assert renamer.returncode != 0  # the rename never returned success
     m.kill_and_remount()
     m.wait_uploaded(timeout=60)
-    tree = "e" if after else "d"
-    other = "d" if after else "e"
-    assert not m.remote.exists(other), f"the tree is split: {other} is on the server too"
-    assert m.remote.read(f"{tree}/clean.txt") == b"uploaded before the rename\n"
-    assert m.remote.read(f"{tree}/pending.bin") == pending
-    assert (m.path / tree / "pending.bin").read_bytes() == pending
-    assert not (m.path / other).exists()
+    assert not m.remote.exists("d"), "the tree is split: d is on the server too"
+    assert m.remote.read("e/clean.txt") == b"uploaded before the rename\n"
+    assert m.remote.read("e/pending.bin") == pending
+    assert (m.path / "e" / "pending.bin").read_bytes() == pending
+    assert not (m.path / "d").exists()
     m.proc.stop()
-    print(f"kill -9 mid directory rename ({moment}): one tree ({tree}), {len(pending) + 27} bytes compared, bytes lost 0")
+    print(f"kill -9 mid directory rename ({moment}): one tree (e), {len(pending) + 27} bytes compared, bytes lost 0")
