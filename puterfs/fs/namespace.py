@@ -383,11 +383,18 @@ class Namespace:
             except PuterError as exc:
                 return {op.seq: exc for op in batch}
             out: dict[int, BaseException | None] = {}
+            behind: BaseException | None = None
             for op, res in zip(batch, results, strict=True):
+                if behind is not None:
+                    # an op before it is to be retried: this one goes again after it, so its
+                    # result now (done, or refused because of the op before) settles nothing
+                    out[op.seq] = behind
+                    continue
                 try:
                     out[op.seq] = await self._settle_ns(op, res)
                 except PuterError as exc:
                     out[op.seq] = exc
+                behind = out[op.seq]
             return out
         finally:
             self._mutations -= 1

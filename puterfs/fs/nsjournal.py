@@ -13,7 +13,9 @@ order they happened and describe the server's way from its state to ours:
   rewrites that op (a directory renamed twice is moved once; renamed back, not at all), and
   the later pending ops below it follow; an unlink of a pending move's destination deletes the
   source instead. A file created and deleted (or renamed) before its upload never appears here
-  at all: files reach the server through the upload queue, under their current name.
+  at all: files reach the server through the upload queue, under their current name. Only ops
+  never sent coalesce: one sent in a request whose answer was lost may be done on the server
+  (``tried``), and rewriting it would leave the server with what it made.
 * **Batches**: the applier (``run``) takes the pending ops in order, up to ``MAX_BATCH`` per
   JSON ``/batch`` request (the server runs a batch's ops in order). A move never shares a batch
   with an op on a related path (see ``_batch``): a batch whose answer was lost is sent again,
@@ -78,6 +80,9 @@ class NsOp:
     overwrite: bool = False
     created: float = 0.0
     node: Any = None  # the inode-table node it was made for, while this process runs (not journaled)
+    # sent at least once without a known outcome (or loaded from the journal: a daemon killed
+    # mid-send): the server may have done it already, so it is never rewritten or dropped
+    tried: bool = False
 
     def paths(self) -> tuple[str, ...]:
         return (self.path, self.dest) if self.kind == "move" else (self.path,)
@@ -107,7 +112,8 @@ class NamespaceJournal:
             if kind not in ("mkdir", "delete", "move"):
                 log.error("namespace journal: ignoring an op of unknown kind %r (seq %d)", kind, seq)
                 continue
-            self.ops.append(NsOp(seq, kind, path, dest or "", bool(is_dir), bool(overwrite), created))
+            # the last run may have sent it before it died: as good as tried
+            self.ops.append(NsOp(seq, kind, path, dest or "", bool(is_dir), bool(overwrite), created, tried=True))
         self.apply: ApplyFn | None = None
         self.on_change: Callable[[], None] = lambda: None
         self._wake = trio.Event()
@@ -233,8 +239,10 @@ class NamespaceJournal:
         it), when no later op concerns an ancestor of it; else None."""
         for i in range(len(self.ops) - 1, -1, -1):
             op = self.ops[i]
-            if op in self.sending:
-                return None  # on its way: it is what the server will have
+            if op.tried or op in self.sending:
+                # on its way, or sent before with its outcome unknown (a lost answer): the
+                # server may have done it, so it stays as it is and what follows is appended
+                return None
             if (op.kind == "mkdir" and op.path == path) or (op.kind == "move" and op.dest == path):
                 return i
             if any(under(path, p) and p != path for p in op.paths()):
@@ -270,7 +278,7 @@ class NamespaceJournal:
 
     def record_move(self, src: str, dst: str, *, is_dir: bool, overwrite: bool, node: Any = None) -> None:
         i = self._producer(src)
-        if i is not None and not overwrite and not any(
+        if i is not None and not overwrite and not any(o.tried for o in self.ops[i + 1:]) and not any(
             related(p, dst) or (related(p, src) and not under(p, src))
             for op in self.ops[i + 1:] for p in op.paths()
         ):
@@ -346,6 +354,8 @@ class NamespaceJournal:
             batch = self._batch()
             assert self.apply is not None
             self.sending = batch
+            for op in batch:
+                op.tried = True  # from now on the server may have done it, whatever comes back
             try:
                 outcome = await self.apply(batch)
             except Exception as exc:  # noqa: BLE001 - the applier must outlive any failure
@@ -353,12 +363,21 @@ class NamespaceJournal:
                 outcome = {op.seq: exc for op in batch}
             finally:
                 self.sending = []
-            errors = [e for e in (outcome.get(op.seq, RuntimeError("no outcome")) for op in batch) if e is not None]
+            # done in order: the first op still to retry keeps itself and every op behind it
+            # (they go again after it, as they must happen after it; repeating them is harmless,
+            # see _batch), so the server never sees an op overtake one before it
+            applied: list[NsOp] = []
+            errors: list[BaseException] = []
+            for op in batch:
+                e = outcome.get(op.seq, RuntimeError("no outcome"))
+                if e is not None:
+                    errors.append(e)
+                elif not errors:
+                    applied.append(op)
             try:
                 with self.cache._transaction():
-                    for op in batch:
-                        if op.seq in outcome and outcome[op.seq] is None:
-                            self.done(op)
+                    for op in applied:
+                        self.done(op)
             except OSError as exc:  # the cache disk: the ops are applied again (harmless) later
                 log.error("namespace journal: cannot record applied ops: %s", exc)
             if errors:
@@ -367,7 +386,7 @@ class NamespaceJournal:
                 self.retry_at = trio.current_time() + delay
                 self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
                 log.warning("%d namespace op(s) not applied (attempt %d, retry in %.1fs): %s",
-                            len(errors), self.attempts, delay, errors[0])
+                            len(batch) - len(applied), self.attempts, delay, errors[0])
             else:
                 self.attempts = 0
                 self.retry_at = -math.inf

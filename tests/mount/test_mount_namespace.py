@@ -126,6 +126,43 @@ def test_a_directory_renamed_twice_is_moved_once(mount_factory: MountFactory) ->
     print(f"mv a b; mv b c: {len(moves)} move on the server")
 
 
+def test_ops_after_a_batch_whose_answer_was_lost_are_applied_as_they_are(mount_factory: MountFactory) -> None:
+    """The server does a /batch and its answer is lost (the connection drops after it acted);
+    what is done here next must not be folded into those ops (mkdir+rmdir into nothing, a
+    move and a rename into one move, a move and an unlink into a delete of the source): the
+    server already has them. The case the 30%-faults randomised test found."""
+    m = mount_factory(write_back=2)
+    w = _work(m)
+    m.remote.mkdir("w/a")
+    m.remote.write("w/a/f.txt", b"in a")
+    m.remote.write("w/x.txt", b"x")
+    wait_for(lambda: sorted(os.listdir(w)) == ["a", "x.txt"], 10, "a and x.txt in the mount")
+    since = time.time()
+    m.emulator.set_faults(
+        {"method": "POST", "path": "/batch", "after": True, "drop": True, "count": 1},  # done, answer lost
+        {"method": "POST", "path": "/batch", "drop": True},  # then nothing gets through
+    )
+    try:
+        (w / "d").mkdir()
+        os.rename(w / "a", w / "b")
+        os.rename(w / "x.txt", w / "d.txt")
+        m.proc.wait_state(lambda s: (s.get("failed_attempts") or 0) > 0, 30, "the first /batch to fail")
+        first = _batch_ops(m, since)
+        assert [o["op"] for o in first] == ["mkdir", "move", "move"], first  # one request, done by the server
+        assert sorted(m.remote.listdir("w")) == ["b", "d", "d.txt"]
+        os.rmdir(w / "d")
+        os.rename(w / "b", w / "c")
+        os.unlink(w / "d.txt")
+    finally:
+        m.emulator.clear_faults()
+    m.wait_uploaded(timeout=60)
+    assert m.remote.listdir("w") == ["c"], m.remote.listdir("w")
+    assert m.remote.read("w/c/f.txt") == b"in a"
+    assert os.listdir(w) == ["c"]
+    m.proc.stop()
+    print("mkdir/mv/mv done by the server with the answer lost, then rmdir/mv/rm: the server has what the mount has")
+
+
 def test_reads_of_a_renamed_path_work_before_the_server_has_the_rename(mount_factory: MountFactory) -> None:
     m = mount_factory(write_back=60)
     w = _work(m)
