@@ -7,15 +7,18 @@ A mixin of `PuterOperations` (puterfs/fs/operations.py)."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pyfuse3
 import trio
 
 from puterfs.client._errors import (
+    NotFound,
     PuterError,
 )
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry
@@ -24,6 +27,7 @@ from puterfs.fs.freshness import content_changed
 from puterfs.fs.freshness import verify as verify_version
 from puterfs.fs.inodes import Node
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
@@ -82,10 +86,8 @@ class DataCache:
                 stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
                 begin = start_block * BLOCK_SIZE
                 length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
-                # a rename not applied yet: the server still has it under its old name
-                where = self.ns.server_path(node.path)
-                data, etag = await self.remote.read_version(
-                    node.path if where is None else where, begin, length, size=ent.size
+                data, etag = await self._at_server(
+                    node.path, functools.partial(self._read_at, begin=begin, length=length, size=ent.size)
                 )
                 if node.entry is not ent:
                     return  # replaced while we fetched
@@ -112,6 +114,21 @@ class DataCache:
         # blocks after the run (not contiguous) are fetched by the next call
         if ent.missing_blocks(off, size):
             await self._fetch(node, off, size)
+
+    async def _read_at(self, where: str, *, begin: int, length: int, size: int) -> tuple[bytes, str | None]:
+        return await self.remote.read_version(where, begin, length, size=size)
+
+    async def _at_server(self, path: str, call: Callable[[str], Awaitable[T]]) -> T:
+        """`call` with the server's path of what is at `path` here: a rename not on the server
+        yet has it under its old name, and one sent with its answer lost under either
+        (nsjournal.py, `server_paths`); the next name is tried when the server has nothing."""
+        where = self.ns.server_paths(path) or [path]
+        for p in where[:-1]:
+            try:
+                return await call(p)
+            except NotFound:
+                continue
+        return await call(where[-1])
 
     async def _ensure_complete(self, node: Node) -> CacheEntry:
         ent = self._ensure_entry(node)

@@ -213,26 +213,26 @@ class ListingCache:
             if self._fresh(dirnode):
                 assert dirnode.children is not None
                 return dirnode.children
-            where: str | None = dirnode.path
+            sources = [dirnode.path]  # where the server may hold it, the likeliest first
             if self.ns.listing_blocked(dirnode.path):
                 # the server does not show our pending namespace ops yet: the cached listing
                 # is the truth (it has them); without one, the server's listing of what it
                 # renames (the same entries), else wait until the server has them
                 if dirnode.children is not None:
                     return dirnode.children
-                where = self.ns.listing_source(dirnode.path)
-                if where is None:
+                sources = self.ns.listing_sources(dirnode.path)
+                if not sources:
                     with trio.move_on_after(self.remote.timeout):
                         await self.ns.wait_listing(dirnode.path)
                     if not dirnode.in_tree:
                         raise FsError(errno.ENOENT)
                     if self.ns.listing_blocked(dirnode.path):
                         raise FsError(errno.EAGAIN, f"{dirnode.path or '/'}: namespace changes not on the server yet")
-                    where = dirnode.path
+                    sources = [dirnode.path]
             seq = self.table.next_seq()
             epoch = self.epoch
             try:
-                entries = await self.remote.listdir(where)
+                entries = await self._listdir_at(sources)
             except NotFound:
                 if not self._dirty_below(dirnode.path):
                     raise
@@ -249,6 +249,16 @@ class ListingCache:
             dirnode.listed_at = trio.current_time()
             assert dirnode.children is not None
             return dirnode.children
+
+    async def _listdir_at(self, sources: list[str]) -> list[RemoteEntry]:
+        """The listing at the first of `sources` the server has (a rename sent with its
+        answer lost may or may not have got through)."""
+        for where in sources[:-1]:
+            try:
+                return await self.remote.listdir(where)
+            except NotFound:
+                continue
+        return await self.remote.listdir(sources[-1])
 
     def _apply_listing(self, dirnode: Node, entries: list[RemoteEntry], seq: int) -> None:
         old = dirnode.children or {}

@@ -173,12 +173,39 @@ class NamespaceJournal:
     def server_path(self, path: str) -> str | None:
         """Where the server holds what is at `path` here (pending renames undone), None when
         the server has nothing there yet (below a pending mkdir)."""
-        for op in reversed(self.ops):
-            if op.kind == "move" and under(path, op.dest):
-                path = rebase(path, op.dest, op.path)
-            elif op.kind == "mkdir" and under(path, op.path):
-                return None
-        return path
+        return _undo(path, self.ops)
+
+    def _tried(self) -> int:
+        """How many ops, from the first, were sent with their outcome unknown (a prefix)."""
+        n = 0
+        while n < len(self.ops) and self.ops[n].tried:
+            n += 1
+        return n
+
+    def server_paths(self, path: str) -> list[str]:
+        """Every path the server may hold what is at `path` here under, the likeliest first:
+        every pending op undone (`server_path`), then the ops sent with their outcome unknown
+        taken as done, one more at a time (the server runs them in order). Empty when the
+        server has nothing there yet."""
+        out: list[str] = []
+        for k in range(self._tried() + 1):
+            p = _undo(path, self.ops[k:])
+            if p is not None and p not in out:
+                out.append(p)
+        return out
+
+    def listing_sources(self, path: str) -> list[str]:
+        """`listing_source` and, when ops sent with their outcome unknown rename it or an
+        ancestor, the names the server may hold it under if they got through."""
+        first = self.listing_source(path)
+        if first is None:
+            return []
+        out = [first]
+        for k in range(1, self._tried() + 1):
+            p = _undo(path, self.ops[k:])
+            if p is not None and p not in out:
+                out.append(p)
+        return out
 
     async def wait_path(self, path: str) -> None:
         """Wait until no pending op concerns `path` or an ancestor (applied at once, no quiet
@@ -397,6 +424,16 @@ class NamespaceJournal:
         self.retry_at = -math.inf
         self.attempts = 0
         self._wake.set()
+
+
+def _undo(path: str, ops: Sequence[NsOp]) -> str | None:
+    """`path` before `ops` (renames undone); None when one of them made it (a mkdir)."""
+    for op in reversed(ops):
+        if op.kind == "move" and under(path, op.dest):
+            path = rebase(path, op.dest, op.path)
+        elif op.kind == "mkdir" and under(path, op.path):
+            return None
+    return path
 
 
 def ops_wire(batch: Sequence[NsOp]) -> list[dict[str, Any]]:

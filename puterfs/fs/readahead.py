@@ -256,9 +256,11 @@ class ReadAhead:
         length = min((last + 1) * BLOCK_SIZE, size) - begin
         view = memoryview(buf)[:length]
         try:
-            where = ops.ns.server_path(node.path)  # a rename not on the server yet: its old name
             with ops.remote.background():  # a reader's own fetch goes first when both wait for the budget
-                etag = await ops.remote.read_version_into(node.path if where is None else where, view, begin, size=size)
+                # a rename not on the server yet: its old name (DataCache._at_server)
+                etag = await ops._at_server(
+                    node.path, lambda where: ops.remote.read_version_into(where, view, begin, size=size)
+                )
             if not self._still_wanted(node, ent, size, etag):
                 return  # the file changed, was written or closed meanwhile: not ours to store
             # into the cache file in a worker thread (a large write would hold up every handler)

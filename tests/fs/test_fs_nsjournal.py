@@ -162,6 +162,9 @@ async def test_ops_sent_with_their_outcome_unknown_are_never_rewritten_or_droppe
         j.record_move("c", "e", is_dir=True, overwrite=False)
         j.record_delete("d.txt", is_dir=False)
         assert _ops(j) == ["mkdir a", "move b -> c", "move x.txt -> d.txt", "rmdir a", "move c -> e", "delete d.txt"]
+        # where the server may hold e/f and e's entries: under b if the batch did nothing, c if it got through
+        assert j.server_paths("e/f") == ["b/f", "c/f"] and j.server_path("e/f") == "b/f"
+        assert j.listing_sources("e") == ["b", "c"]
         # ops never sent still coalesce with each other
         j.record_mkdir("n")
         j.record_delete("n", is_dir=True)
