@@ -258,3 +258,39 @@ def test_umount_that_cannot_apply_the_journal_exits_non_zero(mount_factory: Moun
     assert m.remote.is_dir("w/kept")
     m.proc.stop()
     print(f"umount with an unappliable journal: exit {rc}, the op named in the state file, applied at the next mount")
+
+
+def test_an_rmdir_of_a_directory_filled_elsewhere_meanwhile_keeps_their_entries(mount_factory: MountFactory) -> None:
+    m = mount_factory(write_back=60)
+    w = _work(m)
+    m.remote.mkdir("w/d")
+    wait_for(lambda: os.listdir(w) == ["d"], 10, "d in the mount")
+    assert os.listdir(w / "d") == []
+    os.rmdir(w / "d")  # journaled; the server hears of it at unmount
+    m.remote.write("w/d/theirs.txt", b"made elsewhere meanwhile")
+    m.remount()  # the rmdir meets a directory that is not empty: theirs stays, and so does d
+    assert m.remote.read("w/d/theirs.txt") == b"made elsewhere meanwhile"
+    assert os.listdir(w) == ["d"] and (w / "d" / "theirs.txt").read_bytes() == b"made elsewhere meanwhile"
+    m.proc.stop()
+    print("rmdir of a directory filled elsewhere meanwhile: theirs kept, the directory shows again")
+
+
+def test_a_rename_of_a_directory_deleted_elsewhere_meanwhile_keeps_our_new_files(mount_factory: MountFactory) -> None:
+    m = mount_factory(write_back=60)
+    w = _work(m)
+    m.remote.mkdir("w/a")
+    m.remote.write("w/a/old.txt", b"on the server")
+    wait_for(lambda: os.listdir(w) == ["a"], 10, "a in the mount")
+    assert os.listdir(w / "a") == ["old.txt"]
+    (w / "a" / "new.txt").write_bytes(b"written here, not uploaded yet")
+    (w / "a" / "old.txt").write_bytes(b"edited here")
+    os.rename(w / "a", w / "b")
+    m.remote.delete("w/a")  # elsewhere, meanwhile: the move finds no source
+    m.remount()
+    # what we wrote is on the server under the new name; what we only had from the server is gone
+    assert m.remote.read("w/b/new.txt") == b"written here, not uploaded yet"
+    assert m.remote.read("w/b/old.txt") == b"edited here"
+    assert m.remote.listdir("w") == ["b"]
+    assert sorted(os.listdir(w / "b")) == ["new.txt", "old.txt"]
+    m.proc.stop()
+    print("rename of a directory deleted elsewhere meanwhile: the files written here are on the server under the new name")
