@@ -43,6 +43,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -279,15 +280,19 @@ class CacheStore:
         self._data_dir_unsynced = True  # a file was created in data/ since its last fsync
         self._saved: dict[int, tuple[Any, ...]] = {}  # entry id -> the row last committed by _save_row
         self._root_synced = False  # the cache dir fsync'ed once (the journal's files)
+        self._sync_pool: ThreadPoolExecutor | None = None  # threads of the fsyncs run together
         self.lost_found = self.root / LOST_FOUND
         self.lost: list[dict[str, str]] = []  # what went to lost+found at start (reported)
         self.recovered: list[str] = []  # paths re-associated from identity records at start
         # called when the cache disk is full: frees clean cached data, returns bytes freed
         self.reclaim: Callable[[], int] | None = None
         self._db = self._open_journal()
+        # the connection's total_changes when the journal was last synced (see sync_journal)
+        self._synced_changes = -1
         self.entries: dict[int, CacheEntry] = {}
         self.paths: dict[str, CacheEntry] = {}  # path -> entry, kept in step with `entries`
         self._load()
+        self.sync_journal()  # what the start-up repair changed is on the disk before anything else
 
     def _open_subdir(self, name: str) -> int:
         try:
@@ -332,7 +337,12 @@ class CacheStore:
             db.execute("PRAGMA journal_mode=WAL")
         finally:
             os.umask(old)
-        db.execute("PRAGMA synchronous=FULL")
+        # Commits are not synced one by one: WAL with synchronous=NORMAL keeps every commit
+        # across a kill -9 (it is in the OS once the statement returns) and the database
+        # consistent across a power cut (a prefix of the commits survives). What must survive
+        # a power cut is synced on purpose (`sync_journal`): by fsync/fsyncdir, before a
+        # clean file's bytes change (`mark_dirty`), before an upload is sent (`note_attempt`).
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         have = {r[1] for r in db.execute("PRAGMA table_info(files)")}
         for col, decl in _ADDED_COLUMNS.items():
@@ -420,9 +430,45 @@ class CacheStore:
         )
         self._saved[e.id] = values
 
-    def _commit(self, e: CacheEntry, **changes: Any) -> None:
-        """Apply `changes` to `e` durably: the journal (and the identity record) first, memory
-        after. If the journal cannot be written, `e` is left as it was and OSError is raised."""
+    def journal_mark(self) -> int | None:
+        """What `sync_files` must make durable of the journal: the commit count to pass it, or
+        None when everything committed is synced already (main thread only)."""
+        mark = self._db.total_changes
+        return None if mark == self._synced_changes else mark
+
+    def journal_synced(self, mark: int | None) -> None:
+        """`sync_files(journal=mark)` returned: the commits up to `mark` are on the disk."""
+        if mark is not None and mark > self._synced_changes:
+            self._synced_changes = mark
+
+    def sync_journal(self) -> None:
+        """Put every commit so far on the local disk (fsync of the ``-wal``), on this thread."""
+        mark = self.journal_mark()
+        if mark is not None or self._synced_changes < 0:
+            self._fsync_journal()
+            self.journal_synced(self._db.total_changes if mark is None else mark)
+
+    def _fsync_journal(self) -> None:
+        # The committed transactions not yet checkpointed are in the -wal (a checkpoint syncs
+        # the database file itself before the -wal is reused), so syncing the -wal makes them
+        # all durable, as synchronous=FULL would have at each commit. Descriptors only: safe
+        # from a worker thread while the connection commits more.
+        for name in (JOURNAL + "-wal", JOURNAL):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)  # as SQLite syncs it (the size is data; no other metadata matters)
+            finally:
+                os.close(fd)
+            return
+
+    def _commit(self, e: CacheEntry, *, _durable: bool = False, **changes: Any) -> None:
+        """Apply `changes` to `e`: the journal (and the identity record) first, memory after.
+        If the journal cannot be written, `e` is left as it was and OSError is raised. The
+        commit survives a kill -9 when this returns; with `_durable` also a power cut (the
+        journal is synced before memory changes)."""
         old = {k: getattr(e, k) for k in changes}
         # compared with what the record last said (callers may have set fields directly)
         old_ident = e.written if e.written is not None else e.identity()
@@ -439,6 +485,8 @@ class CacheStore:
                 self._write_identity(e, e.gen, new_ident)
             try:
                 self._save_row(e)
+                if _durable:
+                    self.sync_journal()
             except BaseException:
                 if precious:
                     try:
@@ -656,16 +704,18 @@ class CacheStore:
 
     # -- changes ----------------------------------------------------------------------------
 
-    def create(self, path: str, *, mode: int = 0o100644, mtime_ns: int | None = None) -> CacheEntry:
-        """A new, empty, complete cache file (not yet dirty)."""
+    def create(self, path: str, *, mode: int = 0o100644, mtime_ns: int | None = None, dirty: bool = False) -> CacheEntry:
+        """A new, empty, complete cache file; `dirty`: a file created here (one commit, never
+        clean in the journal, so no state of it could pass for a copy of a server file)."""
         now = time.time()
         mtime = mtime_ns or time.time_ns()
         cur = self._sql(
-            "INSERT INTO files (path, dirty, size, mtime_ns, mode, complete, last_used, gen) VALUES (?, 0, 0, ?, ?, 1, ?, 1)",
-            (path, mtime, mode, now),
+            "INSERT INTO files (path, dirty, size, mtime_ns, mode, complete, last_used, gen) VALUES (?, ?, 0, ?, ?, 1, ?, 1)",
+            (path, int(dirty), mtime, mode, now),
         )
         entry_id = int(cur.lastrowid or 0)
-        e = CacheEntry(id=entry_id, path=path, mode=mode, mtime_ns=mtime, complete=True, last_used=now, gen=1)
+        e = CacheEntry(id=entry_id, path=path, dirty=dirty, mode=mode, mtime_ns=mtime, complete=True, last_used=now,
+                       gen=1)
         try:
             try:
                 fd = self.open_data(entry_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -704,24 +754,65 @@ class CacheStore:
         """Write `e`'s fields to the journal (and its identity record when that changed)."""
         self._commit(e)
 
-    def sync_entry(self, e: CacheEntry) -> None:
-        """Make what a power cut could still take of `e` durable (fsync): the directory entry of
-        its data file (the `data/` directory is synced when a file was created in it since its
-        last sync) and, once, the cache directory's (the journal's own files). The data file is
-        fsync'ed by the caller, and every journal commit is already synced (WAL,
-        ``synchronous=FULL``); the identity record is only read when the journal is damaged.
-        Safe to call from a worker thread: it uses descriptors and two flags only."""
-        if self._data_dir_unsynced:
+    def sync_files(self, data_fd: int | None = None, *, datasync: bool = False, journal: int | None = None) -> None:
+        """Make what a power cut could still take durable (fsync), in one go: the data file
+        `data_fd` (fdatasync with `datasync`), the journal's commits when `journal` is a mark
+        of `journal_mark` (then pass it to `journal_synced`), the directory entry of a data
+        file (the `data/` directory is synced when a file was created in it since its last
+        sync) and, once, the cache directory's (the journal's own files). The identity records
+        are not synced: they are only read when the journal is damaged. Safe to call from a
+        worker thread: it uses descriptors and two flags only."""
+        jobs: list[Callable[[], None]] = []
+        if data_fd is not None:
+            jobs.append(lambda: (os.fdatasync if datasync else os.fsync)(data_fd))
+        if journal is not None:
+            jobs.append(self._fsync_journal)
+        data_dir = self._data_dir_unsynced
+        if data_dir:
             self._data_dir_unsynced = False  # before the sync: a create meanwhile sets it again
-            os.fsync(self._data_fd)
-        if not self._root_synced:
-            os.fsync(self._root_fd)
+            jobs.append(lambda: os.fsync(self._data_fd))
+        root = not self._root_synced
+        if root:
+            jobs.append(lambda: os.fsync(self._root_fd))
+        try:
+            self._run_together(jobs)
+        except BaseException:
+            if data_dir:
+                self._data_dir_unsynced = True
+            raise
+        if root:
             self._root_synced = True
+
+    def _run_together(self, jobs: list[Callable[[], None]]) -> None:
+        """Run the fsyncs at once, each on its own thread (the first here): the file system
+        commits them together, so three cost about what one does (a data file, the -wal and
+        the data/ directory in a row cost 2.7 ms here, at once 1.0 ms, the data file alone
+        0.8 ms). Raises the first error once all are done."""
+        if len(jobs) == 1:
+            jobs[0]()
+            return
+        if self._sync_pool is None:
+            self._sync_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="puterfs-fsync")
+        futures = [self._sync_pool.submit(job) for job in jobs[1:]]
+        first: BaseException | None = None
+        try:
+            jobs[0]()
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the others finished
+            first = exc
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as exc:  # noqa: BLE001
+                first = first or exc
+        if first is not None:
+            raise first
 
     def mark_dirty(self, e: CacheEntry) -> None:
         """clean -> dirty, journal first: raises (ENOSPC...) and leaves `e` clean if it cannot."""
         if not e.dirty:
-            self._commit(e, dirty=True, complete=True)
+            # synced before the bytes change: a power cut must not leave changed bytes in a
+            # file the journal calls a clean copy of the server's
+            self._commit(e, _durable=True, dirty=True, complete=True)
 
     def mark_clean(self, e: CacheEntry, *, uid: str | None, size: int, modified: int | None, etag: str | None = None) -> None:
         self._commit(e, dirty=False, complete=True, base_uid=uid, base_size=size, base_modified=modified,
@@ -734,7 +825,8 @@ class CacheStore:
     def note_attempt(self, e: CacheEntry, md5: str) -> None:
         """An upload of content with this MD5 starts (journaled: after a crash its outcome is unknown)."""
         if md5 not in e.sent_md5:
-            self._commit(e, sent_md5=[*e.sent_md5[-3:], md5])
+            # synced before the upload is sent: after a power cut a server copy with it is ours
+            self._commit(e, _durable=True, sent_md5=[*e.sent_md5[-3:], md5])
 
     def rename(self, old: str, new: str) -> None:
         """Re-point the entry at `old` and every entry below it (a directory rename)."""
@@ -789,6 +881,7 @@ class CacheStore:
         """Journal (committed at once) that the server is asked to move `old` to `new`: if the
         daemon dies before it learns the outcome, the next start asks the server."""
         self._sql("INSERT INTO pending_moves (old, new) VALUES (?, ?)", (old, new))
+        self.sync_journal()
 
     def end_move(self, old: str, new: str) -> None:
         """The move's outcome is known and the journal's paths follow it."""
@@ -840,6 +933,8 @@ class CacheStore:
             self.flush_usage()
         finally:
             self._db.close()
+            if self._sync_pool is not None:
+                self._sync_pool.shutdown(wait=True)
             for fd in (self._data_fd, self._root_fd):
                 try:
                     os.close(fd)

@@ -384,6 +384,12 @@ class DataCache:
         node.mtime_local = True
         return n
 
+    async def _sync_journal(self) -> None:
+        """Every namespace op and journal row committed so far onto the local disk (fsyncdir)."""
+        mark = self.cache.journal_mark()
+        await trio.to_thread.run_sync(lambda: self.cache.sync_files(journal=mark))
+        self.cache.journal_synced(mark)
+
     async def _fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles.get(fh)
         if h is None:
@@ -392,10 +398,13 @@ class DataCache:
         ent = node.entry
         if ent is None or not ent.dirty or not node.in_tree:
             return
-        # durable on the local disk: the data, then the journal row (and the directories)
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self._fd(node))
+        # durable on the local disk: the row is committed (size, mtime), then the data file,
+        # the journal's commits (this file's and every earlier one: its create, a rename) and
+        # the directories are synced in one worker-thread call
         self.cache.save(ent)
-        await trio.to_thread.run_sync(self.cache.sync_entry, ent)
+        fd, mark = self._fd(node), self.cache.journal_mark()
+        await trio.to_thread.run_sync(lambda: self.cache.sync_files(fd, datasync=datasync, journal=mark))
+        self.cache.journal_synced(mark)
         if self.sync_uploads:
             await self.queue.upload_now(ent.id)  # and on the server (its own lane)
         else:

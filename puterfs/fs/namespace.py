@@ -186,12 +186,8 @@ class Namespace:
             return self._open_handle(existing, flags), self._attr(existing)
         path = join(parent.path, text)
         perm = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
-        ent = self.cache.create(path, mode=perm, mtime_ns=time.time_ns())
-        try:
-            self.cache.mark_dirty(ent)  # journal first: a full disk fails the create (ENOSPC)
-        except BaseException:
-            self.cache.delete(ent)
-            raise
+        # dirty in the journal from its first commit: a full disk fails the create (ENOSPC)
+        ent = self.cache.create(path, mode=perm, mtime_ns=time.time_ns(), dirty=True)
         node = self.table.new(path, is_dir=False, mode=perm)
         node.mtime_ns = ent.mtime_ns
         node.entry = ent

@@ -341,7 +341,10 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
 
     @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # namespace ops are in the cache journal (synchronous=FULL) as they happen
+        if self.ai is not None and self.ai.owns_fh(fh):
+            return None
+        # the namespace ops below are journaled as they happen; this puts them on the disk
+        await self._sync_journal()
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -146,3 +146,47 @@ def test_sync_uploads_small_fsync_not_held_behind_four_big_uploads(mount_factory
     for name, data in big.items():
         assert m.remote.read(name) == data
     m.proc.stop()
+
+
+def _save(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """An editor's save: write a temp file (fsync'ed), rename it over the document."""
+    tmp = path.with_name("." + path.name + ".swp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def test_editor_saves_survive_kill_9_after_the_rename(mount_factory: MountFactory) -> None:
+    """The journal commits of a create, a rename over and an unlink are not synced one by one
+    (only fsync syncs them, with the file): each survives a kill -9 once its syscall returned.
+    Saves over a server file, over a save not uploaded yet, with and without fsync, then a
+    kill -9 right after the last rename (no fsync after it): the document holds the last
+    save, the temp name is gone, and after the next start the server has the last save once,
+    no conflict copy."""
+    m = mount_factory(write_back=60)  # nothing goes up before the kill
+    m.remote.write("notes/doc.txt", b"the server's version\n")
+    wait_for((m.path / "notes" / "doc.txt").exists, 10, "doc.txt visible")
+    doc = m.path / "notes" / "doc.txt"
+    last = b""
+    for i in range(4):
+        last = f"save {i}\n".encode() * (10 + i)
+        _save(doc, last, fsync=i != 2)
+    fresh = m.path / "notes" / "new.txt"
+    _save(fresh, b"a new document\n")
+    os.unlink(m.path / "notes" / "new.txt")
+    _save(fresh, b"a new document, saved again\n", fsync=False)
+    assert m.remote.read("notes/doc.txt") == b"the server's version\n"  # the kill comes first
+    m.kill_and_remount(write_back=0.3)
+    assert doc.read_bytes() == last
+    assert fresh.read_bytes() == b"a new document, saved again\n"
+    assert sorted(os.listdir(m.path / "notes")) == ["doc.txt", "new.txt"]
+    m.wait_uploaded()
+    assert m.remote.read("notes/doc.txt") == last
+    assert m.remote.read("notes/new.txt") == b"a new document, saved again\n"
+    assert sorted(m.remote.listdir("notes")) == ["doc.txt", "new.txt"]
+    m.proc.stop()

@@ -1,0 +1,172 @@
+"""What of the cache journal a power cut can take, and what it cannot (docs/write-back.md).
+
+Journal commits are not synced one by one (SQLite WAL, ``synchronous=NORMAL``): each survives
+a kill -9 as soon as it returns, and the journal is synced on purpose where a power cut must
+not take it: by an fsync (the file's data, its row and every earlier commit, in one go),
+before a clean file's bytes change, before an upload is sent. A power cut is simulated the way
+it happens: the disk holds each of the cache's files as it was when it was last fsync'ed
+(every ``os.fsync``/``os.fdatasync`` is recorded with the bytes it made durable), the
+database file as SQLite left it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from puterfs.fs.cache import JOURNAL, CacheEntry, CacheStore
+
+
+class Disk:
+    """What each of the cache's files and directories held when it was last fsync'ed."""
+
+    def __init__(self) -> None:
+        self.synced: dict[str, bytes] = {}
+        self.names: dict[str, set[str]] = {}  # directory -> the names it held at its last fsync
+
+    def record(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isdir(path):
+            self.names[path] = set(os.listdir(path))
+        elif os.path.isfile(path):
+            with open(path, "rb") as f:
+                self.synced[path] = f.read()
+
+    def power_cut_image(self, src: Path, dst: Path) -> None:
+        """dst: the cache dir `src` as a power cut right now would leave it, at worst: the
+        database file as SQLite wrote it (it syncs that file itself, at checkpoints), the
+        -wal as of its last fsync, a data file only if its name or bytes were synced (with
+        its bytes as of its last fsync, else empty), no identity record (never synced)."""
+        os.mkdir(dst, 0o700)
+        os.mkdir(dst / "data", 0o700)
+        (dst / JOURNAL).write_bytes((src / JOURNAL).read_bytes())
+        wal = str(src / (JOURNAL + "-wal"))
+        if wal in self.synced:
+            (dst / (JOURNAL + "-wal")).write_bytes(self.synced[wal])
+        data = src / "data"
+        names = {n for n in self.names.get(str(data), set()) if not n.endswith(".id")}
+        names |= {Path(p).name for p in self.synced if Path(p).parent == data and not p.endswith(".id")}
+        for name in names:
+            (dst / "data" / name).write_bytes(self.synced.get(str(data / name), b""))
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Disk]:
+    d = Disk()
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        d.record(fd)
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        d.record(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    yield d
+
+
+def _write(c: CacheStore, e: CacheEntry, data: bytes) -> None:
+    fd = c.open_data(e.id)
+    try:
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+def _fsync(c: CacheStore, e: CacheEntry) -> None:
+    """What the mount's fsync handler does (DataCache._fsync)."""
+    c.save(e)
+    fd = c.open_data(e.id)
+    try:
+        mark = c.journal_mark()
+        c.sync_files(fd, journal=mark)
+        c.journal_synced(mark)
+    finally:
+        os.close(fd)
+
+
+def test_a_created_file_fsynced_survives_a_power_cut(tmp_path: Path, disk: Disk) -> None:
+    c = CacheStore(tmp_path / "live")
+    for i in range(3):
+        c.create(f"other{i}.txt", dirty=True)  # committed, never synced by themselves
+    e = c.create("doc.txt", dirty=True)
+    data = b"saved text\n" * 100
+    _write(c, e, data)
+    e.size = len(data)
+    _fsync(c, e)
+    c.rename("doc.txt", "renamed.txt")  # after the fsync and not synced: a power cut may take it
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image")
+    after = CacheStore(tmp_path / "image")
+    # the fsync made the file, its row and every commit before it durable
+    kept = {x.path: x for x in after.dirty_entries()}
+    assert set(kept) - {"renamed.txt"} == {"doc.txt", "other0.txt", "other1.txt", "other2.txt"}
+    got = kept["doc.txt"]
+    with after.open_file(got.id) as f:
+        assert f.read() == data
+    assert got.size == len(data)
+    after.close()
+
+
+def test_without_fsync_commits_are_not_synced_one_by_one(tmp_path: Path, disk: Disk) -> None:
+    """The cost this saves: creating, writing and renaming files syncs nothing."""
+    c = CacheStore(tmp_path / "live")
+    before = (dict(disk.synced), dict(disk.names))
+    for i in range(5):
+        e = c.create(f"f{i}", dirty=True)
+        _write(c, e, b"x" * i)
+        e.size = i
+        c.save(e)
+        c.rename(f"f{i}", f"g{i}")
+    assert (disk.synced, disk.names) == before
+    # and a kill -9 (the OS keeps everything written, the store is never closed) loses none of it
+    shutil.copytree(tmp_path / "live", tmp_path / "killed", ignore=shutil.ignore_patterns("*-shm"))
+    again = CacheStore(tmp_path / "killed")
+    assert sorted(x.path for x in again.dirty_entries()) == [f"g{i}" for i in range(5)]
+    again.close()
+    c.close()
+
+
+def test_a_clean_file_is_dirty_on_the_disk_before_its_bytes_change(tmp_path: Path, disk: Disk) -> None:
+    """Changed bytes that reach the disk must never be taken for the server's copy after a
+    power cut: the clean -> dirty transition is synced before the write that follows it."""
+    c = CacheStore(tmp_path / "live")
+    e = c.create("cached.txt")
+    _write(c, e, b"the server's bytes")
+    e.size = 18
+    c.set_base(e, uid="uid-1", size=18, modified=1_700_000_000)
+    _fsync(c, e)  # the clean copy and its row on the disk, as after any sync
+    assert not c.paths["cached.txt"].dirty
+    c.mark_dirty(e)
+    # the write that follows reaches the disk (the kernel wrote it back), the journal did not
+    # get another sync: still the image says dirty
+    _write(c, e, b"changed bytes here")
+    fd = c.open_data(e.id)
+    os.fsync(fd)
+    os.close(fd)
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image")
+    after = CacheStore(tmp_path / "image")
+    got = after.paths["cached.txt"]
+    assert got.dirty
+    with after.open_file(got.id) as f:
+        assert f.read() == b"changed bytes here"
+    after.close()
+
+
+def test_an_upload_attempt_is_on_the_disk_before_it_is_sent(tmp_path: Path, disk: Disk) -> None:
+    c = CacheStore(tmp_path / "live")
+    e = c.create("up.txt", dirty=True)
+    _write(c, e, b"abc")
+    e.size = 3
+    _fsync(c, e)
+    c.note_attempt(e, "900150983cd24fb0d6963f7d28e17f72")
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image")
+    after = CacheStore(tmp_path / "image")
+    assert after.paths["up.txt"].sent_md5 == ["900150983cd24fb0d6963f7d28e17f72"]
+    after.close()
