@@ -238,8 +238,12 @@ class DataCache:
         if h.writable and ent is not None and ent.dirty and node.writers == 0 and node.in_tree:
             # only a writer's last close starts the quiet period: a reader closing a dirty
             # file again and again must not postpone its upload
-            self.cache.save(ent)
-            self.queue.schedule(ent.id)
+            try:
+                self.cache.save(ent)
+            finally:
+                # queued even if the row could not be updated (a full cache disk): it says
+                # dirty, and its upload reads the size from the data file
+                self.queue.schedule(ent.id)
         if node.opens == 0:
             self._close_fd(node)
             if ent is not None:
