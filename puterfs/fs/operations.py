@@ -391,7 +391,9 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise FsError(pyfuse3.ENOATTR)
+        # ENOSYS: the kernel stops asking (every getxattr(2) then gets ENOTSUP at once), so a
+        # write(2) no longer costs a round trip for its security.capability check
+        raise FsError(errno.ENOSYS, "Puter has no extended attributes")
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
