@@ -788,8 +788,9 @@ class CacheStore:
         commits them together, so three cost about what one does (a data file, the -wal and
         the data/ directory in a row cost 2.7 ms here, at once 1.0 ms, the data file alone
         0.8 ms). Raises the first error once all are done."""
-        if len(jobs) == 1:
-            jobs[0]()
+        if len(jobs) <= 1:
+            for job in jobs:
+                job()
             return
         if self._sync_pool is None:
             self._sync_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="puterfs-fsync")
@@ -822,11 +823,13 @@ class CacheStore:
                  etag: str | None = None) -> None:
         self._commit(e, base_uid=uid, base_size=size, base_modified=modified, base_etag=etag)
 
-    def note_attempt(self, e: CacheEntry, md5: str) -> None:
-        """An upload of content with this MD5 starts (journaled: after a crash its outcome is unknown)."""
+    def note_attempt(self, e: CacheEntry, md5: str, *, sync: bool = True) -> None:
+        """An upload of content with this MD5 starts (journaled: after a crash its outcome is
+        unknown). Synced before the upload is sent, so that after a power cut too a server
+        copy with it is known to be ours; `sync=False`: the caller syncs the journal itself
+        before sending (one sync for a batch of files)."""
         if md5 not in e.sent_md5:
-            # synced before the upload is sent: after a power cut a server copy with it is ours
-            self._commit(e, _durable=True, sent_md5=[*e.sent_md5[-3:], md5])
+            self._commit(e, _durable=sync, sent_md5=[*e.sent_md5[-3:], md5])
 
     def rename(self, old: str, new: str) -> None:
         """Re-point the entry at `old` and every entry below it (a directory rename)."""

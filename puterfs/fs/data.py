@@ -391,6 +391,8 @@ class DataCache:
     async def _sync_journal(self) -> None:
         """Every namespace op and journal row committed so far onto the local disk (fsyncdir)."""
         mark = self.cache.journal_mark()
+        if mark is None:
+            return  # everything committed is synced already
         await trio.to_thread.run_sync(lambda: self.cache.sync_files(journal=mark))
         self.cache.journal_synced(mark)
 

@@ -375,6 +375,12 @@ class Namespace:
             for k in waiting:
                 await self.queue.wait_settled(k)
             try:
+                # what the server is about to do is on the local disk first (journal commits are
+                # not synced one by one): after a power cut the journal is never behind it
+                await self._sync_journal()
+            except OSError as exc:
+                return {op.seq: exc for op in batch}
+            try:
                 results = await self.remote.batch(ops_wire(batch))
             except PuterError as exc:
                 return {op.seq: exc for op in batch}

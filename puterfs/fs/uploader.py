@@ -153,7 +153,8 @@ class Uploader:
         started = time.time()
         try:
             for ent, md5 in zip(entries, md5s, strict=True):
-                self.cache.note_attempt(ent, md5)
+                self.cache.note_attempt(ent, md5, sync=False)
+            await self._sync_journal()  # once for the batch, on a worker thread, before it is sent
         except BaseException:
             coro.close()
             raise

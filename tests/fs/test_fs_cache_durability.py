@@ -170,3 +170,13 @@ def test_an_upload_attempt_is_on_the_disk_before_it_is_sent(tmp_path: Path, disk
     after = CacheStore(tmp_path / "image")
     assert after.paths["up.txt"].sent_md5 == ["900150983cd24fb0d6963f7d28e17f72"]
     after.close()
+
+
+def test_a_sync_with_nothing_to_sync_does_nothing(tmp_path: Path, disk: Disk) -> None:
+    c = CacheStore(tmp_path / "live")
+    assert c.journal_mark() is None  # the start-up synced it
+    c.sync_files(journal=c.journal_mark())  # the directories, once per mount
+    before = (dict(disk.synced), dict(disk.names))
+    c.sync_files(journal=c.journal_mark())
+    assert (disk.synced, disk.names) == before
+    c.close()
