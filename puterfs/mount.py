@@ -26,6 +26,9 @@ from typing import Any
 log = logging.getLogger("puterfs.mount")
 
 AI_INODE_BASE = 1 << 48
+# journal commits not fsync'ed yet go to the disk within this (as a local file system's
+# journal commits every 5 s): what a power cut can take of them (docs/write-back.md)
+JOURNAL_SYNC_INTERVAL = 5.0
 
 
 def _size(text: str) -> int:
@@ -406,6 +409,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
                 await nursery.start(ops.queue.run)
                 ops.spawn = nursery.start_soon  # background read-ahead (fs/readahead.py)
                 nursery.start_soon(ops.ns.run)
+                nursery.start_soon(ops.sync_journal_every, JOURNAL_SYNC_INTERVAL)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
                 nursery.start_soon(freshness.run)
                 nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop, auth)

@@ -396,6 +396,16 @@ class DataCache:
         await trio.to_thread.run_sync(lambda: self.cache.sync_files(journal=mark))
         self.cache.journal_synced(mark)
 
+    async def sync_journal_every(self, interval: float) -> None:
+        """Sync the journal's commits every `interval` seconds while there are unsynced ones:
+        a power cut takes at most the last few seconds of what no fsync made durable."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self._sync_journal()
+            except OSError as exc:
+                log.warning("cache: cannot sync the journal: %s", exc)
+
     async def _fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles.get(fh)
         if h is None:

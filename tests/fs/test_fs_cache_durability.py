@@ -180,3 +180,33 @@ def test_a_sync_with_nothing_to_sync_does_nothing(tmp_path: Path, disk: Disk) ->
     c.sync_files(journal=c.journal_mark())
     assert (disk.synced, disk.names) == before
     c.close()
+
+
+def test_commits_no_fsync_synced_reach_the_disk_within_the_interval(tmp_path: Path, disk: Disk) -> None:
+    """What no fsync made durable is synced by the mount's periodic journal sync (every
+    JOURNAL_SYNC_INTERVAL seconds while there are unsynced commits)."""
+    import trio
+
+    from puterfs.fs.data import DataCache
+
+    c = CacheStore(tmp_path / "live")
+
+    class Ops(DataCache):
+        cache = c
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(Ops().sync_journal_every, 0.05)
+            c.create("made.txt", dirty=True)
+            c.rename("made.txt", "moved.txt")
+            with trio.fail_after(30):
+                while c.journal_mark() is not None:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image")
+    after = CacheStore(tmp_path / "image")
+    assert sorted(after.paths) == ["moved.txt"] and after.paths["moved.txt"].dirty
+    after.close()
+    c.close()
