@@ -793,7 +793,8 @@ class CacheStore:
                 job()
             return
         if self._sync_pool is None:
-            self._sync_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="puterfs-fsync")
+            # enough for the fsyncs of several processes at once (each needs up to 3 threads)
+            self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="puterfs-fsync")
         futures = [self._sync_pool.submit(job) for job in jobs[1:]]
         first: BaseException | None = None
         try:
