@@ -280,7 +280,9 @@ class CacheStore:
         self._data_dir_unsynced = True  # a file was created in data/ since its last fsync
         self._saved: dict[int, tuple[Any, ...]] = {}  # entry id -> the row last committed by _save_row
         self._root_synced = False  # the cache dir fsync'ed once (the journal's files)
-        self._sync_pool: ThreadPoolExecutor | None = None  # threads of the fsyncs run together
+        # threads of the fsyncs run together (started on first use; enough for the fsyncs of
+        # several processes at once, each needing up to 3)
+        self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="puterfs-fsync")
         self.lost_found = self.root / LOST_FOUND
         self.lost: list[dict[str, str]] = []  # what went to lost+found at start (reported)
         self.recovered: list[str] = []  # paths re-associated from identity records at start
@@ -792,9 +794,6 @@ class CacheStore:
             for job in jobs:
                 job()
             return
-        if self._sync_pool is None:
-            # enough for the fsyncs of several processes at once (each needs up to 3 threads)
-            self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="puterfs-fsync")
         futures = [self._sync_pool.submit(job) for job in jobs[1:]]
         first: BaseException | None = None
         try:
@@ -937,8 +936,7 @@ class CacheStore:
             self.flush_usage()
         finally:
             self._db.close()
-            if self._sync_pool is not None:
-                self._sync_pool.shutdown(wait=True)
+            self._sync_pool.shutdown(wait=True)
             for fd in (self._data_fd, self._root_fd):
                 try:
                     os.close(fd)
