@@ -8,6 +8,9 @@ Layout of a cache dir (see docs/write-back.md and docs/reliability.md)::
                         version it is based on (a fixed-size JSON record, rewritten in place)
     lost+found/         data files nothing could place (reported in the log and state file)
 
+Spare data files (`SPARE_PATH` rows, empty data files with identity records, made ahead on a
+worker thread) let a create take a file whose name is on the disk already.
+
 Rules:
 
 * The journal is the truth for dirty state. The clean -> dirty transition is committed to
@@ -54,6 +57,12 @@ BLOCK_SIZE = 1 << 20  # unit of partial caching and ranged reads
 ID_RECORD_SIZE = 4096  # an identity record is rewritten in place: its block stays allocated
 JOURNAL = "journal.sqlite3"
 LOST_FOUND = "lost+found"
+# Spare data files: empty data files (and identity records) made ahead on a worker thread,
+# their names synced, so that creating a file in the mount creates no inode in the syscall
+# path (two inode creations were most of a create's cost). Their rows have this path, which
+# no mount path can have; they are dropped at the next start and at close.
+SPARE_PATH = "\x00spare/"
+SPARES = 32  # kept ready
 
 _COLUMNS = (
     "id", "path", "dirty", "size", "mtime_ns", "mode", "base_uid", "base_size", "base_modified", "complete",
@@ -293,6 +302,8 @@ class CacheStore:
         self._synced_changes = -1
         self.entries: dict[int, CacheEntry] = {}
         self.paths: dict[str, CacheEntry] = {}  # path -> entry, kept in step with `entries`
+        self._spares: list[CacheEntry] = []  # ready spare data files (not in entries/paths)
+        self._spares_coming = 0  # spares being made on a worker thread
         self._load()
         self.sync_journal()  # what the start-up repair changed is on the disk before anything else
 
@@ -377,7 +388,7 @@ class CacheStore:
             log.exception("cache: freeing space failed")
             return 0
 
-    def _write_identity(self, e: CacheEntry, gen: int, ident: dict[str, Any]) -> None:
+    def _write_identity(self, e: CacheEntry, gen: int, ident: dict[str, Any], *, may_reclaim: bool = True) -> None:
         rec = json.dumps({"v": 1, "id": e.id, "gen": gen, **ident}, ensure_ascii=True).encode() + b"\n"
         size = max(ID_RECORD_SIZE, -(-len(rec) // ID_RECORD_SIZE) * ID_RECORD_SIZE)
         rec = rec.ljust(size, b" ")
@@ -393,7 +404,7 @@ class CacheStore:
                     os.close(fd)
                 return
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 0 and self._reclaim():
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 0 and may_reclaim and self._reclaim():
                     continue
                 raise
 
@@ -560,7 +571,7 @@ class CacheStore:
                     self._sql("DELETE FROM files WHERE id = ?", (entry_id,))
                 else:
                     self._drop(entry_id)
-                if not e.path.startswith("\x00unlinked/"):
+                if not e.path.startswith(("\x00unlinked/", SPARE_PATH)):
                     log.error("cache: refused journal row %d: path %r would leave the mount", entry_id, e.path)
                 continue
             if not e.dirty and (not e.complete or row is None):
@@ -711,6 +722,17 @@ class CacheStore:
         clean in the journal, so no state of it could pass for a copy of a server file)."""
         now = time.time()
         mtime = mtime_ns or time.time_ns()
+        if self._spares:
+            e = self._spares.pop()
+            # an empty data file whose name is on the disk already: one row update and the
+            # identity record rewritten in place (the record says dirty before the row does)
+            try:
+                self._commit(e, path=path, dirty=dirty, mode=mode, mtime_ns=mtime, last_used=now)
+            except BaseException:
+                self._spares.append(e)
+                raise
+            self._register(e)
+            return e
         cur = self._sql(
             "INSERT INTO files (path, dirty, size, mtime_ns, mode, complete, last_used, gen) VALUES (?, ?, 0, ?, ?, 1, ?, 1)",
             (path, int(dirty), mtime, mode, now),
@@ -732,12 +754,84 @@ class CacheStore:
         except BaseException:
             self._drop(entry_id)
             raise
-        old = self.paths.get(path)
-        if old is not None and old.id != entry_id:
-            self.delete(old)
-        self.entries[entry_id] = e
-        self.paths[path] = e
+        self._register(e)
         return e
+
+    def _register(self, e: CacheEntry) -> None:
+        old = self.paths.get(e.path)
+        if old is not None and old.id != e.id:
+            self.delete(old)
+        self.entries[e.id] = e
+        self.paths[e.path] = e
+
+    # -- spare data files (see SPARES) ------------------------------------------------------
+
+    def spares_wanted(self) -> int:
+        """How many spare data files to make now (0 while enough are ready or coming)."""
+        missing = SPARES - len(self._spares) - self._spares_coming
+        return missing if missing >= SPARES // 2 else 0
+
+    def prepare_spares(self, n: int) -> list[CacheEntry]:
+        """Rows for `n` spare data files (main thread); `make_spares` makes their files."""
+        out = []
+        now = time.time()
+        with self._transaction():
+            for _ in range(n):
+                cur = self._sql(
+                    "INSERT INTO files (path, dirty, size, mtime_ns, mode, complete, last_used, gen)"
+                    " VALUES (?, 0, 0, 0, 33188, 1, ?, 1)", (SPARE_PATH, now),
+                )
+                out.append(CacheEntry(id=int(cur.lastrowid or 0), path=SPARE_PATH, complete=True, last_used=now,
+                                      gen=1))
+        self._spares_coming += n
+        return out
+
+    def make_spares(self, spares: list[CacheEntry]) -> list[CacheEntry]:
+        """Make the data files and identity records of `spares` and sync their names (on a
+        worker thread: descriptors only). Returns those made; pass them to `add_spares`."""
+        made: list[CacheEntry] = []
+        try:
+            for e in spares:
+                try:
+                    fd = self.open_data(e.id, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    continue  # a data file nothing knows of: left alone (add_spares drops the row)
+                os.close(fd)
+                try:
+                    # no freeing of space from here: that is the journal's (main thread's) work
+                    self._write_identity(e, e.gen, e.identity(), may_reclaim=False)
+                except OSError:
+                    self._unlink(str(e.id))  # ours and empty
+                    raise
+                e.written = e.identity()
+                made.append(e)
+            if made:
+                os.fsync(self._data_fd)  # their names are on the disk before a create takes one
+        except OSError as exc:
+            log.warning("cache: cannot make spare data files: %s", exc)
+            for e in made:
+                self._unlink(str(e.id))
+                self._unlink(f"{e.id}.id")
+            made = []
+        return made
+
+    def add_spares(self, spares: list[CacheEntry], made: list[CacheEntry]) -> None:
+        """`make_spares` returned `made` of `spares` (main thread): those are ready, the
+        others' rows go (their files, if any, are not ours to delete)."""
+        self._spares_coming -= len(spares)
+        ids = {e.id for e in made}
+        self._spares.extend(made)
+        for e in spares:
+            if e.id not in ids:
+                try:
+                    self._sql("DELETE FROM files WHERE id = ?", (e.id,))
+                except OSError:
+                    pass  # dropped at the next start
+
+    def drop_spares(self) -> None:
+        for e in self._spares:
+            self._drop(e.id)
+        self._spares.clear()
 
     def create_for_remote(self, path: str, *, size: int, uid: str | None, modified: int | None, mode: int) -> CacheEntry:
         """An empty sparse cache file for a server file of `size` bytes; blocks arrive on demand."""
@@ -933,6 +1027,7 @@ class CacheStore:
 
     def close(self) -> None:
         try:
+            self.drop_spares()
             self.flush_usage()
         finally:
             self._db.close()

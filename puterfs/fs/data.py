@@ -396,6 +396,27 @@ class DataCache:
         await trio.to_thread.run_sync(lambda: self.cache.sync_files(journal=mark))
         self.cache.journal_synced(mark)
 
+    def _want_spares(self) -> None:
+        """Keep spare data files ready (cache.SPARES): made on a worker thread, so that a
+        create makes no inode in its syscall (without the mount's nursery, none are made)."""
+        if self.spawn is None:
+            return
+        n = self.cache.spares_wanted()
+        if n:
+            try:
+                spares = self.cache.prepare_spares(n)
+            except OSError as exc:
+                log.warning("cache: cannot make spare data files: %s", exc)
+                return
+            self.spawn(self._make_spares, spares)
+
+    async def _make_spares(self, spares: list[CacheEntry]) -> None:
+        made: list[CacheEntry] = []
+        try:
+            made = await trio.to_thread.run_sync(self.cache.make_spares, spares)
+        finally:
+            self.cache.add_spares(spares, made)
+
     async def sync_journal_every(self, interval: float) -> None:
         """Sync the journal's commits every `interval` seconds while there are unsynced ones:
         a power cut takes at most the last few seconds of what no fsync made durable."""

@@ -188,6 +188,7 @@ class Namespace:
         perm = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
         # dirty in the journal from its first commit: a full disk fails the create (ENOSPC)
         ent = self.cache.create(path, mode=perm, mtime_ns=time.time_ns(), dirty=True)
+        self._want_spares()
         node = self.table.new(path, is_dir=False, mode=perm)
         node.mtime_ns = ent.mtime_ns
         node.entry = ent
