@@ -152,8 +152,15 @@ class Freshness:
         not land half-way through it."""
         for dirs, trees in getattr(self.ops, "mutating", ()):
             for p in paths:
-                if split(p)[0] in dirs or any(p == t or p.startswith(t + "/") for t in trees):
+                if split(p)[0] in dirs:
                     return True
+                if p in trees:
+                    return True
+                q = split(p)[0]  # a folder above it in `trees` (a set: one look per level)
+                while q:
+                    if q in trees:
+                        return True
+                    q = split(q)[0]
         return False
 
     async def _drain(self) -> None:

@@ -70,6 +70,15 @@ def parent_of(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+def lineage(path: str) -> list[str]:
+    """`path` and each of its ancestors below the root ("a/b/c", "a/b", "a")."""
+    out = []
+    while path:
+        out.append(path)
+        path = parent_of(path)
+    return out
+
+
 @dataclass(eq=False)
 class NsOp:
     seq: int
@@ -124,6 +133,31 @@ class NamespaceJournal:
         self.last_error: str | None = None
         self.applied = 0
         self.sending: list[NsOp] = []  # the batch in flight
+        # the ops' paths and their parents, counted, for lookups in O(depth) instead of a scan
+        # of every op (rm -rf of 1,000 files keeps 1,000 ops pending); rebuilt when `ops` or
+        # an op's paths changed (every such change goes through the journal: `_touched`)
+        self._index_of: int | None = None
+        self._version = 0
+        self._paths: dict[str, int] = {}
+        self._parents: dict[str, int] = {}
+        self._scopes: list[tuple[set[str], set[str]]] = []
+
+    def _touched(self) -> None:
+        self._version += 1
+
+    def _index(self) -> None:
+        if self._index_of == self._version:
+            return
+        paths: dict[str, int] = {}
+        parents: dict[str, int] = {}
+        for op in self.ops:
+            for p in op.paths():
+                paths[p] = paths.get(p, 0) + 1
+                q = parent_of(p)
+                parents[q] = parents.get(q, 0) + 1
+        self._paths, self._parents = paths, parents
+        self._scopes = [(set(parents), set(paths))] if paths else []
+        self._index_of = self._version
 
     # ------------------------------------------------------------------ state
 
@@ -136,23 +170,20 @@ class NamespaceJournal:
     def blocking(self, path: str) -> bool:
         """Whether a pending op concerns `path` or one of its ancestors (an upload of `path`
         must wait for it)."""
-        return any(under(path, p) for op in self.ops for p in op.paths())
+        self._index()
+        return any(p in self._paths for p in lineage(path))
 
     def scopes(self) -> list[tuple[set[str], set[str]]]:
-        """(folders, subtrees) the pending ops touch, as `PuterOperations.mutating` has them."""
-        if not self.ops:
-            return []
-        paths = {p for op in self.ops for p in op.paths()}
-        return [({parent_of(p) for p in paths}, paths)]
+        """(folders, subtrees) the pending ops touch, as `PuterOperations.mutating` has them
+        (the same sets until the ops change: read them, never change them)."""
+        self._index()
+        return self._scopes
 
     def listing_blocked(self, path: str) -> bool:
         """Whether the server's listing of directory `path` may not show our state yet: a
         pending op on an entry in it, on it, or on an ancestor."""
-        for op in self.ops:
-            for p in op.paths():
-                if parent_of(p) == path or under(path, p):
-                    return True
-        return False
+        self._index()
+        return path in self._parents or any(p in self._paths for p in lineage(path))
 
     def listing_source(self, path: str) -> str | None:
         """The server path whose listing is directory `path`'s when the only pending ops that
@@ -244,15 +275,18 @@ class NamespaceJournal:
             (op.kind, op.path, op.dest, int(op.is_dir), int(op.overwrite), op.created),
         )
         op.seq = int(cur.lastrowid or 0)
+        self._touched()
 
     def _update(self, op: NsOp) -> None:
         self.cache._sql(
             "UPDATE nsops SET kind=?, path=?, dest=?, is_dir=?, overwrite=? WHERE seq=?",
             (op.kind, op.path, op.dest, int(op.is_dir), int(op.overwrite), op.seq),
         )
+        self._touched()
 
     def _delete_row(self, op: NsOp) -> None:
         self.cache._sql("DELETE FROM nsops WHERE seq=?", (op.seq,))
+        self._touched()
 
     def _append(self, op: NsOp) -> NsOp:
         self._insert(op)  # raises (ENOSPC) before anything changed
@@ -264,6 +298,8 @@ class NamespaceJournal:
     def _producer(self, path: str) -> int | None:
         """The index of the pending op that made `path` what it is (a mkdir of it, a move onto
         it), when no later op concerns an ancestor of it; else None."""
+        if not self.blocking(path):
+            return None  # no op concerns it or an ancestor (the common case: a quick look)
         for i in range(len(self.ops) - 1, -1, -1):
             op = self.ops[i]
             if op.tried or op in self.sending:
