@@ -173,6 +173,31 @@ class NamespaceJournal:
         self._index()
         return any(p in self._paths for p in lineage(path))
 
+    def upload_blocked(self, path: str) -> bool:
+        """Whether an upload of `path` must wait: a pending op concerns it or an ancestor,
+        other than a mkdir of an ancestor (every upload creates missing parents itself)."""
+        if not self.blocking(path):
+            return False
+        return any(
+            under(path, p) and not (op.kind == "mkdir" and p != path) for op in self.ops for p in op.paths()
+        )
+
+    def expose(self, path: str) -> None:
+        """An upload of `path` is about to be sent (it creates missing parents): the pending
+        mkdirs of its ancestors may be carried out by it, so from now on they count as tried
+        (never coalesced away or rewritten); applied later, they find their directory (mkdir
+        is idempotent)."""
+        if self.blocking(path):
+            for op in self.ops:
+                if op.kind == "mkdir" and under(path, op.path):
+                    op.tried = True
+
+    async def wait_upload(self, path: str) -> None:
+        """Wait until an upload of `path` may be sent (see `upload_blocked`); the caller must
+        `expose(path)` with no await in between."""
+        while self.upload_blocked(path):
+            await self._wait_changed()
+
     def scopes(self) -> list[tuple[set[str], set[str]]]:
         """(folders, subtrees) the pending ops touch, as `PuterOperations.mutating` has them
         (the same sets until the ops change: read them, never change them)."""

@@ -232,7 +232,9 @@ class Uploader:
             if ent is None or not ent.dirty:
                 results[key] = None
                 continue
-            if len(keys) > 1 and self._is_small(key):
+            if self._is_small(key):
+                # new small files go up together (one alone too: it needs no stat first; a
+                # name taken on the server is found by the refusal, see _upload_batch_now)
                 batch.append(ent)
                 continue
             try:
@@ -261,10 +263,14 @@ class Uploader:
                     self._uploading[k] = old
 
     async def _upload_batch(self, batch: list[CacheEntry]) -> dict[int, BaseException | None]:
-        # after every namespace op on the way to these files (a pending mkdir of their folder,
-        # a rename of it); from the check on, ops on these paths wait for this upload
-        while any(self.ns.blocking(e.path) for e in batch):
-            await self.ns.wait_path(next(e.path for e in batch if self.ns.blocking(e.path)))
+        # after every namespace op on the way to these files (a rename of their folder, a
+        # delete) but not a pending mkdir of a folder: the upload creates missing parents (the
+        # mkdir is applied later and finds its folder); from the check on, ops on these paths
+        # wait for this upload
+        while (blocked := next((e.path for e in batch if self.ns.upload_blocked(e.path)), None)) is not None:
+            await self.ns.wait_upload(blocked)
+        for e in batch:
+            self.ns.expose(e.path)
         with self._in_flight([(e.id, e.path) for e in batch]):
             return await self._upload_batch_now(batch)
 
@@ -332,7 +338,8 @@ class Uploader:
             return h.hexdigest(), None
 
     async def _upload_one(self, ent: CacheEntry) -> None:
-        await self.ns.wait_path(ent.path)  # see _upload_batch
+        await self.ns.wait_upload(ent.path)  # see _upload_batch
+        self.ns.expose(ent.path)
         with self._in_flight([(ent.id, ent.path)]):
             await self._upload_one_now(ent)
 
