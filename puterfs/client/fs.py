@@ -51,6 +51,9 @@ BATCH_MAX_FILES = 64
 # Writes that carry entry metadata go as JSON (/fs/write, /fs/batchWrite: /batch has no
 # metadata channel), their bytes base64 in the body; the server's JSON parser takes 50 MB.
 JSON_WRITE_MAX = 8 << 20  # bytes of content per JSON request; bigger files: /batch, then /move new_metadata
+# /fs/batchWrite (JSON) has no file cap of its own (FSController.batchWrites; only the body's
+# 50 MB), unlike /batch's 64: small files go up to this many per request (within JSON_WRITE_MAX)
+JSON_BATCH_MAX_FILES = 256
 READDIR_PAGE = 1000
 # A directory listing bigger than this many pages means the server loops on cursors.
 READDIR_MAX_PAGES = 100_000
@@ -559,7 +562,7 @@ class FS:
         Returns one item per file, in order: its entry, or the exception object for
         that file (not raised). When a whole request fails, each of its files gets
         that request's exception. With ``metadata`` (one dict per file) the small files go
-        as ``/fs/batchWrite`` instead (up to 64 files and 8 MiB per request).
+        as ``/fs/batchWrite`` instead (up to 256 files and 8 MiB per request).
         """
         if metadata is not None:
             return await self._write_many_with_metadata(files, list(metadata), overwrite, create_missing_parents)
@@ -683,7 +686,7 @@ class FS:
                 finally:
                     source.close()
                 continue
-            if chunk and (len(chunk) >= BATCH_MAX_FILES or size + source.size > JSON_WRITE_MAX):
+            if chunk and (len(chunk) >= JSON_BATCH_MAX_FILES or size + source.size > JSON_WRITE_MAX):
                 await send()
                 size = 0
             chunk.append((i, await self._c._abs(path), source, md))

@@ -37,7 +37,7 @@ from puterfs.fs.metadata import PosixMetadata
 from puterfs.fs.namespace import NAME_MAX, Namespace
 from puterfs.fs.nsjournal import NamespaceJournal
 from puterfs.fs.readahead import ReadAhead
-from puterfs.fs.remote import Remote
+from puterfs.fs.remote import UPLOAD_BATCH_MAX, Remote
 from puterfs.fs.uploader import EDIT_MAX, SMALL_FILE, Uploader, refused_for_good
 from puterfs.fs.writeback import WriteBackQueue
 
@@ -97,6 +97,7 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self.queue = WriteBackQueue(
             self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change,
             cancel_on_change=self._streamed, lane=self._is_edit, is_permanent=refused_for_good,
+            max_batch=UPLOAD_BATCH_MAX, size_of=self._entry_size,
         )
         self.cache.reclaim = self._reclaim_space
         # mkdir/rmdir/unlink/rename as the server must replay them (nsjournal.py), in the

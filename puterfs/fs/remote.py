@@ -28,6 +28,7 @@ from puterfs.client._errors import (
 )
 from puterfs.client._multipart import guess_type
 from puterfs.client._presign import BATCH_MAX_FILE, UploadSession
+from puterfs.client.fs import JSON_BATCH_MAX_FILES
 
 PROBE_TIMEOUT = 10.0  # the change poller's probe: longer means the server is not answering
 PRESIGN_BUSY = 16 * 1024 * 1024  # from this size a file skips a busy /batch for the presigned flow
@@ -40,6 +41,8 @@ PROBE_RETRIES = 2  # retries inside one probe
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
 
 log = logging.getLogger(__name__)
+
+UPLOAD_BATCH_MAX = JSON_BATCH_MAX_FILES  # small files per upload_many request (/fs/batchWrite)
 
 
 # The POSIX attributes the mount keeps in an entry's metadata (docs/inodes.md), named as

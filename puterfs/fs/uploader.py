@@ -125,6 +125,10 @@ class Uploader:
         ent = self.cache.entries.get(key)
         return ent is not None and ent.size <= SMALL_FILE and ent.base_uid is None
 
+    def _entry_size(self, key: int) -> int:
+        ent = self.cache.entries.get(key)
+        return ent.size if ent is not None else 0
+
     def _is_edit(self, key: int) -> bool:
         """A small change of a file the server has: the edit lane (never behind a tree upload)."""
         ent = self.cache.entries.get(key)

@@ -5,7 +5,7 @@ to one of two lanes, and worker tasks take them from there when they are free: t
 lane (new files, large files) and the *edit* lane (``lane(key)``: a small change to a file
 the server already has), served by workers of its own so that an edit never waits behind a
 `tar x` of a thousand files. A bulk worker that takes a small file also takes the small
-files queued behind it, up to ``max_batch`` (one ``/batch`` request). Invariants (see
+files queued behind it, up to ``max_batch`` files and ``max_batch_bytes`` (one request). Invariants (see
 docs/write-back.md):
 
 * ``schedule`` (a write finished, a file closed) bumps the key's generation. An upload of
@@ -80,6 +80,8 @@ class WriteBackQueue:
         backoff_max: float = 300.0,
         is_small: Callable[[int], bool] | None = None,
         max_batch: int = 64,
+        size_of: Callable[[int], int] | None = None,
+        max_batch_bytes: int = 8 << 20,
         on_change: Callable[[], None] | None = None,
         cancel_on_change: Callable[[int], bool] | None = None,
         lane: Callable[[int], bool] | None = None,
@@ -95,6 +97,8 @@ class WriteBackQueue:
         self._backoff_max = backoff_max
         self._is_small = is_small or (lambda key: False)
         self._max_batch = max_batch
+        self._size_of = size_of or (lambda key: 0)
+        self._max_batch_bytes = max_batch_bytes  # a batch's files are read into memory at once
         self._on_change = on_change or (lambda: None)
         self._cancel_on_change = cancel_on_change or (lambda key: True)
         self._lane = lane or (lambda key: False)
@@ -105,6 +109,7 @@ class WriteBackQueue:
         # due keys waiting for a free worker, per lane ("bulk", "edit", "sync": awaited by fsync)
         self._queues: dict[str, deque[tuple[int, int]]] = {lane: deque() for lane in LANES}
         self._fed: dict[str, trio.Event] = {lane: trio.Event() for lane in LANES}
+        self._gathering = trio.Lock()  # the bulk worker letting a tree's small files gather
         self._items: dict[int, _Item] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, gen, key)
         self._wakeup = trio.Event()
@@ -307,19 +312,43 @@ class WriteBackQueue:
                     self._fed[lane] = trio.Event()
                 await self._fed[lane].wait()
             if lane == "bulk" and self._gather and self._is_small(q[0][0]) and len(q) < self._max_batch:
-                # a tree being written (tar x, cp -r): let its files gather into one request
-                await trio.sleep(self._gather)
-                if not q:
-                    continue  # another worker took them
+                # a tree being written (tar x, cp -r): let its files gather into full requests.
+                # One worker gathers at a time (others would split the files between them),
+                # while more keys fall due within `gather` seconds (their quiet period ends),
+                # until max_batch are queued, or 4 x gather passed (a steady stream of files is
+                # not held up longer). Nothing due soon: the batch goes at once.
+                async with self._gathering:
+                    deadline = trio.current_time() + 4 * self._gather
+                    while q and len(q) < self._max_batch:
+                        now = trio.current_time()
+                        nxt = self._heap[0][0] if self._heap else math.inf
+                        if nxt > now + self._gather or now >= deadline:
+                            break
+                        # past its due time by a tick, so the scheduler has queued it
+                        await trio.sleep(min(max(nxt - now, 0.0) + 0.005, max(deadline - now, 0.0)))
+                    if not q:
+                        continue  # another worker took them
+                    return self._pop_batch(q)
             break
+        return self._pop_batch(q)
+
+    def _pop_batch(self, q: deque[tuple[int, int]]) -> list[tuple[int, int]]:
         first = q.popleft()
         if not self._is_small(first[0]):
             return [first]
         batch = [first]
+        size = self._size_of(first[0])
         rest: deque[tuple[int, int]] = deque()
         while q and len(batch) < self._max_batch:
             kg = q.popleft()
-            (batch if self._is_small(kg[0]) else rest).append(kg)
+            if not self._is_small(kg[0]):
+                rest.append(kg)
+                continue
+            size += self._size_of(kg[0])
+            if size > self._max_batch_bytes:
+                q.appendleft(kg)  # the next batch's first
+                break
+            batch.append(kg)
         q.extendleft(reversed(rest))
         return batch
 
