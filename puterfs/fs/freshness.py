@@ -62,6 +62,7 @@ class Freshness:
         self._send, self._recv = trio.open_memory_channel[tuple[Any, ...]](10_000)
         # events that wait for a namespace change of ours in their folder, in order
         self._parked: list[tuple[ItemEvent, list[str]]] = []
+        self._parked_paths = _Paths()  # the paths of the parked events
         self._has_parked = trio.Event()
         ops.freshness = self
 
@@ -122,10 +123,12 @@ class Freshness:
             self._set_mode("polling", f"the change events are down ({ev.reason}); reconnecting")
         elif isinstance(ev, ItemEvent):
             paths = self._touches(ev)
-            if self._held(paths) or any(_related(p, q) for _, qs in self._parked for q in qs for p in paths):
+            if self._held(paths) or any(self._parked_paths.related(p) for p in paths):
                 # a namespace change of ours is under way there (or an earlier event waits
                 # there): it waits, the events of other folders do not
                 self._parked.append((ev, paths))
+                for p in paths:
+                    self._parked_paths.add(p)
                 self._has_parked.set()
                 return
             self._apply_safely(ev)
@@ -168,16 +171,19 @@ class Freshness:
         while True:
             await self._has_parked.wait()
             while self._parked:
-                await trio.sleep(0.005)
+                # a look costs a few set lookups per parked event: many parked (the echoes of a
+                # tree being uploaded while its namespace ops are pending), fewer looks
+                await trio.sleep(0.005 if len(self._parked) < 100 else 0.05)
                 still: list[tuple[ItemEvent, list[str]]] = []
-                blocked: list[str] = []
+                blocked = _Paths()
                 for ev, paths in self._parked:
-                    if self._held(paths) or any(_related(p, q) for q in blocked for p in paths):
+                    if self._held(paths) or any(blocked.related(p) for p in paths):
                         still.append((ev, paths))
-                        blocked += paths
+                        for p in paths:
+                            blocked.add(p)
                     else:
                         self._apply_safely(ev)
-                self._parked = still
+                self._parked, self._parked_paths = still, blocked
             self._has_parked = trio.Event()
 
     # ------------------------------------------------------------------ applying one event
@@ -486,6 +492,32 @@ class Freshness:
                 await ops._children(node, use=False)
             except Exception as exc:  # noqa: BLE001 - retried at the next turn
                 log.debug("background re-listing of %r failed: %s", node.path or "/", exc)
+
+
+class _Paths:
+    """A set of paths that answers `_related` against all of them in O(depth)."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.above: set[str] = set()  # every folder above one of them
+
+    def add(self, p: str) -> None:
+        self.paths.add(p)
+        q = split(p)[0]
+        while q and q not in self.above:
+            self.above.add(q)
+            q = split(q)[0]
+
+    def related(self, p: str) -> bool:
+        """Whether `_related(p, q)` for one of the paths q."""
+        if p in self.paths or p in self.above:
+            return True
+        q = split(p)[0]
+        while q:
+            if q in self.paths:
+                return True
+            q = split(q)[0]
+        return False
 
 
 def _related(p: str, q: str) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from puterfs.client._events import ItemEvent, normalize_entry
 from puterfs.fs.cache import CacheStore
-from puterfs.fs.freshness import Freshness
+from puterfs.fs.freshness import Freshness, _Paths, _related
 from puterfs.fs.operations import PuterOperations
 from puterfs.fs.remote import Remote, RemoteEntry
 
@@ -169,3 +169,16 @@ def test_pending_upload_is_ignored(ops: Any, fresh: Freshness) -> None:
          "pending_upload": True, "status": "pending"}
     fresh.apply(event("item.pending", e))
     assert "p.txt" not in ops.table.root.children
+
+
+def test_parked_paths_answer_related_like_each_path_does() -> None:
+    """The parked events' path index (freshness._Paths) says what _related says of each path."""
+    names = ["", "a", "ab", "a/b", "a/bc", "a/b/c", "a/b/c/d", "b", "b/a", "c"]
+    for size in range(4):
+        for start in range(len(names)):
+            chosen = [names[(start + k * 3) % len(names)] for k in range(size)]
+            paths = _Paths()
+            for q in chosen:
+                paths.add(q)
+            for p in names:
+                assert paths.related(p) == any(_related(p, q) for q in chosen), (p, chosen)
