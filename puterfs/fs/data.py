@@ -177,6 +177,8 @@ class DataCache:
         return os.pwrite(self._fd(node), data, off)
 
     def _maybe_evict(self) -> None:
+        if self.cache.used_bytes() <= self.cache_size:
+            return  # the common case, without a walk of the inode table for the open files
         keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and (n.opens or n.entry.dirty)}
         freed = self.cache.evict(self.cache_size, keep)
         if freed:
