@@ -148,16 +148,21 @@ class NamespaceJournal:
     def _index(self) -> None:
         if self._index_of == self._version:
             return
-        paths: dict[str, int] = {}
-        parents: dict[str, int] = {}
+        self._paths, self._parents, self._scopes = {}, {}, []
         for op in self.ops:
-            for p in op.paths():
-                paths[p] = paths.get(p, 0) + 1
-                q = parent_of(p)
-                parents[q] = parents.get(q, 0) + 1
-        self._paths, self._parents = paths, parents
-        self._scopes = [(set(parents), set(paths))] if paths else []
+            self._index_op(op)
         self._index_of = self._version
+
+    def _index_op(self, op: NsOp) -> None:
+        if not self._scopes:
+            self._scopes = [(set(), set())]
+        folders, subtrees = self._scopes[0]
+        for p in op.paths():
+            self._paths[p] = self._paths.get(p, 0) + 1
+            q = parent_of(p)
+            self._parents[q] = self._parents.get(q, 0) + 1
+            folders.add(q)
+            subtrees.add(p)
 
     # ------------------------------------------------------------------ state
 
@@ -200,7 +205,7 @@ class NamespaceJournal:
 
     def scopes(self) -> list[tuple[set[str], set[str]]]:
         """(folders, subtrees) the pending ops touch, as `PuterOperations.mutating` has them
-        (the same sets until the ops change: read them, never change them)."""
+        (kept up to date in place as ops are added: read them, never change them)."""
         self._index()
         return self._scopes
 
@@ -300,7 +305,6 @@ class NamespaceJournal:
             (op.kind, op.path, op.dest, int(op.is_dir), int(op.overwrite), op.created),
         )
         op.seq = int(cur.lastrowid or 0)
-        self._touched()
 
     def _update(self, op: NsOp) -> None:
         self.cache._sql(
@@ -316,6 +320,8 @@ class NamespaceJournal:
     def _append(self, op: NsOp) -> NsOp:
         self._insert(op)  # raises (ENOSPC) before anything changed
         self.ops.append(op)
+        if self._index_of == self._version:
+            self._index_op(op)  # kept up to date: an rm -rf appends an op per file
         self._wake.set()
         self.on_change()
         return op

@@ -4,6 +4,7 @@ journal survives a reopen (the same SQLite file as the data journal)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import trio
 
 from puterfs.client._errors import ServerError
 from puterfs.fs.cache import CacheStore
-from puterfs.fs.nsjournal import MAX_BATCH, NamespaceJournal, NsOp
+from puterfs.fs.nsjournal import MAX_BATCH, NamespaceJournal, NsOp, related, under
 
 
 def _ops(j: NamespaceJournal) -> list[str]:
@@ -208,3 +209,39 @@ def test_ops_left_by_a_killed_daemon_are_never_rewritten(tmp_path: Path) -> None
     j2.record_delete("m", is_dir=True)
     j2.record_move("b", "c", is_dir=True, overwrite=False)
     assert _ops(j2) == ["mkdir m", "move a -> b", "rmdir m", "move b -> c"]
+
+
+def test_path_lookups_agree_with_the_pending_ops_through_coalescing_and_exposure(tmp_path: Path) -> None:
+    """blocking, listing_blocked, upload_blocked and scopes answer from an index of the ops'
+    paths, kept up to date as ops are added, rewritten, dropped and applied: each answer is the
+    one a scan of every pending op gives."""
+    j = _journal(tmp_path)
+    rng = random.Random(13)
+    names = ["a", "b", "a/b", "a/c", "b/a", "a/b/c", "c"]
+    probes = ["", *names, "a/b/c/d", "d"]
+
+    def check() -> None:
+        for p in probes:
+            scan = [(op, q) for op in j.ops for q in op.paths()]
+            assert j.blocking(p) == any(under(p, q) for _, q in scan), p
+            assert j.listing_blocked(p) == any(q.rpartition("/")[0] == p or under(p, q) for _, q in scan), p
+            assert j.upload_blocked(p) == any(
+                under(p, q) and not (op.kind == "mkdir" and q != p) for op, q in scan
+            ), p
+            folders, trees = j.scopes()[0] if j.scopes() else (set(), set())
+            assert trees == {q for _, q in scan} and folders == {q.rpartition("/")[0] for _, q in scan}
+
+    for _ in range(300):
+        what = rng.random()
+        a, b = rng.choice(names), rng.choice(names)
+        if what < 0.3:
+            j.record_mkdir(a)
+        elif what < 0.55:
+            j.record_delete(a, is_dir=rng.random() < 0.5)
+        elif what < 0.8 and not related(a, b):
+            j.record_move(a, b, is_dir=rng.random() < 0.5, overwrite=rng.random() < 0.3)
+        elif what < 0.9:
+            j.expose(a)
+        elif j.ops:
+            j.done(j.ops[0])
+        check()
