@@ -121,14 +121,23 @@ class DataCache:
     async def _at_server(self, path: str, call: Callable[[str], Awaitable[T]]) -> T:
         """`call` with the server's path of what is at `path` here: a rename not on the server
         yet has it under its old name, and one sent with its answer lost under either
-        (nsjournal.py, `server_paths`); the next name is tried when the server has nothing."""
-        where = self.ns.server_paths(path) or [path]
-        for p in where[:-1]:
-            try:
-                return await call(p)
-            except NotFound:
-                continue
-        return await call(where[-1])
+        (nsjournal.py, `server_paths`)."""
+        return await self._at_first(lambda: self.ns.server_paths(path) or [path], call)
+
+    async def _at_first(self, names: Callable[[], list[str]], call: Callable[[str], Awaitable[T]]) -> T:
+        """`call` with the first of `names()` the server has (NotFound: the next). The names
+        are asked again after each miss: the journal's applier may have moved it meanwhile
+        (a request under the old name, retried after a fault, can land after the move)."""
+        missed: set[str] = set()
+        while True:
+            todo = [p for p in names() if p not in missed]
+            if not todo:
+                raise NotFound(f"{', '.join(sorted(missed))}: not on the server")
+            for p in todo:
+                try:
+                    return await call(p)
+                except NotFound:
+                    missed.add(p)
 
     async def _ensure_complete(self, node: Node) -> CacheEntry:
         ent = self._ensure_entry(node)

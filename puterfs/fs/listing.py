@@ -232,7 +232,7 @@ class ListingCache:
             seq = self.table.next_seq()
             epoch = self.epoch
             try:
-                entries = await self._listdir_at(sources)
+                entries = await self._at_first(lambda: self._sources(dirnode, sources), self.remote.listdir)
             except NotFound:
                 if not self._dirty_below(dirnode.path):
                     raise
@@ -250,15 +250,12 @@ class ListingCache:
             assert dirnode.children is not None
             return dirnode.children
 
-    async def _listdir_at(self, sources: list[str]) -> list[RemoteEntry]:
-        """The listing at the first of `sources` the server has (a rename sent with its
-        answer lost may or may not have got through)."""
-        for where in sources[:-1]:
-            try:
-                return await self.remote.listdir(where)
-            except NotFound:
-                continue
-        return await self.remote.listdir(sources[-1])
+    def _sources(self, dirnode: Node, first: list[str]) -> list[str]:
+        """Where the server may hold directory `dirnode`: `first` (asked before the listing),
+        then the names pending renames give it now (one sent or applied since, see
+        DataCache._at_first)."""
+        now = self.ns.listing_sources(dirnode.path) or [dirnode.path]
+        return [*first, *(p for p in now if p not in first)]
 
     def _apply_listing(self, dirnode: Node, entries: list[RemoteEntry], seq: int) -> None:
         old = dirnode.children or {}
