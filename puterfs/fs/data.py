@@ -235,7 +235,11 @@ class DataCache:
         current = ("local", node.entry.id) if (node.entry is not None and node.entry.dirty) else ("remote", node.remote_fp)
         keep = node.page_fp == current
         node.page_fp = current
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+        # a write-only descriptor bypasses the kernel's page cache (FOPEN_DIRECT_IO): the
+        # writer's bytes go from its own pages to the daemon, not first into fresh page-cache
+        # pages of the mount's file (as costly as a whole local write); it cannot read or be
+        # mmapped anyway, and the kernel drops other descriptors' cached pages of what it wrote
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=acc == os.O_WRONLY)
 
     async def _release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)

@@ -69,3 +69,33 @@ def test_dirty_data_is_never_evicted(mount_factory: MountFactory) -> None:
     assert (m.path / "pending.bin").read_bytes() == local
     m.proc.stop()  # unmount uploads what is pending
     assert m.remote.read("pending.bin") == local
+
+
+def test_a_write_only_descriptors_bytes_are_seen_by_cached_readers_and_mmap(mount_factory: MountFactory) -> None:
+    """Write-only descriptors bypass the kernel's page cache (direct I/O): what they write must
+    still be what every reader of the file sees, one that had it cached included."""
+    import mmap
+
+    m = mount_factory(write_back=0.3)
+    p = m.path / "shared.bin"
+    p.write_bytes(b"a" * 3 * MIB)  # open(..., "wb"): write-only
+    expected = b"a" * MIB + b"b" * MIB + b"a" * MIB
+    r = os.open(p, os.O_RDONLY)
+    try:
+        assert os.pread(r, 3 * MIB, 0) == b"a" * 3 * MIB  # the reader's pages are cached now
+        w = os.open(p, os.O_WRONLY)
+        try:
+            assert os.pwrite(w, b"b" * MIB, MIB) == MIB
+        finally:
+            os.close(w)
+        assert os.pread(r, 3 * MIB, 0) == expected
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            assert mm[:] == expected
+        with open(p, "ab") as f:  # appends through a write-only descriptor
+            f.write(b"tail")
+        assert os.fstat(r).st_size == 3 * MIB + 4 and os.pread(r, 8, 3 * MIB - 4) == b"aaaatail"
+    finally:
+        os.close(r)
+    m.wait_uploaded()
+    assert m.remote.read("shared.bin") == expected + b"tail"
+    m.proc.stop()
