@@ -203,12 +203,15 @@ class ReadAhead:
             self._streams[ent.id] = _Stream(pos=end)
             return
         st.hits += 1
-        if end // BLOCK_SIZE > st.pos // BLOCK_SIZE:
+        entered = end // BLOCK_SIZE > st.pos // BLOCK_SIZE
+        if entered:
             st.window = min(st.window * 2, WINDOW_MAX)  # entered a new block: reach further
         st.pos = max(st.pos, end)
-        if self._landed:
+        # the window moves only when the reader enters a new block (a chunk that lands fills it
+        # again itself): the kernel's other reads of a block have nothing to start or free
+        if entered and self._landed:
             self._passed(ent, st.pos)
-        if st.hits >= 2:
+        if st.hits == 2 or (entered and st.hits > 2):
             self._fill(spawn, node, ent, st)
 
     def _fill(self, spawn: Callable[..., Any], node: Any, ent: Any, st: _Stream) -> None:
