@@ -99,3 +99,32 @@ def test_tar_x_goes_up_in_full_batches_without_waiting_for_its_mkdirs(
     print(f"tar x of {len(files)} files in {n_dirs + 1} directories: {len(sent)} mutating requests "
           f"({', '.join(f'{r} x{sent.count(r)}' for r in sorted(set(sent)))}); "
           f"{routes.count('/fs/batchWrite')} of them /fs/batchWrite, sent while the mkdirs' /batch stalled")
+
+
+def test_a_folder_renamed_after_its_files_went_up_before_its_mkdir_is_moved_whole(
+    mount_factory: MountFactory, faults: Any
+) -> None:
+    """A file's upload made its folder on the server before the folder's pending mkdir was
+    applied; renamed now, the folder is moved on the server (its mkdir is never rewritten to
+    the new name, which would leave the old folder and the file behind)."""
+    m = mount_factory(write_back=1)
+    m.remote.mkdir("w")
+    assert (m.path / "w").is_dir()
+    m.wait_uploaded()
+    home = m._factory.home
+    faults.set_faults({"method": "POST", "path": "/batch", "stall": True})
+    # an unrelated op's /batch stalls first, so d's mkdir stays pending behind it (not sent)
+    (m.path / "w" / "x").mkdir()
+    wait_for(lambda: sum(int(r.get("fired") or 0) for r in faults._admin("GET", "faults")["rules"]), 30,
+             "the stalled /batch carrying x's mkdir")
+    (m.path / "w" / "d").mkdir()
+    (m.path / "w" / "d" / "f.txt").write_bytes(b"made before its folder's mkdir\n")
+    wait_for(lambda: "d/f.txt" in faults.tree(f"{home}/w"), 30, "d/f.txt on the server, its folder's mkdir stalled")
+    (m.path / "w" / "d").rename(m.path / "w" / "e")
+    faults.clear_faults()
+    faults.release()
+    m.wait_uploaded(timeout=60)
+    tree = faults.tree(f"{home}/w")
+    want = {"x": "dir", "e": "dir", "e/f.txt": hashlib.sha256(b"made before its folder's mkdir\n").hexdigest()}
+    assert tree == want, tree
+    assert (m.path / "w" / "e" / "f.txt").read_bytes() == b"made before its folder's mkdir\n"
