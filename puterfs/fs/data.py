@@ -28,6 +28,7 @@ from puterfs.fs.freshness import verify as verify_version
 from puterfs.fs.inodes import Node
 
 T = TypeVar("T")
+MAX_ROUNDS = 5  # looks for a file or directory under names a pending rename moves (_at_first)
 log = logging.getLogger(__name__)
 
 READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
@@ -122,22 +123,32 @@ class DataCache:
         """`call` with the server's path of what is at `path` here: a rename not on the server
         yet has it under its old name, and one sent with its answer lost under either
         (nsjournal.py, `server_paths`)."""
-        return await self._at_first(lambda: self.ns.server_paths(path) or [path], call)
+        return await self._at_first(path, lambda: self.ns.server_paths(path) or [path], call)
 
-    async def _at_first(self, names: Callable[[], list[str]], call: Callable[[str], Awaitable[T]]) -> T:
-        """`call` with the first of `names()` the server has (NotFound: the next). The names
-        are asked again after each miss: the journal's applier may have moved it meanwhile
-        (a request under the old name, retried after a fault, can land after the move)."""
+    async def _at_first(self, own: str, names: Callable[[], list[str]], call: Callable[[str], Awaitable[T]]) -> T:
+        """`call` with the first of `names()` the server has (NotFound: the next). `own` is
+        the name the server gives it once the pending ops are applied; the others are names
+        those ops take it from, and the journal's applier may move it meanwhile: the names
+        are asked again after each miss (a request under the old name, retried after a
+        fault, can land after the move), and an answer under an old name is asked for again
+        when ops were applied while it came (something new may be at the old name by then:
+        a directory made, a file uploaded there after the move)."""
         missed: set[str] = set()
-        while True:
+        for _ in range(MAX_ROUNDS):
             todo = [p for p in names() if p not in missed]
             if not todo:
                 raise NotFound(f"{', '.join(sorted(missed))}: not on the server")
             for p in todo:
+                applied = self.ns.applied
                 try:
-                    return await call(p)
+                    answer = await call(p)
                 except NotFound:
                     missed.add(p)
+                    continue
+                if p == own or self.ns.applied == applied:
+                    return answer
+                break  # ops applied while it came: look again
+        return await call(own)  # the journal kept moving: the name the server has after it
 
     async def _ensure_complete(self, node: Node) -> CacheEntry:
         ent = self._ensure_entry(node)

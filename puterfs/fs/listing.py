@@ -232,7 +232,9 @@ class ListingCache:
             seq = self.table.next_seq()
             epoch = self.epoch
             try:
-                entries = await self._at_first(lambda: self._sources(dirnode, sources), self.remote.listdir)
+                entries = await self._at_first(
+                    dirnode.path, lambda: self._sources(dirnode, sources), self.remote.listdir
+                )
             except NotFound:
                 if not self._dirty_below(dirnode.path):
                     raise
