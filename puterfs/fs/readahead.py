@@ -28,6 +28,7 @@ fetch does the work and reports what went wrong. See docs/performance.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import mmap
@@ -135,10 +136,8 @@ class ReadAhead:
         self._free.append(buf)
         if len(self._free) == self._buffers:  # nothing in flight or landed: free the memory
             for b in self._free:
-                try:
+                with contextlib.suppress(BufferError):  # a reply still holds a view: the GC unmaps it
                     b.close()
-                except BufferError:  # a reply still holds a view of it: the GC unmaps it
-                    pass
             self._free.clear()
             self._buffers = 0
 
@@ -284,7 +283,8 @@ class ReadAhead:
         except Exception as exc:  # noqa: BLE001 - a hint only; the reader's own fetch reports errors
             log.debug("read-ahead of %s blocks %d-%d dropped: %s", node.path, first, last, exc)
         finally:
-            view.release()
+            with contextlib.suppress(BufferError):  # a view still held somewhere: the GC frees it
+                view.release()
             if not landed:
                 self._give_back(buf)
             st.tasks -= 1
