@@ -151,6 +151,24 @@ async def test_small_files_go_in_batches(autojump_clock):
 
 
 @pytest.mark.trio
+async def test_small_files_falling_due_one_by_one_gather_into_full_batches(autojump_clock):
+    """Files closed one after another (a tar x) go in full batches, not one per worker: one
+    worker gathers while more fall due, the last batch goes once nothing more is due soon."""
+    up = Uploader()
+    q = WriteBackQueue(up, delay=1.0, is_small=lambda k: True, max_batch=10, workers=4, gather=0.5)
+
+    async def body():
+        for k in range(25):
+            q.schedule(k)
+            await trio.sleep(0.05)  # 20 files a second
+        await q.wait_idle()
+        assert sorted(len(c[1]) for c in up.calls) == [5, 10, 10]
+        assert sorted(k for c in up.calls for k in c[1]) == list(range(25))
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
 async def test_upload_now_waits_and_reports_errors(autojump_clock):
     up = Uploader()
     up.fail[4] = 1
