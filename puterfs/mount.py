@@ -635,7 +635,9 @@ async def _state_writer(
             if stop.requested and (last is None or state["pending"] != last["pending"]):
                 sd_notify(f"STATUS=uploading {state['pending']} pending file(s) before exit")
             state["updated"] = time.time()
-            _write_state(path, state)
+            # on a worker thread: a file created and renamed under a loaded disk can take a
+            # millisecond, which the event loop (every FUSE request) would wait for
+            await trio.to_thread.run_sync(_write_state, path, state)
             state.pop("updated")
             last = state
         with trio.move_on_after(1.0):
