@@ -159,6 +159,12 @@ class Emulator:
         resp.raise_for_status()
         return resp.json()["tree"]
 
+    def new_user(self) -> tuple[str, str]:
+        """A second signed-up, confirmed account on this emulator (its own rate-limit windows)."""
+        resp = self.http.post("/_emulator/users", json={"temp": False})
+        resp.raise_for_status()
+        return resp.json()["username"], resp.json()["token"]
+
     def exists(self, path: str) -> bool:
         return self.tree(path) is not None
 
@@ -550,10 +556,14 @@ class Bench:
         for k in range(ndirs):
             self.emu.upload_many(f"/{u}/ls/d{k}", {f"e{i:04d}": f"{i}\n".encode() for i in range(n) if i % ndirs == k})
 
+        self.ref_user, self.ref_token = self.emu.new_user()
+
         async def big() -> None:
             async with self.client() as c:
                 for what in ("cold", "rand"):
                     await c.fs_write(f"/{u}/{what}/big.bin", self.big, {"createMissingParents": True})
+            async with self.client(self.ref_token) as c:  # the reference for the client's speed
+                await c.fs_write(f"/{self.ref_user}/ref/big.bin", self.big, {"createMissingParents": True})
 
         asyncio.run(big())
 
@@ -706,10 +716,10 @@ class Bench:
     def server_path(self, rel: Path) -> str:
         return f"/{self.emu.username}/{rel.relative_to(self.mount.path).as_posix()}"
 
-    def client(self) -> Any:
+    def client(self, token: str | None = None) -> Any:
         from puterfs import PuterClient
 
-        return PuterClient(self.emu.token, api_url=self.emu.url, web_url=self.emu.web_url, tier=self.tier)
+        return PuterClient(token or self.emu.token, api_url=self.emu.url, web_url=self.emu.web_url, tier=self.tier)
 
     def visible(self, path: Path) -> None:
         """Wait until a file put on the server directly shows in the mount (its --poll-interval)."""
@@ -730,16 +740,20 @@ class Bench:
         if target == "puterfs":
             on = self.mount.wait_uploaded(settle=self.args.settle)
             out["write+upload MiB/s"] = size / MiB / (max(on, t1) - t0)
-            # the file the mount uploaded, read back with the client: verification + its speed
-            remote = self.server_path(f)
+            # the file the mount uploaded, as the server holds it
+            check(self.emu.tree(self.server_path(d)) == {"big.bin": self.big_sha}, "server copy of the mount's big file")
+            # the client's own speed, on a second account of the same server and tier (its
+            # requests would otherwise take from the mount's account's budget, e.g. fs:read's
+            # 300 a minute on the free tier, which the mount's pacer cannot know about)
+            ref = f"/{self.ref_user}/ref/big.bin"
 
             async def client_rw() -> tuple[float, float]:
-                async with self.client() as c:
+                async with self.client(self.ref_token) as c:
                     r0 = time.perf_counter()
-                    data = await c.fs_read(remote)
+                    data = await c.fs_read(ref)
                     r1 = time.perf_counter()
-                    check(hashlib.sha256(data).hexdigest() == self.big_sha, "server copy of the mount's big file")
-                    await c.fs_write(remote + ".client", self.big)
+                    check(hashlib.sha256(data).hexdigest() == self.big_sha, "the client's read of the big file")
+                    await c.fs_write(ref + ".client", self.big)
                     r2 = time.perf_counter()
                     return r1 - r0, r2 - r1
 
@@ -870,6 +884,9 @@ WORKLOADS = ("tar x", "git clone + status", "cp -r / rm -rf", "editor saves", "a
              "sequential", "random 4 KiB reads", "ls -lR", ".ai/chat")  # fmt: skip
 
 
+NAMESPACE_WORKLOADS = ("tar x", "git clone + status", "cp -r / rm -rf", "editor saves", "mixed 4-process")
+
+
 def run_tier(args: argparse.Namespace, src: Sources, tier: str, root: Path) -> dict[str, Any]:
     """``--repeat`` passes on ``tier``, each on a new emulator; the medians of every figure.
 
@@ -982,11 +999,19 @@ def verdicts(tr: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for wl, m in w.items():
         if "error" in m.get("puterfs", {}):
             rows.append((f"{wl}: FAILED on puterfs", m["puterfs"]["error"][:60], "", "", "NOT met"))
+    # the issue's no-429 target is about "the same workloads" (those with a time target); the
+    # others' 429s are reported beside them
     n429 = {wl: m["puterfs"]["http 429"] for wl, m in w.items() if m.get("puterfs")}
-    total = sum(v for v in n429.values() if math.isfinite(v))
-    where = ", ".join(f"{wl} {v:.0f}" for wl, v in n429.items() if v) or "none in any workload"
-    rows.append(("429 answers, all workloads", f"{total:.0f}", where, "",
-                 verdict(total == 0, "0 on the free tier") if tr["tier"] == "free" else "- (limits off)"))  # fmt: skip
+    for label, group in (("429s: tar x, git, cp, rm, saves, mixed", NAMESPACE_WORKLOADS),
+                         ("429s: the other workloads", tuple(x for x in WORKLOADS if x not in NAMESPACE_WORKLOADS))):
+        part = {wl: v for wl, v in n429.items() if wl in group}
+        if not part:
+            continue
+        total = sum(v for v in part.values() if math.isfinite(v))
+        where = ", ".join(f"{wl} {v:.0f}" for wl, v in part.items() if v) or "none"
+        target = "-" if group is not NAMESPACE_WORKLOADS else (
+            verdict(total == 0, "0 on the free tier") if tr["tier"] == "free" else "- (limits off)")
+        rows.append((label, f"{total:.0f}", where, "", target))  # fmt: skip
     if has("sequential"):
         _sequential_rows(w, a, rows, verdict, have_rclone)
     if has("random 4 KiB reads"):
