@@ -110,6 +110,10 @@ class PosixMetadata:
     async def _push_metadata_of(self, node: Node) -> None:
         if node.entry is not None and node.entry.dirty and not node.is_dir:
             return  # its upload carries the attributes
+        if node.remote_fp is None and node.inode in self._meta_restored:
+            # after the pending namespace ops on its way (the last run's rename that gave it
+            # this name is applied again now): a stat before would find nothing and drop it
+            await self.ns.wait_path(node.path)
         path = node.path
         if node.remote_fp is None and node.inode in self._meta_restored:
             try:  # journaled by an earlier run: learn the entry's other metadata keys first
