@@ -38,7 +38,7 @@ from puterfs.fs.namespace import NAME_MAX, Namespace
 from puterfs.fs.nsjournal import NamespaceJournal
 from puterfs.fs.readahead import ReadAhead
 from puterfs.fs.remote import UPLOAD_BATCH_MAX, Remote
-from puterfs.fs.uploader import EDIT_MAX, SMALL_FILE, Uploader, refused_for_good
+from puterfs.fs.uploader import EDIT_MAX, META_BATCH, SMALL_FILE, Uploader, refused_for_good
 from puterfs.fs.writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
             self._upload, delay=write_back, workers=upload_workers, is_small=self._is_small, on_change=on_change,
             cancel_on_change=self._streamed, lane=self._is_edit, is_permanent=refused_for_good,
             max_batch=UPLOAD_BATCH_MAX, size_of=self._entry_size,
+            groupable=lambda key: key < 0, max_group=META_BATCH,  # metadata updates (key -inode)
         )
         self.cache.reclaim = self._reclaim_space
         # mkdir/rmdir/unlink/rename as the server must replay them (nsjournal.py), in the

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import trio
+
 from puterfs.client._errors import (
     AlreadyExists,
     AuthenticationError,
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SMALL_FILE = 256 * 1024  # files up to this size are uploaded together in one /batch request
 EDIT_MAX = 1 << 20  # a change of a file the server has, up to this size, takes the edit lane
+META_BATCH = 16  # metadata updates (a /move each) one bulk worker sends at once
 
 
 class _HashingReader:
@@ -224,13 +227,23 @@ class Uploader:
     async def _upload_keys(self, keys: Any) -> dict[int, BaseException | None]:
         results: dict[int, BaseException | None] = {}
         batch: list[CacheEntry] = []
+
+        async def push(key: int) -> None:
+            try:
+                await self._push_metadata(key)
+                results[key] = None
+            except PuterError as exc:
+                results[key] = exc
+
+        # metadata updates (see _posix_changed; the queue hands them out up to META_BATCH at
+        # once): one request each, sent together (their route has no in-flight cap; the
+        # client paces them to the account's budget)
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                if key < 0:
+                    nursery.start_soon(push, key)
         for key in keys:
-            if key < 0:  # a metadata update (see _posix_changed)
-                try:
-                    await self._push_metadata(key)
-                    results[key] = None
-                except PuterError as exc:
-                    results[key] = exc
+            if key < 0:
                 continue
             ent = self.cache.entries.get(key)
             if ent is None or not ent.dirty:

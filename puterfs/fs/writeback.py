@@ -81,6 +81,8 @@ class WriteBackQueue:
         is_small: Callable[[int], bool] | None = None,
         max_batch: int = 64,
         size_of: Callable[[int], int] | None = None,
+        groupable: Callable[[int], bool] | None = None,
+        max_group: int = 16,
         max_batch_bytes: int = 8 << 20,
         on_change: Callable[[], None] | None = None,
         cancel_on_change: Callable[[int], bool] | None = None,
@@ -98,6 +100,9 @@ class WriteBackQueue:
         self._is_small = is_small or (lambda key: False)
         self._max_batch = max_batch
         self._size_of = size_of or (lambda key: 0)
+        # keys a worker may take several of at once, up to max_group (metadata updates)
+        self._groupable = groupable or (lambda key: False)
+        self._max_group = max_group
         self._max_batch_bytes = max_batch_bytes  # a batch's files are read into memory at once
         self._on_change = on_change or (lambda: None)
         self._cancel_on_change = cancel_on_change or (lambda key: True)
@@ -334,6 +339,14 @@ class WriteBackQueue:
 
     def _pop_batch(self, q: deque[tuple[int, int]]) -> list[tuple[int, int]]:
         first = q.popleft()
+        if self._groupable(first[0]):
+            group = [first]
+            others: deque[tuple[int, int]] = deque()
+            while q and len(group) < self._max_group:
+                kg = q.popleft()
+                (group if self._groupable(kg[0]) else others).append(kg)
+            q.extendleft(reversed(others))
+            return group
         if not self._is_small(first[0]):
             return [first]
         batch = [first]

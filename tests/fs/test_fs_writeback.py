@@ -169,6 +169,24 @@ async def test_small_files_falling_due_one_by_one_gather_into_full_batches(autoj
 
 
 @pytest.mark.trio
+async def test_groupable_keys_go_to_one_worker_together(autojump_clock):
+    """Metadata updates (groupable) are handed out up to max_group at once, never mixed with files."""
+    up = Uploader()
+    q = WriteBackQueue(up, delay=1.0, is_small=lambda k: k >= 0, groupable=lambda k: k < 0, max_group=8, workers=1)
+
+    async def body():
+        for k in range(1, 21):
+            q.schedule(-k)
+        q.schedule(7)
+        await q.wait_idle()
+        groups = [c[1] for c in up.calls if c[1][0] < 0]
+        assert sorted(len(g) for g in groups) == [4, 8, 8] and all(k < 0 for g in groups for k in g)
+        assert [c[1] for c in up.calls if c[1][0] >= 0] == [[7]]
+
+    await _with_queue(q, body)
+
+
+@pytest.mark.trio
 async def test_upload_now_waits_and_reports_errors(autojump_clock):
     up = Uploader()
     up.fail[4] = 1
