@@ -85,6 +85,7 @@ EXPIRY_MARGIN = 120.0  # a saved session this close to its expiry is started afr
 PARALLEL_PARTS = 4
 PART_RETRIES = 6
 TEMP_PREFIX = ".puterfs-upload-"
+BATCH_START_MAX = 32  # files per /fs/startBatchWrite (their sessions all run from its start)
 
 ProgressFn = Callable[["UploadSession"], Any]
 
@@ -368,9 +369,14 @@ class PresignedUpload:
                 await result
 
     async def _start(self) -> UploadSession:
+        upload_path, replace = await self._plan()
+        return await self._open(upload_path, replace=replace)
 
+    async def _plan(self) -> tuple[str, bool]:
+        """Where the session writes (``target``, or a hidden name next to an existing file)
+        and whether that is a replacement; refuses a directory, or a file without overwrite."""
         if self.dedupe:
-            return await self._open(self.target, replace=False)
+            return self.target, False
         try:
             current = await self.client.fs_stat(self.target)
         except NotFound:
@@ -380,18 +386,13 @@ class PresignedUpload:
                 raise IsADirectory(f"{self.target} is a directory", status=409, code="cannot_overwrite_a_directory")
             if not self.overwrite:
                 raise AlreadyExists(f"{self.target} already exists", status=409, code="item_with_same_name_exists")
-        parent, name = posixpath.split(self.target)
+        parent, _ = posixpath.split(self.target)
         replace = current is not None
         upload_path = posixpath.join(parent, TEMP_PREFIX + secrets.token_hex(8)) if replace else self.target
-        return await self._open(upload_path, replace=replace)
+        return upload_path, replace
 
-    async def _open(self, upload_path: str, *, replace: bool) -> UploadSession:
-        """``/fs/startWrite`` for ``upload_path``: never onto an existing file; with dedupe the
-        server takes the next free name (``a (1).txt``) when ``upload_path`` is taken (a new
-        object either way, so an abort is always safe)."""
-        from puterfs.client._retry import Idempotency
-
-        body = {
+    def _start_body(self, upload_path: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "fileMetadata": {
                 "path": upload_path,
                 "size": self.source.size,
@@ -404,16 +405,13 @@ class PresignedUpload:
             "expiresInSeconds": SESSION_SECONDS,
         }
         if self.metadata is not None:
-            body["fileMetadata"]["metadata"] = self.metadata  # type: ignore[index]
-        try:
-            # A retried start after a lost answer leaves an unused session that expires.
-            data = await self._post("/fs/startWrite", body, idem=Idempotency.SAFE_REJECTIONS)
-        except PuterError as exc:
-            if _route_missing(exc):
-                raise PresignUnavailable(f"the server has no presigned uploads ({exc})", status=exc.status) from exc
-            raise
+            body["fileMetadata"]["metadata"] = self.metadata
+        return body
+
+    def _session_from(self, data: Any, upload_path: str, *, replace: bool, route: str) -> UploadSession:
+        """The session a startWrite answer (or one item of a startBatchWrite answer) opened."""
         if not isinstance(data, dict) or not data.get("sessionId"):
-            raise ServerError("unexpected /fs/startWrite answer")
+            raise ServerError(f"unexpected {route} answer")
         mode = data.get("uploadMode")
         if mode == "multipart":
             part_size = int(data["multipartPartSize"])
@@ -423,12 +421,27 @@ class PresignedUpload:
             mode, part_size, count = "single", max(1, self.source.size), 1
             urls = {1: str(data.get("url") or "")}
         expires = float(data.get("expiresAt") or 0) / 1000.0 or time.time() + 900
-        s = UploadSession(
+        return UploadSession(
             target=self.target, upload_path=upload_path, size=self.source.size, upload_id=str(data["sessionId"]),
             mode=mode, part_size=part_size, part_count=count, expires_at=expires, replace=replace, urls=urls,
             dedupe=self.dedupe,
         )
-        return s
+
+    async def _open(self, upload_path: str, *, replace: bool) -> UploadSession:
+        """``/fs/startWrite`` for ``upload_path``: never onto an existing file; with dedupe the
+        server takes the next free name (``a (1).txt``) when ``upload_path`` is taken (a new
+        object either way, so an abort is always safe)."""
+        from puterfs.client._retry import Idempotency
+
+        body = self._start_body(upload_path)
+        try:
+            # A retried start after a lost answer leaves an unused session that expires.
+            data = await self._post("/fs/startWrite", body, idem=Idempotency.SAFE_REJECTIONS)
+        except PuterError as exc:
+            if _route_missing(exc):
+                raise PresignUnavailable(f"the server has no presigned uploads ({exc})", status=exc.status) from exc
+            raise
+        return self._session_from(data, upload_path, replace=replace, route="/fs/startWrite")
 
     def _check_reachable(self, s: UploadSession) -> None:
         api_host = urlsplit(self.client.api_url).hostname or ""
@@ -634,6 +647,12 @@ class PresignedUpload:
             await self._progress()
         else:
             entry = await self.client.fs_stat(s.upload_path) if not s.replace else {}
+        return await self._settle(entry)
+
+    async def _settle(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """After completion: move a replacement over the target (the old file intact until then)."""
+        s = self.session
+        assert s is not None
         if s.replace:
             try:
                 entry = await self.client.fs_move(s.upload_path, s.target, {"overwrite": True})
@@ -696,29 +715,212 @@ async def write_large(
             client, target, source, overwrite=overwrite, create_missing_parents=create_missing_parents,
             session=session, on_progress=on_progress, parallel=parallel, metadata=metadata, dedupe=dedupe,
         )
-        try:
-            return await up.run()
-        except PresignUnavailable as exc:
-            await up.abort()
-            if source.size >= BATCH_MAX_FILE:
-                raise QuotaExceeded(
-                    f"{target} is {source.size} bytes: /batch refuses files of 100 MiB or more, and {exc.message}",
-                    status=413, code="too_large",
-                ) from exc
-            log.info("%s; uploading %s through /batch", exc.message, target)
-            if source.sequential:
-                raise
-            entry = await client.fs._write_batch_one(
-                target, _SourceFile(source), overwrite=overwrite and not dedupe, parents=create_missing_parents,
-                dedupe=dedupe,
-            )
-            if metadata is not None:
-                entry = await client.fs_set_metadata(
-                    str(entry.get("path") or target), {"contentType": guess_type(target), **metadata}
-                )
-            return entry
+        return await _run_one(up)
     finally:
         source.close()
+
+
+async def _run_one(up: PresignedUpload) -> dict[str, Any]:
+    """One upload to its end, with the /batch fallback of a server without presigned uploads."""
+    client, target, source = up.client, up.target, up.source
+    try:
+        return await up.run()
+    except PresignUnavailable as exc:
+        await up.abort()
+        if source.size >= BATCH_MAX_FILE:
+            raise QuotaExceeded(
+                f"{target} is {source.size} bytes: /batch refuses files of 100 MiB or more, and {exc.message}",
+                status=413, code="too_large",
+            ) from exc
+        log.info("%s; uploading %s through /batch", exc.message, target)
+        if source.sequential:
+            raise
+        up.session = None
+        entry = await client.fs._write_batch_one(
+            target, _SourceFile(source), overwrite=up.overwrite, parents=up.parents, dedupe=up.dedupe,
+        )
+        if up.metadata is not None:
+            entry = await client.fs_set_metadata(
+                str(entry.get("path") or target), {"contentType": guess_type(target), **up.metadata}
+            )
+        return entry
+
+
+async def write_large_many(
+    client: PuterClient,
+    files: list[tuple[str, Any, int | None]],
+    *,
+    overwrite: bool = True,
+    create_missing_parents: bool = False,
+    parallel: int = PARALLEL_PARTS,
+) -> list[dict[str, Any] | PuterError]:
+    """Upload several files (``(absolute target, content, size)``) through the presigned flow,
+    their sessions opened with one ``/fs/startBatchWrite`` and completed with one
+    ``/fs/completeBatchWrite`` (RECORDED-2.md §1 "Batch"); the parts of each file go up as
+    :func:`write_large` sends them, one file after another.
+
+    Returns one item per file, in order: its entry or its exception (not raised). The batch
+    routes are all-or-nothing (one colliding file fails the whole request, 409), so when a
+    batch request fails, its files go on one by one (the sessions a failed start or complete
+    leaves open are aborted first, or completed singly), and only the file at fault fails.
+    A file whose session expired while the others went up is started again on its own.
+    """
+    out: list[dict[str, Any] | PuterError | None] = [None] * len(files)
+    ups: list[PresignedUpload] = []
+    try:
+        for target, content, size in files:
+            ups.append(PresignedUpload(
+                client, target, open_source(content, size), overwrite=overwrite,
+                create_missing_parents=create_missing_parents, parallel=parallel,
+            ))
+        for start in range(0, len(ups), BATCH_START_MAX):
+            group = list(range(start, min(start + BATCH_START_MAX, len(ups))))
+            await _batch_group(client, ups, group, out)
+    finally:
+        for up in ups:
+            up.source.close()
+    return out  # type: ignore[return-value]  # every slot was filled
+
+
+async def _alone(up: PresignedUpload) -> dict[str, Any] | PuterError:
+    try:
+        return await _run_one(up)
+    except PuterError as exc:
+        return exc
+
+
+async def _abort_all(ups: list[PresignedUpload]) -> None:
+    for up in ups:
+        await up.abort()
+        up.session = None
+
+
+async def _batch_group(
+    client: PuterClient, ups: list[PresignedUpload], group: list[int], out: list[Any]
+) -> None:
+    from puterfs.client._retry import Idempotency
+
+    # where each session writes; a directory or a refused overwrite fails that file alone
+    planned: list[tuple[int, str, bool]] = []
+    for i in group:
+        up = ups[i]
+        if up.source.sequential:
+            out[i] = await _alone(up)  # read once, in order: not held back behind the others
+            continue
+        try:
+            upload_path, replace = await up._plan()
+        except PuterError as exc:
+            out[i] = exc
+            continue
+        planned.append((i, upload_path, replace))
+    if len(planned) < 2:
+        for i, _, _ in planned:
+            out[i] = await _alone(ups[i])
+        return
+    batch = [ups[i] for i, _, _ in planned]
+    try:
+        # A retried start after a lost answer leaves unused sessions that expire.
+        data = await client._post_json(
+            "/fs/startBatchWrite", [ups[i]._start_body(p) for i, p, _ in planned], idem=Idempotency.SAFE_REJECTIONS
+        )
+        if not isinstance(data, list) or len(data) != len(planned):
+            raise ServerError("unexpected /fs/startBatchWrite answer")
+        for (i, upload_path, replace), item in zip(planned, data, strict=True):
+            ups[i].session = ups[i]._session_from(item, upload_path, replace=replace, route="/fs/startBatchWrite")
+        for up in batch:
+            assert up.session is not None
+            up._check_reachable(up.session)
+    except PuterError as exc:
+        # all-or-nothing: a 409 for one file (or no batch route, unreachable storage): one by one
+        log.info("/fs/startBatchWrite failed (%s); uploading its %d files one by one", exc, len(planned))
+        await _abort_all(batch)
+        for i, _, _ in planned:
+            out[i] = await _alone(ups[i])
+        return
+    try:
+        await _batch_parts_and_complete(client, ups, [i for i, _, _ in planned], out)
+    except Exception:
+        # a source that cannot be read, a bug: leave no session of this batch open
+        await _abort_all([up for up in batch if up.session is not None and not up.session.completed])
+        raise
+
+
+async def _batch_parts_and_complete(
+    client: PuterClient, ups: list[PresignedUpload], started: list[int], out: list[Any]
+) -> None:
+    from puterfs.client._retry import Idempotency
+
+    # the parts, file after file, as write_large sends them
+    ready: list[int] = []
+    for i in started:
+        up = ups[i]
+        s = up.session
+        assert s is not None
+        if s.expired():
+            log.info("upload session of %s expired while the batch went up; starting it again", s.target)
+            await _abort_all([up])
+            out[i] = await _alone(up)
+            continue
+        try:
+            await up._upload_parts()
+        except SessionLost as exc:
+            log.info("%s; starting the upload again", exc)
+            up.session = None
+            out[i] = await _alone(up)
+            continue
+        except PuterError as exc:
+            await _abort_all([up])
+            out[i] = exc
+            continue
+        ready.append(i)
+    if not ready:
+        return
+    if len(ready) == 1:
+        out[ready[0]] = await _finish_alone(ups[ready[0]])
+        return
+    bodies: list[dict[str, Any]] = []
+    for i in ready:
+        s = ups[i].session
+        assert s is not None
+        body: dict[str, Any] = {"uploadId": s.upload_id}
+        if s.mode == "multipart":
+            body["parts"] = [{"partNumber": n, "etag": s.etags[n]} for n in sorted(s.etags)]
+        bodies.append(body)
+    try:
+        # Not retried once sent: a second completion is 409 for the sessions it completed.
+        data = await client._post_json("/fs/completeBatchWrite", bodies, idem=Idempotency.SAFE_REJECTIONS)
+        if not isinstance(data, list) or len(data) != len(ready):
+            raise ServerError("unexpected /fs/completeBatchWrite answer")
+        entries = [item.get("fsEntry") if isinstance(item, dict) else None for item in data]
+        if not all(isinstance(e, dict) for e in entries):
+            raise ServerError("unexpected /fs/completeBatchWrite answer")
+    except PuterError as exc:
+        # complete each on its own: completeWrite knows a session an earlier try completed
+        log.info("/fs/completeBatchWrite failed (%s); completing its %d files one by one", exc, len(ready))
+        for i in ready:
+            out[i] = await _finish_alone(ups[i])
+        return
+    for i, entry in zip(ready, entries, strict=True):
+        up = ups[i]
+        assert up.session is not None
+        up.session.completed = True
+        try:
+            out[i] = await up._settle(legacy_entry(entry))  # type: ignore[arg-type]
+        except PuterError as exc:
+            out[i] = exc
+
+
+async def _finish_alone(up: PresignedUpload) -> dict[str, Any] | PuterError:
+    """Complete (and settle) one session whose parts are all up; started afresh if lost."""
+    try:
+        return await up._finish()
+    except SessionLost as exc:
+        log.info("%s; starting the upload again", exc)
+        up.session = None
+        return await _alone(up)
+    except PuterError as exc:
+        await up.abort()
+        return exc
 
 
 class _SourceFile(io.RawIOBase):
@@ -764,4 +966,4 @@ class _SourceFile(io.RawIOBase):
         return n
 
 
-__all__ = ["LARGE_FILE", "PresignUnavailable", "PresignedUpload", "SessionLost", "UploadSession", "write_large"]
+__all__ = ["LARGE_FILE", "PresignUnavailable", "PresignedUpload", "SessionLost", "UploadSession", "write_large", "write_large_many"]

@@ -35,7 +35,7 @@ from puterfs.client._errors import (
     error_from_body,
 )
 from puterfs.client._multipart import Content, MultipartBody, UploadSource, guess_type
-from puterfs.client._presign import LARGE_FILE, UploadSession, write_large
+from puterfs.client._presign import LARGE_FILE, UploadSession, write_large, write_large_many
 from puterfs.client._retry import RESEND, Idempotency
 
 if TYPE_CHECKING:
@@ -556,8 +556,10 @@ class FS:
         create_missing_parents: bool = False,
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any] | PuterError]:
-        """Upload several files: the small ones in one ``/batch`` request per 64 files, each
-        file of 100 MiB or more through the presigned flow (``/batch`` refuses those).
+        """Upload several files: the small ones in one ``/batch`` request per 64 files, the
+        files of 100 MiB or more through the presigned flow (``/batch`` refuses those), after
+        the small ones; two or more of those are opened with one ``/fs/startBatchWrite`` and
+        completed with one ``/fs/completeBatchWrite`` (one by one if that batch fails).
 
         Returns one item per file, in order: its entry, or the exception object for
         that file (not raised). When a whole request fails, each of its files gets
@@ -568,6 +570,7 @@ class FS:
             return await self._write_many_with_metadata(files, list(metadata), overwrite, create_missing_parents)
         out: list[dict[str, Any] | PuterError | None] = [None] * len(files)
         pending: list[tuple[int, str, UploadSource]] = []  # small files for the next /batch
+        large: list[tuple[int, str, UploadSource]] = []  # files for the presigned flow, sent last
 
         async def send() -> None:
             try:
@@ -598,6 +601,11 @@ class FS:
                     if len(pending) >= BATCH_MAX_FILES:
                         await send()
                     continue
+                large.append((i, target, source))
+            if pending:
+                await send()
+            if len(large) == 1:
+                i, target, source = large[0]
                 try:
                     out[i] = await write_large(
                         self._c, target, source.original(), size=source.size, overwrite=overwrite,
@@ -605,12 +613,16 @@ class FS:
                     )
                 except PuterError as exc:
                     out[i] = exc
-                finally:
-                    source.close()
-            if pending:
-                await send()
+            elif large:
+                # their sessions opened and completed together (/fs/startBatchWrite)
+                results = await write_large_many(
+                    self._c, [(target, source.original(), source.size) for _, target, source in large],
+                    overwrite=overwrite, create_missing_parents=create_missing_parents,
+                )
+                for (i, _, _), r in zip(large, results, strict=True):
+                    out[i] = r
         finally:
-            for _, _, source in pending:
+            for _, _, source in pending + large:
                 source.close()
         return out  # type: ignore[return-value]  # every slot was filled
 

@@ -44,6 +44,10 @@ class FakePuter:
         self.seen_during_put: list[bytes | None] = []
         self.batches: list[list[str]] = []  # the paths of each /batch request
         self.starts: list[dict[str, Any]] = []  # each /fs/startWrite fileMetadata
+        self.batch_starts: list[list[str]] = []  # the paths of each /fs/startBatchWrite
+        self.batch_completes: list[int] = []  # the size of each /fs/completeBatchWrite
+        self.stat_misses: set[str] = set()  # files /stat does not see yet (made by someone else meanwhile)
+        self.fail_complete_batch = False  # /fs/completeBatchWrite answers 500
 
     # -- helpers
     def _entry(self, path: str) -> dict[str, Any]:
@@ -65,7 +69,7 @@ class FakePuter:
         body = json.loads(request.content) if request.content and path != "/batch" else None
         if path == "/stat":
             p = body["path"]
-            if p not in self.files:
+            if p not in self.files or p in self.stat_misses:
                 return httpx.Response(404, json={"code": "subject_does_not_exist", "message": "Subject does not exist"})
             return httpx.Response(200, json=self._entry(p))
         if path.startswith("/fs/") and self.no_presign:
@@ -81,6 +85,10 @@ class FakePuter:
                                              "expiresAt": 9999999999999, "multipartPartUrls": urls})
         if path == "/fs/completeWrite":
             return self._complete(body)
+        if path == "/fs/startBatchWrite":
+            return self._start_batch(body)
+        if path == "/fs/completeBatchWrite":
+            return self._complete_batch(body)
         if path == "/fs/abortWrite":
             s = self.sessions.get(body["uploadId"])
             if s is not None:
@@ -133,6 +141,32 @@ class FakePuter:
         return httpx.Response(200, json={**base, "uploadMode": "multipart", "multipartUploadId": "m",
                                          "multipartPartSize": self.part_size, "multipartPartCount": count,
                                          "multipartPartUrls": urls})
+
+    def _start_batch(self, items: list[dict[str, Any]]) -> httpx.Response:
+        """All-or-nothing as recorded (presign.jsonl 105, 106): one colliding item -> 409."""
+        self.batch_starts.append([item["fileMetadata"]["path"] for item in items])
+        paths = [item["fileMetadata"]["path"] for item in items]
+        if len(set(paths)) != len(paths):
+            return httpx.Response(409, json={"code": "conflict", "message": "Batch contains duplicate target path"})
+        for p in paths:
+            if p in self.files:
+                return httpx.Response(409, json={
+                    "code": "item_with_same_name_exists", "entry_name": p.rsplit("/", 1)[1],
+                    "message": "A file already exists at this path and overwrite was not requested"})
+        return httpx.Response(200, json=[json.loads(self._start(item).content) for item in items])
+
+    def _complete_batch(self, items: list[dict[str, Any]]) -> httpx.Response:
+        self.batch_completes.append(len(items))
+        if self.fail_complete_batch:
+            return httpx.Response(500, json={"code": "internal_error", "message": "Internal Server Error"})
+        for item in items:
+            s = self.sessions.get(item["uploadId"])
+            if s is None:
+                return httpx.Response(404, json={"code": "not_found", "message": "Upload session was not found"})
+            if s["status"] != "pending":
+                return httpx.Response(409, json={"code": "conflict",
+                                                 "message": f"Upload session is not pending (status={s['status']})"})
+        return httpx.Response(200, json=[json.loads(self._complete(item).content) for item in items])
 
     def _put(self, request: httpx.Request) -> httpx.Response:
         assert "authorization" not in request.headers  # no Puter auth to the storage server
@@ -369,9 +403,67 @@ async def test_fs_write_many_sends_files_at_the_cap_presigned(small_cap: int) ->
         results = await client.fs_write_many(list(zip(names, contents, strict=True)))
     assert [r["path"] for r in results] == names  # one entry per file, in order
     assert all(fake.files[n] == c for n, c in zip(names, contents, strict=True))
-    # the small ones in one /batch; each file of the cap or more through its own session
+    # the small ones in one /batch; the files of the cap or more through presigned sessions
     assert fake.batches == [["/admin/a.txt", "/admin/below.bin", "/admin/b.txt"]]
     assert [m["path"] for m in fake.starts] == ["/admin/at-cap.bin", "/admin/over.bin"]
+
+
+def _count(fake: FakePuter, path: str) -> int:
+    return sum(1 for _, p in fake.calls if p == path)
+
+
+async def test_fs_write_many_starts_and_completes_large_files_in_one_batch(small_cap: int) -> None:
+    fake = FakePuter(storage="http://api.puter.test")
+    fake.files["/admin/old.bin"] = b"the old one"  # replaced: uploaded under a hidden name, then moved
+    fake.uids["/admin/old.bin"] = "u-old"
+    names = ["/admin/l1.bin", "/admin/s.txt", "/admin/old.bin", "/admin/l3.bin"]
+    contents = [_data(small_cap), b"small", _data(small_cap + PART), _data(small_cap + 7)]
+    async with _client(fake) as client:
+        results = await client.fs_write_many(list(zip(names, contents, strict=True)))
+    assert [r["path"] for r in results] == names
+    assert all(fake.files[n] == c for n, c in zip(names, contents, strict=True))
+    large = [names[0], names[2], names[3]]
+    assert len(fake.batch_starts) == 1 and fake.batch_starts[0][0::2] == [large[0], large[2]]
+    assert fake.batch_starts[0][1].startswith("/admin/.puterfs-upload-")  # never an overwrite session
+    assert fake.batch_completes == [3]
+    assert _count(fake, "/fs/startWrite") == 0 and _count(fake, "/fs/completeWrite") == 0
+    # the parts of each file as before: ceil(size / part size) PUTs each
+    assert len(fake.puts) == sum(-(-len(c) // PART) for c in (contents[0], contents[2], contents[3]))
+    assert not any(n.startswith("/admin/.puterfs-upload-") for n in fake.files)
+
+
+async def test_fs_write_many_batch_409_falls_back_to_one_by_one(small_cap: int) -> None:
+    """startBatchWrite is all-or-nothing: a file that appeared meanwhile fails the whole
+    request (409); the files then go one by one and only that one fails."""
+    fake = FakePuter(storage="http://api.puter.test")
+    fake.files["/admin/raced.bin"] = b"someone else's"
+    fake.uids["/admin/raced.bin"] = "u-raced"
+    fake.stat_misses.add("/admin/raced.bin")
+    names = ["/admin/a.bin", "/admin/raced.bin", "/admin/c.bin"]
+    contents = [_data(small_cap), _data(small_cap + 1), _data(small_cap + 2)]
+    async with _client(fake) as client:
+        results = await client.fs_write_many(list(zip(names, contents, strict=True)))
+    assert len(fake.batch_starts) == 1 and fake.batch_completes == []
+    assert results[0]["path"] == names[0] and results[2]["path"] == names[2]
+    assert isinstance(results[1], AlreadyExists)
+    assert fake.files["/admin/raced.bin"] == b"someone else's"  # untouched
+    assert fake.files[names[0]] == contents[0] and fake.files[names[2]] == contents[2]
+    assert _count(fake, "/fs/startWrite") == 3 and _count(fake, "/fs/completeWrite") == 2
+    assert all(s["status"] != "pending" for s in fake.sessions.values())
+
+
+async def test_fs_write_many_failed_batch_completion_completes_one_by_one(small_cap: int) -> None:
+    fake = FakePuter(storage="http://api.puter.test")
+    fake.fail_complete_batch = True
+    names = ["/admin/x.bin", "/admin/y.bin"]
+    contents = [_data(small_cap), _data(small_cap + 3)]
+    async with _client(fake) as client:
+        results = await client.fs_write_many(list(zip(names, contents, strict=True)))
+    assert [r["path"] for r in results] == names
+    assert all(fake.files[n] == c for n, c in zip(names, contents, strict=True))
+    assert len(fake.batch_starts) == 1 and _count(fake, "/fs/startWrite") == 0
+    assert _count(fake, "/fs/completeWrite") == 2  # each session completed on its own, no re-upload
+    assert len(fake.puts) == sum(-(-len(c) // PART) for c in contents)
 
 
 async def test_fs_write_many_a_large_file_that_cannot_go_up_fails_alone(small_cap: int) -> None:
@@ -531,3 +623,31 @@ async def test_emulator_fs_write_dedupe_name_presigned(emu_client: PuterClient, 
     assert await _sha_on_server(emu_client, "~/dd (1).bin") == hashlib.sha256(_pattern(MIB)).hexdigest()
     paths = [r["path"] for r in emulator.log()]
     assert "/fs/startWrite" in paths and "/batch" not in paths and "/move" not in paths
+
+
+async def test_emulator_fs_write_many_sends_large_files_in_one_batch(emu_client: PuterClient, emulator,  # noqa: ANN001
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the emulator's /fs/startBatchWrite and /fs/completeBatchWrite (threshold lowered
+    to 1 MiB): one start and one completion for three files, one of them replacing a file and
+    one in a folder made on the way."""
+    monkeypatch.setattr(fs_module, "LARGE_FILE", MIB)
+    await emu_client.fs_write("~/eb2.bin", b"the old one")
+    emulator.clear_log()
+    contents = [_pattern(MIB), _pattern(MIB + 5)[::-1], _pattern(2 * MIB)]
+    names = ["~/eb1.bin", "~/eb2.bin", "~/ebdir/eb3.bin"]
+    results = await emu_client.fs_write_many(list(zip(names, contents, strict=True)), create_missing_parents=True)
+    home = await emu_client.home()
+    assert [r["path"] for r in results] == [n.replace("~", home) for n in names]
+    log = emulator.log()
+    paths = [r["path"] for r in log]
+    assert paths.count("/fs/startBatchWrite") == 1 and paths.count("/fs/completeBatchWrite") == 1
+    assert "/fs/startWrite" not in paths and "/fs/completeWrite" not in paths and "/batch" not in paths
+    assert all(r["status"] == 200 for r in log if r["path"].startswith("/fs/"))
+    for n, c in zip(names, contents, strict=True):
+        assert await _sha_on_server(emu_client, n) == hashlib.sha256(c).hexdigest()
+    # a file that exists with overwrite=False fails alone; the others still go up
+    emulator.clear_log()
+    again = await emu_client.fs_write_many([("~/eb1.bin", _pattern(MIB)), ("~/eb4.bin", _pattern(MIB))],
+                                           overwrite=False)
+    assert isinstance(again[0], AlreadyExists) and again[1]["path"] == f"{home}/eb4.bin"
+    assert await _sha_on_server(emu_client, "~/eb4.bin") == hashlib.sha256(_pattern(MIB)).hexdigest()
