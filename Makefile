@@ -85,7 +85,7 @@ umount:
 # The benchmark needs what mounting needs plus git and tar (its workloads); rclone mount is its
 # reference column, installed from Debian when missing; without it (not root, no package) that
 # column is skipped with a note in the table. Not the whole test toolchain (no Chromium, no npm).
-# Defaults: both tiers, 3 passes each, 256 MiB (bench/README.md: about 25 minutes here).
+# Defaults: both tiers, 3 passes each, 256 MiB (bench/README.md: about 13 minutes here).
 # The results go to .bench/latest.json (every median and every pass's figures) and
 # .bench/latest.md (the table as Markdown, for docs/performance.md); BENCH_OUT moves them.
 BENCH_ARGS ?=
