@@ -437,14 +437,15 @@ def _assemble(call: Call, data: dict[str, Any], parts: Any) -> tuple[Path, int, 
     return tmp, size, f"{hashlib.md5(digests).hexdigest()}-{len(chosen)}"
 
 
-def _complete(call: Call, data: dict[str, Any], parts: Any) -> dict[str, Any]:
+def _complete(call: Call, data: dict[str, Any], parts: Any,
+              assembled: tuple[Path, int, str] | None = None) -> dict[str, Any]:
     if data["status"] != "pending":
         raise ApiError(409, "conflict", f"Upload session is not pending (status={data['status']})")
     store = call.store
     try:
         blob = store.blob_path(data["object_key"])
         if data["mode"] == "multipart":
-            tmp, size, md5 = _assemble(call, data, parts)
+            tmp, size, md5 = assembled if assembled is not None else _assemble(call, data, parts)
             blob.parent.mkdir(exist_ok=True)
             os.replace(tmp, blob)
             _discard_parts(call, data)
@@ -500,8 +501,29 @@ async def complete_batch_write(call: Call) -> Response:
     for data in sessions:  # all-or-nothing on the session states
         if data["status"] != "pending":
             raise ApiError(409, "conflict", f"Upload session is not pending (status={data['status']})")
-    return JSONResponse([_complete(call, data, item.get("parts"))
-                         for data, item in zip(sessions, items, strict=True)])
+    # The server completes every multipart upload in storage first (all settled) and makes
+    # entries only if all of them succeeded: one bad part list fails the whole request and
+    # creates nothing. The failed sessions are marked failed; the others stay pending, but
+    # their storage uploads were completed (their parts are gone: assumed, the strict way).
+    assembled: dict[int, tuple[Path, int, str]] = {}
+    failures: list[ApiError] = []
+    for k, (data, item) in enumerate(zip(sessions, items, strict=True)):
+        if data["mode"] != "multipart":
+            continue
+        try:
+            assembled[k] = _assemble(call, data, item.get("parts"))
+        except ApiError as exc:
+            _set_status(call, data, "failed")
+            failures.append(exc)
+    if failures:
+        for k, (tmp, _, _) in assembled.items():
+            blob = call.store.blob_path(sessions[k]["object_key"])
+            blob.parent.mkdir(exist_ok=True)
+            os.replace(tmp, blob)
+            _discard_parts(call, sessions[k])
+        raise failures[0]
+    return JSONResponse([_complete(call, data, item.get("parts"), assembled.get(k))
+                         for k, (data, item) in enumerate(zip(sessions, items, strict=True))])
 
 
 # --- abortWrite -----------------------------------------------------------------------------

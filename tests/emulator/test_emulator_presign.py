@@ -347,3 +347,23 @@ def test_150_mib_streams_with_flat_memory(api: httpx.Client, storage: httpx.Clie
     assert _hwm_kib(emulator.proc.pid) - before < 8 * 1024
     boundary = api.get("/read", params={"file": p}, headers={"Range": f"bytes={10 * MiB - 4}-{10 * MiB + 3}"})
     assert boundary.content == gen(10 * MiB - 4, 8)
+
+
+def test_batch_complete_is_all_or_nothing_on_bad_parts(api: httpx.Client, storage: httpx.Client,  # noqa: ANN001
+                                                       puter_user) -> None:  # noqa: ANN001
+    """As the server does it: every multipart completion is tried first, and one that fails
+    (a wrong ETag) fails the request before any entry is made; that session is failed."""
+    h = puter_user.home
+    a = start(api, f"{h}/cb/a.txt", 3, uploadMode="multipart", createMissingParents=True)
+    b = start(api, f"{h}/cb/b.txt", 3, uploadMode="multipart", createMissingParents=True)
+    ea = storage.put(a["multipartPartUrls"][0]["url"], content=b"aaa").headers["etag"]
+    storage.put(b["multipartPartUrls"][0]["url"], content=b"bbb").raise_for_status()
+    r = api.post("/fs/completeBatchWrite", json=[
+        {"uploadId": a["sessionId"], "parts": [{"partNumber": 1, "etag": ea}]},
+        {"uploadId": b["sessionId"], "parts": [{"partNumber": 1, "etag": '"0123"'}]},
+    ])
+    assert r.status_code == 500
+    assert api.post("/stat", json={"path": f"{h}/cb/a.txt"}).status_code == 404  # no entry for the good one
+    assert api.post("/stat", json={"path": f"{h}/cb/b.txt"}).status_code == 404
+    again = api.post("/fs/completeWrite", json={"uploadId": b["sessionId"], "parts": [{"partNumber": 1, "etag": ea}]})
+    assert again.status_code == 409 and "status=failed" in again.json()["message"]
