@@ -465,8 +465,11 @@ class DataCache:
         # the journal's commits (this file's and every earlier one: its create, a rename) and
         # the directories are synced in one worker-thread call
         self.cache.save(ent)
+        # fdatasync for fsync too: the cache file's own times are never used (the mount's are in
+        # the journal), and its size, which recovery reads, is what fdatasync keeps; an
+        # overwrite in place then costs no file system journal commit
         fd, mark = self._fd(node), self.cache.journal_mark()
-        await trio.to_thread.run_sync(lambda: self.cache.sync_files(fd, datasync=datasync, journal=mark))
+        await trio.to_thread.run_sync(lambda: self.cache.sync_files(fd, datasync=True, journal=mark))
         self.cache.journal_synced(mark)
         if self.sync_uploads:
             await self.queue.upload_now(ent.id)  # and on the server (its own lane)
