@@ -304,6 +304,7 @@ class CacheStore:
         self.paths: dict[str, CacheEntry] = {}  # path -> entry, kept in step with `entries`
         self._spares: list[CacheEntry] = []  # ready spare data files (not in entries/paths)
         self._spares_coming = 0  # spares being made on a worker thread
+        self._doomed: list[int] = []  # deleted entries whose files are still to be unlinked
         self._load()
         self.sync_journal()  # what the start-up repair changed is on the disk before anything else
 
@@ -945,11 +946,33 @@ class CacheStore:
                 e.path = new_path
             self.paths[e.path] = e
 
-    def delete(self, e: CacheEntry) -> None:
+    def delete(self, e: CacheEntry, *, later: bool = False) -> None:
+        """Forget `e` and delete its files; `later`: its files are unlinked by `unlink_doomed`
+        (on a worker thread: two inode deletions were most of an unlink's cost), after its
+        identity record says it is gone and its row is deleted, so that a data file left by
+        a kill -9 meanwhile is dropped at the next start, never recovered."""
         self.entries.pop(e.id, None)
         if self.paths.get(e.path) is e:
             del self.paths[e.path]
+        if later:
+            self._saved.pop(e.id, None)
+            gone = CacheEntry(id=e.id, path=f"\x00unlinked/{e.id}", gen=e.gen + 1)
+            try:
+                self._write_identity(gone, gone.gen, gone.identity(), may_reclaim=False)  # in place
+                self._sql("DELETE FROM files WHERE id = ?", (e.id,))
+            except OSError:
+                pass  # the plain way below (the data first: on a full disk that frees space)
+            else:
+                self._doomed.append(e.id)
+                return
         self._drop(e.id)
+
+    def unlink_doomed(self) -> None:
+        """Unlink the files of the entries `delete(later=True)` forgot (any thread)."""
+        while self._doomed:
+            entry_id = self._doomed.pop()
+            self._unlink(str(entry_id))
+            self._unlink(f"{entry_id}.id")
 
     def touch(self, e: CacheEntry) -> None:
         e.last_used = time.time()
@@ -1027,6 +1050,7 @@ class CacheStore:
 
     def close(self) -> None:
         try:
+            self.unlink_doomed()
             self.drop_spares()
             self.flush_usage()
         finally:

@@ -300,9 +300,14 @@ class DataCache:
     def _delete_entry(self, node: Node) -> None:
         """Delete the node's cache entry and its data file."""
         assert node.entry is not None
-        self.cache.delete(node.entry)
-        node.entry = None
         self._close_fd(node)
+        if self.spawn is None:
+            self.cache.delete(node.entry)
+        else:
+            # its files are unlinked on a worker thread, off the syscall's path
+            self.cache.delete(node.entry, later=True)
+            self.spawn(trio.to_thread.run_sync, self.cache.unlink_doomed)
+        node.entry = None
 
     def _discard_data(self, node: Node) -> None:
         """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""

@@ -248,3 +248,26 @@ def test_a_create_takes_a_spare_data_file_and_survives_kill_9_and_a_power_cut(tm
         after.close()
     c.close()
     assert {int(n.split(".")[0]) for n in os.listdir(tmp_path / "live" / "data")} == {e.id, c.paths["later.txt"].id}
+
+
+def test_a_delete_whose_files_are_unlinked_later_stays_deleted_across_kill_9(tmp_path: Path) -> None:
+    """An unlink in the mount leaves the unlinking of the cache files to a worker thread: a
+    kill -9 before it ran leaves files whose identity record says they are gone; the next
+    start drops them, it never recovers the deleted file."""
+    c = CacheStore(tmp_path / "live")
+    keep = c.create("keep.txt", dirty=True)
+    gone = c.create("gone.txt", dirty=True)
+    _write(c, gone, b"deleted content")
+    gone.size = 15
+    c.save(gone)
+    c.delete(gone, later=True)
+    assert os.path.exists(tmp_path / "live" / "data" / str(gone.id))  # not unlinked yet
+    shutil.copytree(tmp_path / "live", tmp_path / "killed", ignore=shutil.ignore_patterns("*-shm"))
+    after = CacheStore(tmp_path / "killed")
+    assert sorted(after.paths) == ["keep.txt"]
+    assert after.lost == [] and after.recovered == []
+    assert sorted(os.listdir(tmp_path / "killed" / "data")) == sorted([str(keep.id), f"{keep.id}.id"])
+    after.close()
+    c.unlink_doomed()
+    assert sorted(os.listdir(tmp_path / "live" / "data")) == sorted([str(keep.id), f"{keep.id}.id"])
+    c.close()
