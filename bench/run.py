@@ -1058,7 +1058,8 @@ def _ls_rows(w: dict[str, Any], n_files: int, rows: list[Any], verdict: Any, ref
     ls = w["ls -lR"]["puterfs"]
     rows.append((f"ls -lR {n_files:,} entries, cold", f"{ls['cold s']:.3f} s, {ls['cold listing requests']:.0f} "
                  f"listings ({ls['cold requests']:.0f} req)", f"{ref} {w['ls -lR'][ref]['cold s']:.3f} s", "",
-                 verdict(ls["cold listing requests"] <= 11, "<= 1 listing request per directory (11)")))  # fmt: skip
+                 verdict(ls["cold listing requests"] <= 12,
+                         "<= 1 listing request per directory (12: the mount root, ls/, its 10)")))  # fmt: skip
     rows.append((f"ls -lR {n_files:,} entries, warm", f"{ls['warm s']:.3f} s, {ls['warm requests']:.0f} req",
                  f"{ref} {w['ls -lR'][ref]['warm s']:.3f} s", "", verdict(ls["warm requests"] == 0, "0 requests")))
 
