@@ -1063,20 +1063,36 @@ class CacheStore:
                     pass
 
     def _transaction(self) -> _Tx:
-        return _Tx(self._db)
+        return _Tx(self._db, self.root / JOURNAL)
 
 
 class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """One journal transaction. A COMMIT the disk refuses is an OSError like every other
+    journal statement's (`_sql`): ENOSPC for a full disk, else EIO; the transaction is then
+    rolled back (SQLite may already have rolled it back itself on SQLITE_FULL)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
+        self.path = path
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN")
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        except sqlite3.OperationalError:
-            if exc_type is None:
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
                 self.db.execute("ROLLBACK")
-                raise
+            except sqlite3.DatabaseError:
+                pass  # nothing more to undo; the caller's error is what counts
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as err:
+            self._rollback()
+            if getattr(err, "sqlite_errorcode", 0) == 13 or "full" in str(err).lower():
+                raise OSError(errno.ENOSPC, f"the cache disk is full (journal {self.path})") from None
+            raise OSError(errno.EIO, f"cache journal: {err}") from None
