@@ -25,21 +25,56 @@ def test_rmdir_non_empty_is_enotempty(mount: MountedFs) -> None:
     assert mount.remote.read("full/f") == b"x"
 
 
+def _rmdir_keeps_what_the_server_holds(mount: MountedFs, d, *, raced: bool) -> None:
+    """rmdir of `d`, which the mount saw empty and the server has filled meanwhile. When the
+    change event came first, the cached listing knows and rmdir says ENOTEMPTY. When the rmdir
+    came first (the event late, or none: events down), the mount removes the directory locally;
+    its non-recursive delete is refused by the server (not empty), and the directory comes back
+    with what was made in it. Either way nothing on the server is deleted."""
+    try:
+        os.rmdir(d)
+        removed = True
+    except OSError as exc:
+        assert exc.errno == errno.ENOTEMPTY, f"rmdir of a directory non-empty on the server gave {exc}"
+        removed = False
+    if raced:
+        assert removed, "the mount could not know the server's change, yet refused the rmdir"
+    if removed:
+        wait_for(lambda: (d / "from-elsewhere.txt").exists(), 30, "the directory back, with the server's file")
+        assert (d / "from-elsewhere.txt").read_bytes() == b"keep me"
+    mount.wait_uploaded()
+    assert mount.remote.read(f"{d.name}/from-elsewhere.txt") == b"keep me"
+    assert os.listdir(d) == ["from-elsewhere.txt"]
+
+
 def test_rmdir_of_dir_filled_on_the_server(mount: MountedFs) -> None:
     # The mount saw the directory empty; the server filled it meanwhile. rmdir must not
     # delete the server's content (the server's /delete is recursive by default).
+    wait_for(lambda: (st := mount.proc.state()) and st["freshness"]["mode"] == "events", 20, "change events")
     d = mount.path / "shared"
     d.mkdir()
     mount.wait_uploaded()
     assert os.listdir(d) == []
     mount.remote.write("shared/from-elsewhere.txt", b"keep me")
-    err = None
+    _rmdir_keeps_what_the_server_holds(mount, d, raced=False)
+
+
+def test_rmdir_before_the_servers_change_is_seen_keeps_it(mount_factory, emulator) -> None:
+    # No change events and a slow timestamp poll: the mount cannot know the directory was
+    # filled, so its rmdir succeeds here, and the server's refusal brings the directory back.
+    m = mount_factory(poll_interval=600)
+    d = m.path / "shared2"
+    d.mkdir()
+    m.wait_uploaded()
+    assert os.listdir(d) == []
+    emulator.set_faults({"path": "/socket.io/", "status": 503})
     try:
-        os.rmdir(d)
-    except OSError as exc:
-        err = exc.errno
-    assert err == errno.ENOTEMPTY, f"rmdir of a directory non-empty on the server gave {err}"
-    assert mount.remote.read("shared/from-elsewhere.txt") == b"keep me"
+        emulator.drop_sockets()
+        wait_for(lambda: (st := m.proc.state()) and st["freshness"]["mode"] == "polling", 20, "events down")
+        m.remote.write("shared2/from-elsewhere.txt", b"keep me")
+        _rmdir_keeps_what_the_server_holds(m, d, raced=True)
+    finally:
+        emulator.clear_faults()
 
 
 def test_mkdir_existing_is_eexist(mount: MountedFs) -> None:
