@@ -372,12 +372,10 @@ class CacheStore:
             try:
                 return self._db.execute(query, args)
             except sqlite3.DatabaseError as exc:
-                full = getattr(exc, "sqlite_errorcode", 0) == 13 or "full" in str(exc).lower()
-                if not full:
-                    raise OSError(errno.EIO, f"cache journal: {exc}") from None
-                if attempt == 0 and self._reclaim():
+                err = journal_error(exc, self.root / JOURNAL)
+                if err.errno == errno.ENOSPC and attempt == 0 and self._reclaim():
                     continue
-                raise OSError(errno.ENOSPC, f"the cache disk is full (journal {self.root / JOURNAL})") from None
+                raise err from None
         raise AssertionError("unreachable")
 
     def _reclaim(self) -> int:
@@ -1066,6 +1064,14 @@ class CacheStore:
         return _Tx(self._db, self.root / JOURNAL)
 
 
+def journal_error(exc: sqlite3.DatabaseError, path: Path) -> OSError:
+    """The OSError for a journal statement SQLite refused: ENOSPC when the disk is full
+    (SQLITE_FULL, 13), else EIO."""
+    if getattr(exc, "sqlite_errorcode", 0) == 13 or "full" in str(exc).lower():
+        return OSError(errno.ENOSPC, f"the cache disk is full (journal {path})")
+    return OSError(errno.EIO, f"cache journal: {exc}")
+
+
 class _Tx:
     """One journal transaction. A COMMIT the disk refuses is an OSError like every other
     journal statement's (`_sql`): ENOSPC for a full disk, else EIO; the transaction is then
@@ -1093,6 +1099,4 @@ class _Tx:
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as err:
             self._rollback()
-            if getattr(err, "sqlite_errorcode", 0) == 13 or "full" in str(err).lower():
-                raise OSError(errno.ENOSPC, f"the cache disk is full (journal {self.path})") from None
-            raise OSError(errno.EIO, f"cache journal: {err}") from None
+            raise journal_error(err, self.path) from None
