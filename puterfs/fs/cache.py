@@ -849,14 +849,16 @@ class CacheStore:
         """Write `e`'s fields to the journal (and its identity record when that changed)."""
         self._commit(e)
 
-    def sync_files(self, data_fd: int | None = None, *, datasync: bool = False, journal: int | None = None) -> None:
+    def sync_files(self, data_fd: int | None = None, *, datasync: bool = False, journal: int | None = None,
+                   together: bool = True) -> None:
         """Make what a power cut could still take durable (fsync), in one go: the data file
         `data_fd` (fdatasync with `datasync`), the journal's commits when `journal` is a mark
         of `journal_mark` (then pass it to `journal_synced`), the directory entry of a data
         file (the `data/` directory is synced when a file was created in it since its last
         sync) and, once, the cache directory's (the journal's own files). The identity records
         are not synced: they are only read when the journal is damaged. Safe to call from a
-        worker thread: it uses descriptors and two flags only."""
+        worker thread: it uses descriptors and two flags only. `together=False`: one after
+        the other on this thread (no thread woken: cheaper when nothing else is waiting)."""
         jobs: list[Callable[[], None]] = []
         if data_fd is not None:
             jobs.append(lambda: (os.fdatasync if datasync else os.fsync)(data_fd))
@@ -870,7 +872,11 @@ class CacheStore:
         if root:
             jobs.append(lambda: os.fsync(self._root_fd))
         try:
-            self._run_together(jobs)
+            if together:
+                self._run_together(jobs)
+            else:
+                for job in jobs:
+                    job()
         except BaseException:
             if data_dir:
                 self._data_dir_unsynced = True

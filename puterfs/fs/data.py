@@ -22,7 +22,7 @@ from puterfs.client._errors import (
     PuterError,
 )
 from puterfs.fs.cache import BLOCK_SIZE, CacheEntry
-from puterfs.fs.errors import FsError
+from puterfs.fs.errors import FsError, handlers_running
 from puterfs.fs.freshness import content_changed
 from puterfs.fs.freshness import verify as verify_version
 from puterfs.fs.inodes import Node
@@ -46,6 +46,8 @@ class _Handle:
 
 
 class DataCache:
+    _syncs_on_threads = 0  # fsyncs waiting for worker threads
+
     def _fd(self, node: Node) -> int:
         assert node.entry is not None
         if node.fd is None:
@@ -474,7 +476,17 @@ class DataCache:
         # the journal), and its size, which recovery reads, is what fdatasync keeps; an
         # overwrite in place then costs no file system journal commit
         fd, mark = self._fd(node), self.cache.journal_mark()
-        await trio.to_thread.run_sync(lambda: self.cache.sync_files(fd, datasync=True, journal=mark))
+        if self._syncs_on_threads == 0 and handlers_running() <= 1:
+            # nothing else to answer meanwhile: the syncs on this thread, one after the other.
+            # Handing them to worker threads and waking this one again cost more than they
+            # did (about 1.5 ms an fsync against 1.0 ms, editor saves, 2 loaded cores)
+            self.cache.sync_files(fd, datasync=True, journal=mark, together=False)
+        else:  # other requests go on while the disk works
+            self._syncs_on_threads += 1
+            try:
+                await trio.to_thread.run_sync(lambda: self.cache.sync_files(fd, datasync=True, journal=mark))
+            finally:
+                self._syncs_on_threads -= 1
         self.cache.journal_synced(mark)
         if self.sync_uploads:
             await self.queue.upload_now(ent.id)  # and on the server (its own lane)

@@ -74,11 +74,22 @@ def to_errno(exc: BaseException) -> int:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+_running = 0  # handlers decorated by fuse_errors under way (all on the trio thread)
+
+
+def handlers_running() -> int:
+    """How many FUSE requests the mount is answering right now (the caller's own included)."""
+    return _running
+
+
 def fuse_errors(func: F) -> F:
-    """Decorate a pyfuse3 handler so that any failure reaches the kernel as an errno."""
+    """Decorate a pyfuse3 handler so that any failure reaches the kernel as an errno (and
+    count it while it runs: `handlers_running`)."""
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _running
+        _running += 1
         try:
             return await func(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -97,5 +108,7 @@ def fuse_errors(func: F) -> F:
             else:
                 log.exception("%s: unexpected error, reporting EIO", func.__name__)
             raise pyfuse3.FUSEError(code) from None
+        finally:
+            _running -= 1
 
     return wrapper  # type: ignore[return-value]

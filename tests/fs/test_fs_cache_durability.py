@@ -80,19 +80,21 @@ def _write(c: CacheStore, e: CacheEntry, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync(c: CacheStore, e: CacheEntry) -> None:
-    """What the mount's fsync handler does (DataCache._fsync)."""
+def _fsync(c: CacheStore, e: CacheEntry, *, together: bool = True) -> None:
+    """What the mount's fsync handler does (DataCache._fsync): the syncs on worker threads
+    together, or (nothing else to answer) one after the other on its own thread."""
     c.save(e)
     fd = c.open_data(e.id)
     try:
         mark = c.journal_mark()
-        c.sync_files(fd, journal=mark)
+        c.sync_files(fd, journal=mark, together=together)
         c.journal_synced(mark)
     finally:
         os.close(fd)
 
 
-def test_a_created_file_fsynced_survives_a_power_cut(tmp_path: Path, disk: Disk) -> None:
+@pytest.mark.parametrize("together", [True, False], ids=["on-threads", "inline"])
+def test_a_created_file_fsynced_survives_a_power_cut(tmp_path: Path, disk: Disk, together: bool) -> None:
     c = CacheStore(tmp_path / "live")
     for i in range(3):
         c.create(f"other{i}.txt", dirty=True)  # committed, never synced by themselves
@@ -100,7 +102,7 @@ def test_a_created_file_fsynced_survives_a_power_cut(tmp_path: Path, disk: Disk)
     data = b"saved text\n" * 100
     _write(c, e, data)
     e.size = len(data)
-    _fsync(c, e)
+    _fsync(c, e, together=together)
     c.rename("doc.txt", "renamed.txt")  # after the fsync and not synced: a power cut may take it
     disk.power_cut_image(tmp_path / "live", tmp_path / "image")
     after = CacheStore(tmp_path / "image")
