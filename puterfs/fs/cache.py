@@ -29,7 +29,11 @@ Rules:
   planted symlink is refused, never followed. Journal rows whose path could leave the mount
   (``..``, absolute, NUL) are refused.
 * Clean rows are a read cache. Only ``complete`` clean files are kept across restarts;
-  partially fetched ones are dropped at start (their block map lives in memory only).
+  partially fetched ones are dropped at start (their block map lives in memory only). A
+  clean file is complete in the journal only once its data file is synced (`mark_complete`,
+  `sync_completed`): before that its row says incomplete, so a power cut that took its
+  bytes (a data file of holes, or short) makes it be fetched again, never served. A clean
+  row whose data file is not of its size is dropped at start too.
 * The journal is keyed by a stable id, not the path: renames update ``path`` in place.
 
 All methods are synchronous and short (SQLite on local disk): under trio, code between
@@ -142,6 +146,9 @@ class CacheEntry:
     uncertain_since: float | None = None
     # inode-table sequence number of the last successful upload (memory only)
     uploaded_seq: int = 0
+    # complete (clean) in memory, but its data file is not synced yet: the journal says
+    # incomplete until `sync_completed` synced it (a token, memory only; 0: nothing pending)
+    unsynced: int = 0
     # what data/<id>.id says now (memory only; None: not known)
     written: dict[str, Any] | None = None
     # Change detection by version (memory only, docs/reliability.md): the server's entries
@@ -305,6 +312,7 @@ class CacheStore:
         self._spares: list[CacheEntry] = []  # ready spare data files (not in entries/paths)
         self._spares_coming = 0  # spares being made on a worker thread
         self._doomed: list[int] = []  # deleted entries whose files are still to be unlinked
+        self._unsynced_seq = 0  # tokens of `mark_complete`
         self._load()
         self.sync_journal()  # what the start-up repair changed is on the disk before anything else
 
@@ -430,7 +438,7 @@ class CacheStore:
     def _save_row(self, e: CacheEntry) -> None:
         values = (
             e.path, int(e.dirty), e.size, e.mtime_ns, e.mode, e.base_uid, e.base_size, e.base_modified,
-            int(e.complete), e.last_used, e.gen, e.base_etag, json.dumps(e.sent_md5) if e.sent_md5 else None,
+            int(e.complete and (e.dirty or not e.unsynced)), e.last_used, e.gen, e.base_etag, json.dumps(e.sent_md5) if e.sent_md5 else None,
             e.id,
         )
         if self._saved.get(e.id) == values:
@@ -573,8 +581,9 @@ class CacheStore:
                 if not e.path.startswith(("\x00unlinked/", SPARE_PATH)):
                     log.error("cache: refused journal row %d: path %r would leave the mount", entry_id, e.path)
                 continue
-            if not e.dirty and (not e.complete or row is None):
-                # a clean copy of server data (partial, or of unknown completeness): the server has it
+            if not e.dirty and (not e.complete or row is None or st.st_size != e.size):
+                # a clean copy of server data (partial, of unknown completeness, or cut short by
+                # a power cut): the server has it
                 self._drop(entry_id)
                 continue
             if e.dirty:
@@ -915,8 +924,74 @@ class CacheStore:
             self._commit(e, _durable=True, dirty=True, complete=True)
 
     def mark_clean(self, e: CacheEntry, *, uid: str | None, size: int, modified: int | None, etag: str | None = None) -> None:
-        self._commit(e, dirty=False, complete=True, base_uid=uid, base_size=size, base_modified=modified,
-                     base_etag=etag, sent_md5=[])
+        """Uploaded: a clean copy of the server's, complete in the journal once its data file
+        is synced (`mark_complete`): the bytes of a file nobody fsync'ed may not be on the disk."""
+        self._unsynced_seq += 1
+        old = e.unsynced
+        e.unsynced = self._unsynced_seq
+        try:
+            self._commit(e, dirty=False, complete=True, base_uid=uid, base_size=size, base_modified=modified,
+                         base_etag=etag, sent_md5=[])
+        except BaseException:
+            e.unsynced = old
+            raise
+
+    def mark_complete(self, e: CacheEntry) -> None:
+        """Every byte of clean `e` is in its data file: complete in memory at once (reads are
+        served from it), in the journal once the data file is synced (`sync_completed`, in
+        the background). Before that, a power cut cannot leave a row that calls a data file
+        of holes complete: its row says incomplete, so it is fetched again."""
+        e.complete = True
+        e.blocks.clear()
+        if not e.dirty:
+            self._unsynced_seq += 1
+            e.unsynced = self._unsynced_seq
+        self.save(e)
+
+    def completed_unsynced(self) -> list[tuple[int, int]]:
+        """(id, token) of the complete clean entries whose data files are not synced yet."""
+        return [(e.id, e.unsynced) for e in self.entries.values() if e.unsynced and not e.dirty and e.complete]
+
+    def sync_data_files(self, ids: list[int]) -> list[int]:
+        """fdatasync the data files of `ids` (several at once; any thread: descriptors only).
+        Returns those synced (a file deleted meanwhile is not)."""
+        done: list[int] = []
+
+        def one(entry_id: int) -> None:
+            try:
+                fd = self.open_data(entry_id, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            done.append(entry_id)
+
+        for i in range(0, len(ids), 8):
+            self._run_together([lambda x=x: one(x) for x in ids[i:i + 8]])
+        return done
+
+    def completed_synced(self, pending: list[tuple[int, int]], synced: list[int]) -> None:
+        """`sync_data_files` synced `synced` of `pending` (main thread): those whose content
+        did not change since become complete in the journal."""
+        ok = set(synced)
+        for entry_id, token in pending:
+            e = self.entries.get(entry_id)
+            if entry_id not in ok or e is None or e.unsynced != token:
+                continue  # gone, or fetched (or uploaded) again since: the next round syncs it
+            e.unsynced = 0
+            if not e.dirty and e.complete:
+                try:
+                    self.save(e)
+                except OSError as exc:
+                    log.warning("cache: cannot record %r as complete: %s", e.path, exc)
+
+    def sync_completed(self) -> None:
+        """Sync the data files of complete clean entries and record them complete (this thread)."""
+        pending = self.completed_unsynced()
+        if pending:
+            self.completed_synced(pending, self.sync_data_files([i for i, _ in pending]))
 
     def set_base(self, e: CacheEntry, *, uid: str | None, size: int | None, modified: int | None,
                  etag: str | None = None) -> None:
@@ -1054,6 +1129,10 @@ class CacheStore:
 
     def close(self) -> None:
         try:
+            try:
+                self.sync_completed()  # what was fetched stays cached across the restart
+            except OSError as exc:
+                log.warning("cache: cannot sync the cached files: %s", exc)
             self.unlink_doomed()
             self.drop_spares()
             self.flush_usage()

@@ -111,9 +111,7 @@ class DataCache:
                 self._pwrite(node, data, begin)
                 ent.blocks.update(range(start_block, stop_block + 1))
             if len(ent.blocks) * BLOCK_SIZE >= ent.size and ent.missing_blocks(0, ent.size) == []:
-                ent.complete = True
-                ent.blocks.clear()
-                self.cache.save(ent)
+                self.cache.mark_complete(ent)  # in the journal once its data file is synced
         # blocks after the run (not contiguous) are fetched by the next call
         if ent.missing_blocks(off, size):
             await self._fetch(node, off, size)
@@ -156,9 +154,7 @@ class DataCache:
         ent = self._ensure_entry(node)
         if not ent.complete:
             await self._fetch(node, 0, ent.size, readahead=READAHEAD_BLOCKS)
-            ent.complete = True
-            ent.blocks.clear()
-            self.cache.save(ent)
+            self.cache.mark_complete(ent)
         return ent
 
     def _dirty(self, node: Node) -> CacheEntry:
@@ -450,12 +446,22 @@ class DataCache:
         finally:
             self.cache.add_spares(spares, made)
 
+    async def _sync_completed(self) -> None:
+        """Sync the data files of the clean files fetched (or uploaded) in full since the last
+        time, on a worker thread, and record them complete in the journal (cache.mark_complete)."""
+        pending = self.cache.completed_unsynced()
+        if pending:
+            synced = await trio.to_thread.run_sync(self.cache.sync_data_files, [i for i, _ in pending])
+            self.cache.completed_synced(pending, synced)
+
     async def sync_journal_every(self, interval: float) -> None:
         """Sync the journal's commits every `interval` seconds while there are unsynced ones:
-        a power cut takes at most the last few seconds of what no fsync made durable."""
+        a power cut takes at most the last few seconds of what no fsync made durable. The
+        clean files completed since are synced first and recorded complete."""
         while True:
             await trio.sleep(interval)
             try:
+                await self._sync_completed()
                 await self._sync_journal()
             except OSError as exc:
                 log.warning("cache: cannot sync the journal: %s", exc)

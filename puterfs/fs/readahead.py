@@ -277,9 +277,7 @@ class ReadAhead:
             self._landed.append(_Landed(ent, begin, length, buf, etag))
             landed = True
             if ent.missing_blocks(0, ent.size) == []:
-                ent.complete = True
-                ent.blocks.clear()
-                ops.cache.save(ent)
+                ops.cache.mark_complete(ent)  # in the journal once its data file is synced
         except Exception as exc:  # noqa: BLE001 - a hint only; the reader's own fetch reports errors
             log.debug("read-ahead of %s blocks %d-%d dropped: %s", node.path, first, last, exc)
         finally:

@@ -15,10 +15,15 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from puterfs.fs.cache import JOURNAL, CacheEntry, CacheStore
+from puterfs.fs.data import DataCache
+from puterfs.fs.inodes import Node
+from puterfs.fs.readahead import ReadAhead
 
 
 class Disk:
@@ -36,11 +41,13 @@ class Disk:
             with open(path, "rb") as f:
                 self.synced[path] = f.read()
 
-    def power_cut_image(self, src: Path, dst: Path) -> None:
+    def power_cut_image(self, src: Path, dst: Path, *, sizes_kept: bool = False) -> None:
         """dst: the cache dir `src` as a power cut right now would leave it, at worst: the
         database file as SQLite wrote it (it syncs that file itself, at checkpoints), the
         -wal as of its last fsync, a data file only if its name or bytes were synced (with
-        its bytes as of its last fsync, else empty), no identity record (never synced)."""
+        its bytes as of its last fsync, else empty; `sizes_kept`: else holes of its size, as
+        a sparse file's size survives, journaled with the truncate that made it, while the
+        bytes written into its holes do not), no identity record (never synced)."""
         os.mkdir(dst, 0o700)
         os.mkdir(dst / "data", 0o700)
         (dst / JOURNAL).write_bytes((src / JOURNAL).read_bytes())
@@ -51,7 +58,8 @@ class Disk:
         names = {n for n in self.names.get(str(data), set()) if not n.endswith(".id")}
         names |= {Path(p).name for p in self.synced if Path(p).parent == data and not p.endswith(".id")}
         for name in names:
-            (dst / "data" / name).write_bytes(self.synced.get(str(data / name), b""))
+            unsynced = b"\0" * (data / name).stat().st_size if sizes_kept else b""
+            (dst / "data" / name).write_bytes(self.synced.get(str(data / name), unsynced))
 
 
 @pytest.fixture
@@ -187,10 +195,6 @@ def test_a_sync_with_nothing_to_sync_does_nothing(tmp_path: Path, disk: Disk) ->
 def test_commits_no_fsync_synced_reach_the_disk_within_the_interval(tmp_path: Path, disk: Disk) -> None:
     """What no fsync made durable is synced by the mount's periodic journal sync (every
     JOURNAL_SYNC_INTERVAL seconds while there are unsynced commits)."""
-    import trio
-
-    from puterfs.fs.data import DataCache
-
     c = CacheStore(tmp_path / "live")
 
     class Ops(DataCache):
@@ -272,4 +276,101 @@ def test_a_delete_whose_files_are_unlinked_later_stays_deleted_across_kill_9(tmp
     after.close()
     c.unlink_doomed()
     assert sorted(os.listdir(tmp_path / "live" / "data")) == sorted([str(keep.id), f"{keep.id}.id"])
+    c.close()
+
+
+SERVER_BYTES = bytes(range(256)) * 40  # 10 KiB, one block
+
+
+class _Fetching(DataCache):
+    """The mount's data cache fetching a server file: what stands for the server answers
+    `read_version` (the remote layer's call: bytes and the version tag) from SERVER_BYTES."""
+
+    class _Ns:
+        applied = 0
+
+        @staticmethod
+        def server_paths(path: str) -> list[str]:
+            return [path]
+
+    def __init__(self, cache: CacheStore) -> None:
+        self.cache = cache
+        self.ns = self._Ns()
+        self.remote = self
+        self.readahead = ReadAhead(self)
+        self._locks: dict[int, trio.Lock] = {}
+
+    def _lock(self, node: Node) -> trio.Lock:
+        return self._locks.setdefault(node.inode, trio.Lock())
+
+    async def read_version(self, rel: str, offset: int, length: int, *, size: int) -> tuple[bytes, Any]:
+        return SERVER_BYTES[offset:offset + length], "etag-1"
+
+
+def _fetched(c: CacheStore, how: str) -> Node:
+    """A clean cached copy of "cached.bin" with every byte of it in its data file: fetched
+    through the mount's data cache, or written and uploaded (the uploader's `mark_clean`)."""
+    node = Node(inode=2, path="cached.bin", is_dir=False, mode=0o100644, size=len(SERVER_BYTES),
+                remote_fp=("uid-1", len(SERVER_BYTES), 1_700_000_000))
+    ops = _Fetching(c)
+    if how == "fetched":
+        trio.run(ops._ensure_complete, node)
+    else:
+        node.entry = c.create("cached.bin", dirty=True)
+        _write(c, node.entry, SERVER_BYTES)
+        node.entry.size = len(SERVER_BYTES)
+        c.mark_clean(node.entry, uid="uid-1", size=len(SERVER_BYTES), modified=1_700_000_000, etag="etag-1")
+    assert node.entry is not None and node.entry.complete and not node.entry.dirty
+    with c.open_file(node.entry.id) as f:
+        assert f.read() == SERVER_BYTES
+    return node
+
+
+@pytest.mark.parametrize("how", ["fetched", "uploaded"])
+@pytest.mark.parametrize("sizes_kept", [True, False], ids=["holes", "short"])
+def test_a_clean_cached_file_is_never_complete_in_the_journal_before_its_bytes_are_on_the_disk(
+    tmp_path: Path, disk: Disk, how: str, sizes_kept: bool
+) -> None:
+    """A power cut after the journal was synced (by any fsync, or the periodic sync) but
+    before the cached file's bytes reached the disk leaves a data file of holes (its size was
+    set when it was made sparse) or a short one: the next start must fetch it again, never
+    take the row's word that it is complete and serve zeros."""
+    c = CacheStore(tmp_path / "live")
+    _fetched(c, how)
+    other = c.create("other.txt", dirty=True)
+    _fsync(c, other)  # another file's fsync syncs every commit so far, the row of cached.bin's too
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image", sizes_kept=sizes_kept)
+    after = CacheStore(tmp_path / "image")
+    got = after.paths.get("cached.bin")
+    if got is not None:  # kept only as what it is: a complete copy of the server's bytes
+        assert got.complete and not got.dirty
+        with after.open_file(got.id) as f:
+            assert f.read() == SERVER_BYTES
+    assert "other.txt" in after.paths
+    after.close()
+    c.close()
+
+
+@pytest.mark.parametrize("how", ["fetched", "uploaded"])
+def test_a_clean_cached_file_is_complete_across_a_power_cut_after_the_periodic_sync(
+    tmp_path: Path, disk: Disk, how: str
+) -> None:
+    """The mount's periodic sync (sync_journal_every) syncs the data files of what was
+    completed since, then the journal: from then on a power cut keeps the cached copy."""
+    c = CacheStore(tmp_path / "live")
+    _fetched(c, how)
+    ops = _Fetching(c)
+
+    async def periodic_sync_once() -> None:
+        await ops._sync_completed()
+        await ops._sync_journal()
+
+    trio.run(periodic_sync_once)
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image", sizes_kept=True)
+    after = CacheStore(tmp_path / "image")
+    got = after.paths["cached.bin"]
+    assert got.complete and not got.dirty and got.base_etag == "etag-1"
+    with after.open_file(got.id) as f:
+        assert f.read() == SERVER_BYTES
+    after.close()
     c.close()
