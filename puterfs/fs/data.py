@@ -165,6 +165,8 @@ class DataCache:
         if not ent.dirty:
             self.cache.mark_dirty(ent)  # committed before the write returns
             self.readahead.drop(ent.id)
+        elif ent.id in self.cache.inlined:
+            self.cache.uninline(ent, self._fd(node))  # its last fsync's bytes: synced in its data file
         ent.version += 1
         self.queue.changed(ent.id)
         node.local_seq = self.table.next_seq()
@@ -476,21 +478,24 @@ class DataCache:
             return
         # durable on the local disk: the row is committed (size, mtime), then the data file,
         # the journal's commits (this file's and every earlier one: its create, a rename) and
-        # the directories are synced in one worker-thread call
+        # the directories are synced in one go. A small file's bytes go into the journal
+        # instead (cache.INLINE_MAX): then only the journal is synced
         self.cache.save(ent)
+        fd = self._fd(node)
+        data_fd = None if self.cache.inline_data(ent, fd) else fd
         # fdatasync for fsync too: the cache file's own times are never used (the mount's are in
         # the journal), and its size, which recovery reads, is what fdatasync keeps; an
         # overwrite in place then costs no file system journal commit
-        fd, mark = self._fd(node), self.cache.journal_mark()
+        mark = self.cache.journal_mark()
         if self._syncs_on_threads == 0 and handlers_running() <= 1:
             # nothing else to answer meanwhile: the syncs on this thread, one after the other.
             # Handing them to worker threads and waking this one again cost more than they
             # did (about 1.5 ms an fsync against 1.0 ms, editor saves, 2 loaded cores)
-            self.cache.sync_files(fd, datasync=True, journal=mark, together=False)
+            self.cache.sync_files(data_fd, datasync=True, journal=mark, together=False)
         else:  # other requests go on while the disk works
             self._syncs_on_threads += 1
             try:
-                await trio.to_thread.run_sync(lambda: self.cache.sync_files(fd, datasync=True, journal=mark))
+                await trio.to_thread.run_sync(lambda: self.cache.sync_files(data_fd, datasync=True, journal=mark))
             finally:
                 self._syncs_on_threads -= 1
         self.cache.journal_synced(mark)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from puterfs.fs.cache import JOURNAL, CacheEntry, CacheStore
+from puterfs.fs.cache import INLINE_MAX, JOURNAL, CacheEntry, CacheStore
 from puterfs.fs.data import DataCache
 from puterfs.fs.inodes import Node
 from puterfs.fs.readahead import ReadAhead
@@ -89,25 +89,28 @@ def _write(c: CacheStore, e: CacheEntry, data: bytes) -> None:
 
 
 def _fsync(c: CacheStore, e: CacheEntry, *, together: bool = True) -> None:
-    """What the mount's fsync handler does (DataCache._fsync): the syncs on worker threads
-    together, or (nothing else to answer) one after the other on its own thread."""
+    """What the mount's fsync handler does (DataCache._fsync): a small file's bytes into the
+    journal (else its data file synced), the syncs on worker threads together, or (nothing
+    else to answer) one after the other on its own thread."""
     c.save(e)
     fd = c.open_data(e.id)
     try:
+        data_fd = None if c.inline_data(e, fd) else fd
         mark = c.journal_mark()
-        c.sync_files(fd, journal=mark, together=together)
+        c.sync_files(data_fd, journal=mark, together=together)
         c.journal_synced(mark)
     finally:
         os.close(fd)
 
 
-@pytest.mark.parametrize("together", [True, False], ids=["on-threads", "inline"])
-def test_a_created_file_fsynced_survives_a_power_cut(tmp_path: Path, disk: Disk, together: bool) -> None:
+@pytest.mark.parametrize("together", [True, False], ids=["on-threads", "one-thread"])
+@pytest.mark.parametrize("size", [1100, INLINE_MAX + 1], ids=["in-the-journal", "data-file-synced"])
+def test_a_created_file_fsynced_survives_a_power_cut(tmp_path: Path, disk: Disk, together: bool, size: int) -> None:
     c = CacheStore(tmp_path / "live")
     for i in range(3):
         c.create(f"other{i}.txt", dirty=True)  # committed, never synced by themselves
     e = c.create("doc.txt", dirty=True)
-    data = b"saved text\n" * 100
+    data = (b"saved text\n" * (size // 11 + 1))[:size]
     _write(c, e, data)
     e.size = len(data)
     _fsync(c, e, together=together)
@@ -372,5 +375,67 @@ def test_a_clean_cached_file_is_complete_across_a_power_cut_after_the_periodic_s
     assert got.complete and not got.dirty and got.base_etag == "etag-1"
     with after.open_file(got.id) as f:
         assert f.read() == SERVER_BYTES
+    after.close()
+    c.close()
+
+
+def _change(c: CacheStore, e: CacheEntry, data: bytes) -> None:
+    """What a write through the mount does to a dirty file (DataCache._dirty, the pwrite,
+    the row at close)."""
+    fd = c.open_data(e.id)
+    try:
+        c.uninline(e, fd)
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    e.size = len(data)
+    c.save(e)
+
+
+def test_a_small_file_fsynced_then_changed_keeps_the_newest_bytes_across_kill_9_and_a_power_cut(
+    tmp_path: Path, disk: Disk
+) -> None:
+    """An fsync of a small file syncs only the journal, which holds its bytes; before they
+    change again its data file is synced and the journal's copy dropped: a kill -9 keeps the
+    newer bytes (never the older copy put back), a power cut at least the fsync'ed ones."""
+    c = CacheStore(tmp_path / "live")
+    e = c.create("log.txt", dirty=True)
+    _write(c, e, b"first, fsync'ed\n")
+    e.size = 16
+    _fsync(c, e)
+    assert e.id in c.inlined and str(tmp_path / "live" / "data" / str(e.id)) not in disk.synced
+    _change(c, e, b"second, never fsync'ed\n")
+    assert e.id not in c.inlined
+    other = c.create("other.txt", dirty=True)
+    _fsync(c, other)  # syncs the journal: the copy's removal is on the disk, the data file before it
+    shutil.copytree(tmp_path / "live", tmp_path / "killed", ignore=shutil.ignore_patterns("*-shm"))
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image")
+    for where, expect in (("killed", b"second, never fsync'ed\n"), ("image", b"first, fsync'ed\n")):
+        after = CacheStore(tmp_path / where)
+        got = after.paths["log.txt"]
+        assert got.dirty and got.size == len(expect), where
+        with after.open_file(got.id) as f:
+            assert f.read() == expect, where
+        after.close()
+    c.close()
+
+
+def test_an_uploaded_small_file_is_not_put_back_from_the_journal(tmp_path: Path, disk: Disk) -> None:
+    """Once uploaded (clean), the journal's copy of a small file's last fsync is dropped: a
+    power cut then brings back no stale dirty copy to upload over the server's."""
+    c = CacheStore(tmp_path / "live")
+    e = c.create("up.txt", dirty=True)
+    _write(c, e, b"uploaded bytes")
+    e.size = 14
+    _fsync(c, e)
+    c.mark_clean(e, uid="uid-1", size=14, modified=1_700_000_000)
+    assert e.id not in c.inlined
+    other = c.create("other.txt", dirty=True)
+    _fsync(c, other)
+    disk.power_cut_image(tmp_path / "live", tmp_path / "image")
+    after = CacheStore(tmp_path / "image")
+    assert "up.txt" not in after.paths  # clean, its data file not synced: fetched again when read
+    assert after._db.execute("SELECT count(*) FROM synced_data").fetchone()[0] == 0
     after.close()
     c.close()
