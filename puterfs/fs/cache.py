@@ -1114,12 +1114,18 @@ class CacheStore:
                 return
         self._drop(e.id)
 
-    def unlink_doomed(self) -> None:
-        """Unlink the files of the entries `delete(later=True)` forgot (any thread)."""
-        while self._doomed:
-            entry_id = self._doomed.pop()
+    def unlink_doomed(self) -> int:
+        """Unlink the files of the entries `delete(later=True)` forgot (any thread; the trio
+        thread too, on a full disk); returns how many."""
+        n = 0
+        while True:
+            try:
+                entry_id = self._doomed.pop()
+            except IndexError:  # none left (another thread may have taken the last one)
+                return n
             self._unlink(str(entry_id))
             self._unlink(f"{entry_id}.id")
+            n += 1
 
     def touch(self, e: CacheEntry) -> None:
         e.last_used = time.time()

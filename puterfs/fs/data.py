@@ -39,6 +39,7 @@ READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
 # system's per-block delayed-allocation bookkeeping, a quarter of the write's cost on ext4
 PREALLOCATE_MIN = 128 * 1024
 FALLOC_FL_KEEP_SIZE = 1
+LOW_SPACE = 64 << 20  # a cache disk with less free than this unlinks deleted files' data at once
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -207,7 +208,10 @@ class DataCache:
         return ent
 
     def _reclaim_space(self) -> int:
-        """The cache disk is full: drop every clean cached file nobody has open."""
+        """The cache disk is full: unlink now the data of deleted files a worker thread was to
+        unlink soon (an unlink, then a create on a full disk, must find the space freed), and
+        drop every clean cached file nobody has open. Nonzero when something was freed."""
+        unlinked = self.cache.unlink_doomed()
         keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and n.opens}
         freed = self.cache.evict(0, keep)
         if freed:
@@ -216,7 +220,7 @@ class DataCache:
                     self._close_fd(n)
                     n.entry = None
             log.warning("the cache disk is full: dropped %d bytes of clean cached data", freed)
-        return freed
+        return freed or unlinked
 
     def _pwrite(self, node: Node, data: bytes, off: int, *, end: int = -1) -> int:
         """Write into the cache file; on a full disk free clean cached data once, then ENOSPC.
@@ -339,12 +343,22 @@ class DataCache:
             os.close(node.fd)
             node.fd = None
 
+    def _cache_disk_low(self) -> bool:
+        """Whether the cache disk has less than LOW_SPACE free: then a deleted file's data is
+        unlinked before the unlink returns, not later on a worker thread (a create or write
+        right after it, on a full disk, must find the space free)."""
+        try:
+            st = os.statvfs(self.cache.root)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize < LOW_SPACE
+
     def _delete_entry(self, node: Node) -> None:
         """Delete the node's cache entry and its data file."""
         assert node.entry is not None
         self._close_fd(node)
-        if self.spawn is None:
-            self.cache.delete(node.entry)
+        if self.spawn is None or self._cache_disk_low():
+            self.cache.delete(node.entry)  # its space is free when the unlink returns
         else:
             # its files are unlinked on a worker thread, off the syscall's path
             self.cache.delete(node.entry, later=True)
