@@ -1114,6 +1114,10 @@ class CacheStore:
                 return
         self._drop(e.id)
 
+    def doomed(self) -> int:
+        """How many deleted entries still have files to unlink (see `unlink_doomed`)."""
+        return len(self._doomed)
+
     def unlink_doomed(self) -> int:
         """Unlink the files of the entries `delete(later=True)` forgot (any thread; the trio
         thread too, on a full disk); returns how many."""

@@ -362,8 +362,22 @@ class DataCache:
         else:
             # its files are unlinked on a worker thread, off the syscall's path
             self.cache.delete(node.entry, later=True)
-            self.spawn(trio.to_thread.run_sync, self.cache.unlink_doomed)
+            if not self._unlinking:
+                self._unlinking = True
+                self.spawn(self._unlink_doomed)
         node.entry = None
+
+    _unlinking = False  # a task of _unlink_doomed is running
+
+    async def _unlink_doomed(self) -> None:
+        """Unlink the files of deleted entries on a worker thread: one job for a burst of
+        deletes (an rm -rf), not a thread job per unlink (its hand-offs cost the event loop
+        more than the unlink itself); deletes made while it runs are drained by it too."""
+        try:
+            while self.cache.doomed():
+                await trio.to_thread.run_sync(self.cache.unlink_doomed)
+        finally:
+            self._unlinking = False
 
     def _discard_data(self, node: Node) -> None:
         """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""

@@ -1,0 +1,76 @@
+"""Unlinking the cache files of deleted files (puterfs/fs/data.py `_unlink_doomed`): a burst
+of unlinks (an rm -rf) is one worker job, not a thread hand-off per unlink, and every file is
+unlinked in the end, also those deleted while the job runs. On a real PuterOperations and
+cache journal; the mount-level unlink is tested through real mounts in tests/mount."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from puterfs.fs.cache import CacheStore
+from puterfs.fs.operations import PuterOperations
+from puterfs.fs.remote import Remote, RemoteEntry
+
+ROOT = "/alice"
+
+
+def _entry(name: str) -> RemoteEntry:
+    return RemoteEntry.from_json({"uid": f"u-{name}", "id": f"u-{name}", "path": f"{ROOT}/{name}", "name": name,
+                                  "is_dir": False, "size": 3, "modified": 100, "created": 50, "metadata": None})
+
+
+def test_a_burst_of_unlinks_is_one_unlinking_job_and_unlinks_every_file(tmp_path: Path) -> None:
+    cache = CacheStore(tmp_path / "cache")
+    ops = PuterOperations(Remote(None, ROOT), cache)
+    names = [f"f{i}" for i in range(12)]
+    root = ops.table.root
+    data = tmp_path / "cache" / "data"
+    ids: list[int] = []
+
+    go = threading.Event()
+    real = cache.unlink_doomed
+    jobs = []
+
+    def unlink_doomed() -> None:  # the worker job: held until the burst is over
+        jobs.append(1)
+        go.wait(30)
+        real()
+
+    cache.unlink_doomed = unlink_doomed  # type: ignore[method-assign]
+    spawned: list[Any] = []
+
+    async def main() -> None:
+        ops._apply_listing(root, [_entry(n) for n in names], ops.table.next_seq())
+        root.listed_epoch, root.listed_at = ops.epoch, trio.current_time()  # listed just now
+        for n in names:  # a cached copy of each (a data file and an identity record)
+            node = root.children[n]
+            node.entry = cache.create_for_remote(n, size=3, uid=f"u-{n}", modified=100, mode=node.mode)
+            ids.append(node.entry.id)
+        assert all((data / str(i)).exists() for i in ids)
+        async with trio.open_nursery() as nursery:
+
+            def spawn(fn: Any, *args: Any) -> None:
+                spawned.append(fn)
+                nursery.start_soon(fn, *args)
+
+            ops.spawn = spawn
+            try:
+                for n in names:
+                    await ops.unlink(root.inode, n.encode(), None)
+                    await trio.sleep(0.01)  # the job is running (held) while the next unlinks come
+                assert not any(n in root.children for n in names)
+                assert len(spawned) == 1 and jobs == [1]  # one job for the burst
+            finally:
+                go.set()
+            with trio.fail_after(30):
+                while cache.doomed() or any((data / str(i)).exists() or (data / f"{i}.id").exists() for i in ids):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert [op.path for op in ops.ns.ops] == names  # each unlink journaled for the server
+    cache.close()
