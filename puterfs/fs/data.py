@@ -457,7 +457,9 @@ class DataCache:
         if off >= ent.size:
             return b""
         size = min(size, ent.size - off)
-        if ent.missing_blocks(off, size):
+        # in a read-ahead chunk's buffer (landed, or still being written to the cache file)
+        data: bytes | memoryview | None = self.readahead.serve(ent, off, size)
+        if data is None and ent.missing_blocks(off, size):
             if off == h.next_off:
                 h.readahead = min(h.readahead * 2, READAHEAD_BLOCKS)
             else:
@@ -467,7 +469,8 @@ class DataCache:
                 return b""  # the server's new version is shorter
             size = min(size, ent.size - off)
         self.cache.touch(ent)
-        data: bytes | memoryview | None = self.readahead.serve(ent, off, size)  # just fetched, still in memory
+        if data is None:
+            data = self.readahead.serve(ent, off, size)  # just fetched, still in memory
         if data is None:
             data = os.pread(self._fd(node), size, off)
         h.next_off = off + len(data)

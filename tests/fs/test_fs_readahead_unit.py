@@ -82,3 +82,83 @@ def test_the_buffers_are_bounded_and_the_oldest_landed_chunk_is_reused() -> None
     assert r.serve(a, 0, 1) is None and r.serve(b, 0, 1) is not None
     r._passed(b, 3 * BLOCK_SIZE)  # the reader left it behind
     assert r.serve(b, 0, 1) is None and r._free == [taken[1]]
+
+
+def test_a_chunk_being_written_is_served_and_its_buffer_kept_until_written() -> None:
+    r = ra.ReadAhead(SimpleNamespace())
+    ent = _ent()
+    taken = [r._take_buffer() for _ in range(ra.MAX_BUFFERS)]
+    buf = taken[0]
+    assert buf is not None
+    buf[:3] = b"abc"
+    r._landed.append(ra._Landed(ent, 0, BLOCK_SIZE, buf, "v1", storing=True))
+    assert bytes(r.serve(ent, 0, 3)) == b"abc"  # the reader does not wait for the disk
+    assert r._take_buffer() is None  # not taken for another chunk while it is written
+    r._passed(ent, 3 * BLOCK_SIZE)
+    r.drop(ent.id)
+    assert buf not in r._free and not buf.closed  # nor given back or freed
+
+
+class _SlowDisk:
+    """The cache-file side of a chunk task: data/<id> on disk, each write held until released."""
+
+    def __init__(self, root: Path) -> None:
+        import threading
+
+        self.data = _DataDir(root)
+        self.entries: dict[int, Any] = {}
+        self.release = threading.Event()
+        self.writing = threading.Event()
+
+    def open_data(self, entry_id: int, flags: int = os.O_RDWR) -> int:
+        self.writing.set()
+        assert self.release.wait(30)
+        return self.data.open_data(entry_id, flags)
+
+    def save(self, ent: Any) -> None:
+        pass
+
+    def mark_complete(self, ent: Any) -> None:
+        ent.complete = True
+        ent.blocks.clear()
+
+
+@pytest.mark.trio
+async def test_the_reader_has_a_chunk_while_the_disk_writes_it(tmp_path: Path) -> None:
+    import contextlib
+
+    import trio
+
+    from puterfs.fs.cache import CacheEntry
+
+    body = os.urandom(2 * BLOCK_SIZE)
+
+    async def read_version_into(where: str, view: Any, begin: int, *, size: int) -> str:
+        view[:] = body[begin : begin + len(view)]
+        return "v1"
+
+    async def at_server(path: str, call: Any) -> Any:
+        return await call(path)
+
+    disk = _SlowDisk(tmp_path)
+    ent = CacheEntry(id=3, path="big.bin", size=len(body))
+    disk.entries[ent.id] = ent
+    (tmp_path / "3").write_bytes(b"")
+    remote = SimpleNamespace(background=contextlib.nullcontext, read_version_into=read_version_into)
+    ops = SimpleNamespace(remote=remote, cache=disk, _at_server=at_server)
+    r = ra.ReadAhead(ops)
+    node = SimpleNamespace(path="big.bin", entry=ent, opens=1)
+    st = ra._Stream(pos=0)
+    buf = r._take_buffer()
+    assert buf is not None
+    r._inflight[ent.id] = {0: trio.Event(), 1: trio.Event()}
+    st.tasks = 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(r._chunk, node, ent, st, 0, 1, buf)
+        await trio.to_thread.run_sync(disk.writing.wait, 30)
+        # written to the cache file, not done yet: the bytes are served from the buffer
+        assert bytes(r.serve(ent, BLOCK_SIZE, 4096)) == body[BLOCK_SIZE : BLOCK_SIZE + 4096]
+        assert ent.blocks == set()  # not yet the cache file's
+        disk.release.set()
+    assert ent.complete and (tmp_path / "3").read_bytes() == body
+    assert bytes(r.serve(ent, 0, 16)) == body[:16]  # landed: still served until the reader passes
