@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -24,9 +25,22 @@ pytestmark = [
 ]
 
 
+# mount(8) finds helpers only in /sbin: the one path of this suite shared by the whole machine.
+# Test runs at the same time (parallel workers, other checkouts) take turns on it under this lock
+# instead of seeing one another's helper and skipping.
+HELPER_LOCK = Path("/run/lock/puterfs-test-mount-helper.lock")
+
+
 @pytest.fixture
 def helper() -> Iterator[Path]:
     """/sbin/mount.fuse.puterfs for this test, as docs/cli.md says to install it."""
+    HELPER_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(HELPER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the test fails
+        yield from _installed_helper()
+
+
+def _installed_helper() -> Iterator[Path]:
     if HELPER.exists() or HELPER.is_symlink():
         pytest.skip(f"{HELPER} exists already; not replacing it")
     script = Path(sys.executable).parent / "mount.fuse.puterfs"
