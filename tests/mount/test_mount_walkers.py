@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mount_testlib import MountedFs, local_tree, tree_diff
+from mount_testlib import MountedFs, local_tree, tree_diff, wait_for
 
 from puterfs.emulator.media import render_text_png
 
@@ -38,6 +38,20 @@ def first_bytes(proc: subprocess.Popen[bytes], timeout: float = 30) -> bytes:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     assert ready, "the reader printed nothing"
     return os.read(proc.stdout.fileno(), 65536)
+
+
+def wait_in_read(proc: subprocess.Popen[bytes], path: Path, timeout: float = 30) -> None:
+    """Wait until ``proc`` is inside a system call on its descriptor of ``path``: its output only
+    proves it read, and a handled signal that comes before its next read() starts is handled in
+    user space, so that read then waits for the answer with no signal pending."""
+
+    def in_read() -> bool:
+        fd_dir = f"/proc/{proc.pid}/fd"
+        fds = {int(fd) for fd in os.listdir(fd_dir) if os.readlink(f"{fd_dir}/{fd}") == str(path)}
+        fields = Path(f"/proc/{proc.pid}/syscall").read_text().split()  # "NR ARG0 ...", "running", "-1 ..."
+        return len(fields) > 1 and fields[0] not in ("running", "-1") and int(fields[1], 16) in fds
+
+    wait_for(in_read, timeout, f"{proc.args} to wait in a read of {path}", interval=0.02)
 
 
 def held_reader(mount: MountedFs, code: str = "") -> subprocess.Popen[bytes]:
@@ -101,8 +115,11 @@ def test_tree_walkers_over_the_root_while_an_answer_is_pending(mount: MountedFs,
 
 def test_a_waiting_reader_can_be_interrupted(mount: MountedFs) -> None:
     # Python handles SIGINT (KeyboardInterrupt): the read ends with EINTR and the handler runs.
+    # The reader installs the handler itself: Python leaves SIGINT ignored when it starts with it
+    # ignored, as every command started in the background by a non-interactive shell does.
     code = (
-        "import os, sys\n"
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
         "try:\n"
         "    while True:\n"
@@ -115,6 +132,7 @@ def test_a_waiting_reader_can_be_interrupted(mount: MountedFs) -> None:
     )
     reader = held_reader(mount, code)
     try:
+        wait_in_read(reader, mount.path / ".ai" / "chat")
         reader.send_signal(signal.SIGINT)
         out, err = reader.communicate(timeout=15)
         assert reader.returncode == 3, err
