@@ -985,13 +985,15 @@ class CacheStore:
         self.inlined.add(e.id)
         return True
 
-    def uninline(self, e: CacheEntry, fd: int) -> None:
+    def uninline(self, e: CacheEntry, fd: int, *, synced: bool = False) -> None:
         """`e`'s bytes are about to change: if its last fsync put them in the journal, its data
-        file is synced first and the journal's copy dropped (a kill -9 then keeps the newer
-        bytes; a power cut the synced ones). Raises (ENOSPC, EIO) if the copy cannot be dropped."""
+        file is synced first (`synced`: the caller did, after that fsync) and the journal's copy
+        dropped (a kill -9 then keeps the newer bytes; a power cut the synced ones). Raises
+        (ENOSPC, EIO) if the copy cannot be dropped."""
         if e.id not in self.inlined:
             return
-        os.fdatasync(fd)
+        if not synced:
+            os.fdatasync(fd)
         self._sql("DELETE FROM synced_data WHERE id = ?", (e.id,))
         self.inlined.discard(e.id)
 

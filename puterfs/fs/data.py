@@ -192,6 +192,24 @@ class DataCache:
             self.cache.mark_complete(ent)
         return ent
 
+    async def _uninline(self, node: Node, ent: CacheEntry) -> None:
+        """The bytes of `ent` are about to change: if its last fsync put them in the journal,
+        its data file is synced first (cache.uninline), on a worker thread while the mount
+        answers other requests, else on this one (as fsync does)."""
+        if ent.id not in self.cache.inlined or node.entry is not ent:
+            return
+        fd = self._fd(node)
+        if self._syncs_on_threads == 0 and handlers_running() <= 1:
+            os.fdatasync(fd)
+        else:
+            self._syncs_on_threads += 1
+            try:
+                await trio.to_thread.run_sync(os.fdatasync, fd)
+            finally:
+                self._syncs_on_threads -= 1
+        if node.entry is ent:
+            self.cache.uninline(ent, fd, synced=True)
+
     def _dirty(self, node: Node) -> CacheEntry:
         """The file's content is about to change. The journal says dirty first: if it cannot
         (a full cache disk), this raises and nothing in memory changed."""
@@ -265,6 +283,7 @@ class DataCache:
             ent.blocks.clear()
         else:
             ent = await self._ensure_complete(node)
+        await self._uninline(node, ent)
         self._dirty(node)
         try:
             os.ftruncate(self._fd(node), size)
@@ -483,6 +502,7 @@ class DataCache:
             raise FsError(errno.EBADF)
         node = h.node
         ent = await self._ensure_complete(node)
+        await self._uninline(node, ent)
         self._dirty(node)
         n = self._pwrite(node, buf, off, end=ent.size)
         if off + n > ent.size:
