@@ -557,6 +557,9 @@ class DataCache:
             await trio.sleep(interval)
             try:
                 await self._sync_completed()
+            except OSError as exc:  # they stay incomplete in the journal: tried again next time
+                log.warning("cache: cannot sync the cached files: %s", exc)
+            try:
                 await self._sync_journal()
             except OSError as exc:
                 log.warning("cache: cannot sync the journal: %s", exc)
