@@ -755,6 +755,11 @@ class CacheStore:
     def used_bytes(self) -> int:
         return sum(e.size if (e.complete or e.dirty) else len(e.blocks) * BLOCK_SIZE for e in self.entries.values())
 
+    @staticmethod
+    def entry_bytes(e: CacheEntry) -> int:
+        """What `e` counts in `used_bytes`."""
+        return e.size if (e.complete or e.dirty) else len(e.blocks) * BLOCK_SIZE
+
     # -- changes ----------------------------------------------------------------------------
 
     def create(self, path: str, *, mode: int = 0o100644, mtime_ns: int | None = None, dirty: bool = False) -> CacheEntry:

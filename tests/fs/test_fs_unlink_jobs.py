@@ -1,7 +1,10 @@
-"""Unlinking the cache files of deleted files (puterfs/fs/data.py `_unlink_doomed`): a burst
-of unlinks (an rm -rf) is one worker job, not a thread hand-off per unlink, and every file is
-unlinked in the end, also those deleted while the job runs. On a real PuterOperations and
-cache journal; the mount-level unlink is tested through real mounts in tests/mount."""
+"""Per-syscall bookkeeping of the data cache kept off the FUSE path (puterfs/fs/data.py):
+unlinking the cache files of deleted files (`_unlink_doomed`) is one worker job for a burst of
+unlinks (an rm -rf), not a thread hand-off per unlink, and every file is unlinked in the end,
+also those deleted while the job runs; counting the cache's bytes (`_maybe_evict`, at every
+close) is not a walk of every cached file at each close while the cache is far under its size.
+On a real PuterOperations and cache journal; the mount-level unlink and --cache-size are tested
+through real mounts in tests/mount."""
 
 from __future__ import annotations
 
@@ -73,4 +76,34 @@ def test_a_burst_of_unlinks_is_one_unlinking_job_and_unlinks_every_file(tmp_path
 
     trio.run(main)
     assert [op.path for op in ops.ns.ops] == names  # each unlink journaled for the server
+    cache.close()
+
+
+def test_closes_count_the_cache_bytes_only_when_eviction_may_be_due(tmp_path: Path) -> None:
+    """Counting the cache's bytes walks every cached file: a close counts them only when the
+    last count plus every file closed since could exceed half of --cache-size (or the count is
+    EVICT_RECOUNT old), so the bound holds as if each close counted."""
+    from puterfs.fs import data
+
+    cache = CacheStore(tmp_path / "cache")
+    held = cache.create("held.bin", dirty=False)
+    held.size, held.complete = 3000, True
+    small = cache.create("small.txt", dirty=False)
+    small.size, small.complete = 500, True
+    ops = PuterOperations(Remote(None, ROOT), cache, cache_size=10_000)
+    counts = []
+    real = cache.used_bytes
+    cache.used_bytes = lambda: counts.append(1) or real()  # type: ignore[method-assign]
+    for _ in range(4):
+        ops._maybe_evict(small)
+    assert len(counts) == 1  # counted 3,500 at the first close; 3,500 + 3 x 500 <= 5,000 after
+    ops._maybe_evict(small)
+    assert len(counts) == 2  # the bound passed half the size: counted (3,500, nothing to evict)
+    ops._counted_at -= data.EVICT_RECOUNT
+    ops._maybe_evict(None)
+    assert len(counts) == 3  # an old count is made again
+    big = cache.create("big.bin", dirty=False)
+    big.size, big.complete = 7000, True
+    ops._maybe_evict(big)  # a large file closed: counted at once, and the cache is trimmed
+    assert len(counts) > 3 and real() <= 10_000 and "held.bin" not in cache.paths
     cache.close()
