@@ -1079,11 +1079,15 @@ class CacheStore:
         if md5 not in e.sent_md5:
             self._commit(e, _durable=sync, sent_md5=[*e.sent_md5[-3:], md5])
 
-    def rename(self, old: str, new: str) -> None:
-        """Re-point the entry at `old` and every entry below it (a directory rename)."""
+    def rename(self, old: str, new: str, *, is_dir: bool = True) -> None:
+        """Re-point the entry at `old` and every entry below it (a directory rename; a file,
+        `is_dir=False`, has none below it: no walk of every entry)."""
         self._rename_meta(old, new)
-        prefix = old + "/"
-        moved = [e for p, e in self.paths.items() if p == old or p.startswith(prefix)]
+        if is_dir:
+            prefix = old + "/"
+            moved = [e for p, e in self.paths.items() if p == old or p.startswith(prefix)]
+        else:
+            moved = [e for e in (self.paths.get(old),) if e is not None]
         for e in moved:
             del self.paths[e.path]
         for e in moved:

@@ -127,8 +127,11 @@ class InodeTable:
     def rename(self, node: Node, new_path: str) -> None:
         """Re-point `node` and all its known descendants from node.path to new_path."""
         old = node.path
-        prefix = old + "/"
-        moved = [n for p, n in self.by_path.items() if p == old or p.startswith(prefix)]
+        if node.is_dir:
+            prefix = old + "/"
+            moved = [n for p, n in self.by_path.items() if p == old or p.startswith(prefix)]
+        else:  # no descendants: no walk of every known path
+            moved = [n for n in (self.by_path.get(old),) if n is not None]
         for n in moved:
             if self.by_path.get(n.path) is n:
                 del self.by_path[n.path]

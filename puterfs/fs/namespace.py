@@ -319,7 +319,7 @@ class Namespace:
         old_path = node.path
         if target is not None:
             self._drop_target(new_parent, new_name, target)
-        self.cache.rename(old_path, new_path)
+        self.cache.rename(old_path, new_path, is_dir=node.is_dir)
         self.table.rename(node, new_path)
         if old_parent.children is not None and old_parent.children.get(old_name) is node:
             del old_parent.children[old_name]
