@@ -16,6 +16,13 @@ def _reads(emulator: Any) -> list[dict[str, Any]]:
     return [e for e in emulator.log() if e["path"] == "/read"]
 
 
+def _data_reads(emulator: Any) -> list[dict[str, Any]]:
+    """The /reads that fetched data: not the one-byte version checks a cached copy makes
+    before its next use after a gap in the change events (freshness.py, `verify`), which a
+    loaded machine can cause at any time."""
+    return [e for e in _reads(emulator) if e["bytes_out"] > 1]
+
+
 def test_cold_sequential_read_uses_few_large_ranged_reads(mount_factory: MountFactory, emulator: Any) -> None:
     m = mount_factory()
     data = os.urandom(24 * MiB + 12345)
@@ -45,7 +52,7 @@ def test_cold_sequential_read_uses_few_large_ranged_reads(mount_factory: MountFa
     # a second read is served from the cache
     m.emulator.clear_log()
     assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(data).digest()
-    assert _reads(m.emulator) == []
+    assert _data_reads(m.emulator) == []
     # the cache file holds every byte (the read-ahead writes it with O_DIRECT, the kernel's
     # reads were answered from memory): without the kernel's pages, read from it
     fd = os.open(p, os.O_RDONLY)
@@ -54,7 +61,7 @@ def test_cold_sequential_read_uses_few_large_ranged_reads(mount_factory: MountFa
     finally:
         os.close(fd)
     assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(data).digest()
-    assert _reads(m.emulator) == []
+    assert _data_reads(m.emulator) == []
     cached = [f for f in (m.proc.cache_dir / "data").iterdir() if f.stat().st_size == len(data)]
     assert [hashlib.sha256(f.read_bytes()).digest() for f in cached] == [hashlib.sha256(data).digest()]
     m.proc.stop()
