@@ -222,10 +222,16 @@ def test_conflict_keeps_both_versions(mount_factory: MountFactory, name: str, tr
 
 def _stall_first_upload(m: MountedFs, faults: Any, path: os.PathLike[str], data: bytes) -> None:
     """Write ``path`` and return once its upload is held in flight by the emulator."""
-    faults.set_faults(*_upload_rules(stall=True, count=1))
+    rules = _upload_rules(stall=True, count=1)
+    faults.set_faults(*rules)
     with open(path, "wb") as f:
         f.write(data)
     m.proc.wait_state(lambda s: s.get("uploading", 0) >= 1, 15, "the upload to start")
+    # A rule that fired is gone (count=1): the upload has reached the emulator and waits for a
+    # release (one sent before that would not free it). The other rules go: the requests after
+    # it (the rename's or delete's /batch) are not held with nobody to release them.
+    wait_for(lambda: len(faults._admin("GET", "faults")["rules"]) < len(rules), 15, "the upload to be held")
+    faults.set_faults()
 
 
 def test_delete_during_upload_stays_deleted(mount: MountedFs, faults: Any) -> None:
