@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/puter
 PYTEST_ARGS ?=
 # The suite runs in PYTEST_JOBS pytest-xdist workers (each with its own emulator; a test file's
-# tests stay in one worker): most tests wait on mounts, write-back delays and subprocesses, not
-# on the CPU, so 4 workers on 2 cores take well under half the serial time (11 min for 27 on the
-# 2-core CI machine). PYTEST_JOBS=0 runs serially.
+# tests stay in one worker, files with slow tests handed out first: tests/conftest.py): most
+# tests wait on mounts, write-back delays and subprocesses, not on the CPU, so 4 workers on
+# 2 cores take well under half the serial time (11 min for 27 on the 2-core CI machine).
+# PYTEST_JOBS=0 runs serially.
 PYTEST_JOBS ?= 4
 
 # Debian packages: what building and running pyfuse3 needs, and what only the tests use
@@ -77,7 +78,7 @@ venv: deps $(VENV)/.installed-test
 
 test: venv
 	$(BIN)/ruff check puterfs tests bench
-	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 mount: mount-venv
 	@mkdir -p $(MOUNTPOINT)

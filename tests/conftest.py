@@ -19,6 +19,28 @@ EMULATOR_TIER = "free"
 os.environ["PUTERFS_EMULATOR_TIER"] = EMULATOR_TIER
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: -n, --dist loadfile, --no-loadscope-reorder) each worker
+    takes the next whole file in collection order when it is done with one. Files with a test
+    marked slow go first, then the other real-mount files, then the quick unit tests, so that no
+    worker starts a minutes-long file while the others run out of work. Serial runs keep the
+    usual order."""
+    if not hasattr(config, "workerinput"):  # only an xdist worker has it (pytest-xdist's own test)
+        return
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        if item.get_closest_marker("mount") or "mount" in item.path.parent.name:
+            return 1
+        return 2
+
+    by_file: dict[object, int] = {}
+    for item in items:
+        by_file[item.path] = min(by_file.get(item.path, 2), weight(item))
+    items.sort(key=lambda item: by_file[item.path])  # stable: each file keeps its order
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     proc = EmulatorProcess(tmp_path_factory.mktemp("emulator"), tier=EMULATOR_TIER)

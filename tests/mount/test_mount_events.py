@@ -212,6 +212,7 @@ def test_refused_token_falls_back_to_polling(mount_factory: Any, puter_user: Any
     wait_for(lambda: (m.path / "polled").is_dir(), 5, "change seen by polling")
 
 
+@pytest.mark.slow  # a minute of watching
 def test_idle_mount_sends_at_most_two_requests_a_minute(mount_factory: Any) -> None:
     m = mount_factory()
     _wait_mode(m, "events")

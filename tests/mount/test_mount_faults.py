@@ -141,6 +141,7 @@ def _tarball(tmp_path: Path, files: int) -> tuple[Path, Path]:
     return tarball, orig
 
 
+@pytest.mark.slow
 def test_tar_x_of_1000_files_at_30_percent_faults(mount_factory: MountFactory, tmp_path: Path) -> None:
     m = mount_factory()
     tarball, orig = _tarball(tmp_path, 1000)
