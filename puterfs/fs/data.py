@@ -41,7 +41,8 @@ READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
 PREALLOCATE_MIN = 128 * 1024
 FALLOC_FL_KEEP_SIZE = 1
 EVICT_RECOUNT = 5.0  # s: the cache's bytes are counted again at a close at least this often
-LOW_SPACE = 64 << 20  # a cache disk with less free than this unlinks deleted files' data at once
+LOW_SPACE = 64 << 20
+LOW_SPACE_RECHECK = 0.5  # s: a burst of unlinks asks the cache disk's free space this often, not per unlink  # a cache disk with less free than this unlinks deleted files' data at once
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -383,11 +384,19 @@ class DataCache:
         """Whether the cache disk has less than LOW_SPACE free: then a deleted file's data is
         unlinked before the unlink returns, not later on a worker thread (a create or write
         right after it, on a full disk, must find the space free)."""
+        now = time.monotonic()
+        if now - self._roomy_disk_at < LOW_SPACE_RECHECK:
+            return False  # not low a moment ago (a full disk's refusal unlinks them anyway)
         try:
             st = os.statvfs(self.cache.root)
         except OSError:
             return True
-        return st.f_bavail * st.f_frsize < LOW_SPACE
+        low = st.f_bavail * st.f_frsize < LOW_SPACE
+        if not low:
+            self._roomy_disk_at = now
+        return low
+
+    _roomy_disk_at = -math.inf  # when the cache disk last had LOW_SPACE free (monotonic)
 
     def _delete_entry(self, node: Node) -> None:
         """Delete the node's cache entry and its data file."""

@@ -8,6 +8,7 @@ through real mounts in tests/mount."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,13 @@ def test_a_burst_of_unlinks_is_one_unlinking_job_and_unlinks_every_file(tmp_path
     cache.unlink_doomed = unlink_doomed  # type: ignore[method-assign]
     spawned: list[Any] = []
 
+    statvfs = []
+    real_statvfs = os.statvfs
+
+    def counting_statvfs(path: Any) -> Any:
+        statvfs.append(path)
+        return real_statvfs(path)
+
     async def main() -> None:
         ops._apply_listing(root, [_entry(n) for n in names], ops.table.next_seq())
         root.listed_epoch, root.listed_at = ops.epoch, trio.current_time()  # listed just now
@@ -61,13 +69,16 @@ def test_a_burst_of_unlinks_is_one_unlinking_job_and_unlinks_every_file(tmp_path
                 nursery.start_soon(fn, *args)
 
             ops.spawn = spawn
+            os.statvfs = counting_statvfs
             try:
                 for n in names:
                     await ops.unlink(root.inode, n.encode(), None)
                     await trio.sleep(0.01)  # the job is running (held) while the next unlinks come
                 assert not any(n in root.children for n in names)
                 assert len(spawned) == 1 and jobs == [1]  # one job for the burst
+                assert len(statvfs) < len(names)  # the disk's free space is not asked per unlink
             finally:
+                os.statvfs = real_statvfs
                 go.set()
             with trio.fail_after(30):
                 while cache.doomed() or any((data / str(i)).exists() or (data / f"{i}.id").exists() for i in ids):
