@@ -429,9 +429,15 @@ async def test_ai_driver_caps_are_paced_against_the_strict_emulator(emulator) ->
         emulator.clear_log()
         emulator.set_faults({"path": "/drivers/call", "stream_hold": True, "count": 3})
 
+        started: set[int] = set()  # streams whose first piece arrived: held by the emulator now
+
         async def one(i: int) -> None:
             stream = await client.ai_chat(f"burst {i} of five", {"model": "echo", "stream": True})
-            texts[i] = "".join([text async for text, _ in stream])
+            parts = []
+            async for text, _ in stream:
+                started.add(i)
+                parts.append(text)
+            texts[i] = "".join(parts)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -440,7 +446,10 @@ async def test_ai_driver_caps_are_paced_against_the_strict_emulator(emulator) ->
                 with anyio.fail_after(60):
                     while True:
                         stats = client.pacer.statistics()
-                        if stats["scopes"].get(scope, {}).get("in_flight") == 3 and stats["waiting"] == 2:
+                        # in flight for the client is not yet held by the emulator: a hold that
+                        # begins after the release below would wait for another one
+                        held = len(started) == 3
+                        if held and stats["scopes"].get(scope, {}).get("in_flight") == 3 and stats["waiting"] == 2:
                             break
                         await anyio.sleep(0.05)
                 await anyio.to_thread.run_sync(emulator.release)
