@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,26 @@ def emulator_app(tmp_path):  # noqa: ANN201 - puterfs.emulator.Emulator
     emu = Emulator(tmp_path / "emulator", tier=EMULATOR_TIER)
     yield emu
     emu.store.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``tmpfs("4m")``: a new empty tmpfs of that size (mode 0700) under tmp_path, unmounted
+    after the test; the test is skipped where tmpfs cannot be mounted. For full-disk tests."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        d = tmp_path / f"disk{len(mounted) or ''}"
+        d.mkdir(mode=0o700)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)],
+                              capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
+        mounted.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in mounted:
+            subprocess.run(["umount", "-l", str(d)], check=False)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,9 @@ from puterfs.fs.data import preallocate
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+def tiny_disk(tmpfs: Callable[[str], Path]) -> Path:
     """A 256 KiB tmpfs."""
-    d = tmp_path / "disk"
-    d.mkdir(mode=0o700)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(d)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    return tmpfs("256k")
 
 
 def test_preallocate_reserves_blocks_past_the_end_and_keeps_the_size(tmp_path: Path) -> None:
