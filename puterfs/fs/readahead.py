@@ -248,10 +248,12 @@ class ReadAhead:
             spawn(self._chunk, node, ent, st, b, e, buf)
             b = e + 1
 
-    def _still_wanted(self, node: Any, ent: Any, size: int, etag: str | None) -> bool:
-        """Whether bytes of version `etag` fetched for `ent` at `size` may still be stored."""
+    def _still_wanted(self, node: Any, ent: Any, size: int, etag: str | None, *, stored: bool = False) -> bool:
+        """Whether bytes of version `etag` fetched for `ent` at `size` may still be stored;
+        `stored`: they are in the cache file already, and a reader that closed the file
+        meanwhile (it read them from the buffer) leaves them the cache's."""
         if (
-            node.entry is not ent or ent.dirty or ent.complete or ent.size != size or node.opens == 0
+            node.entry is not ent or ent.dirty or ent.complete or ent.size != size or (node.opens == 0 and not stored)
             or ent.id not in self.ops.cache.entries
         ):
             return False
@@ -283,7 +285,7 @@ class ReadAhead:
             # into the cache file in a worker thread (a large write would hold up every handler)
             self._direct = await trio.to_thread.run_sync(_store, ops.cache, ent.id, view, begin, self._direct)
             chunk.storing = False
-            if not self._still_wanted(node, ent, size, etag):
+            if not self._still_wanted(node, ent, size, etag, stored=True):
                 return  # unmarked bytes are never served from the cache file: a read fetches them
             ent.blocks.update(range(first, last + 1))
             stored = True
