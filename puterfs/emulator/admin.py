@@ -1,5 +1,5 @@
-"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, captcha, revoke, clock,
-sockets, request log, a subtree's contents."""
+"""Loopback-only admin routes under ``/_emulator/``: faults, release, disk capacity, captcha, revoke, suspend,
+clock, sockets, request log, a subtree's contents."""
 
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ async def _handle(emu: Emulator, request: Request) -> Response:
         if claims is None:
             raise ApiError(400, "bad_request", "'token' must be a token this emulator issued")
         emu.store.revoke(str(claims.get("jti")))
+        return JSONResponse({"ok": True})
+    elif path == "/_emulator/suspend" and method == "POST":
+        # an administrator suspends (or reinstates) an account: {"username", "suspended": bool}
+        body = parse_json_bytes(await request.body())
+        user = emu.store.user_by_name(str(body.get("username")))
+        if user is None or not isinstance(body.get("suspended", True), bool):
+            raise ApiError(400, "bad_request", "'username' must name a user, 'suspended' be true or false")
+        emu.store.update_user(user["id"], suspended=int(body.get("suspended", True)))
         return JSONResponse({"ok": True})
     elif path == "/_emulator/clock":
         if method == "POST":

@@ -637,6 +637,8 @@ class Emulator:
         if policy in ("fs", "drivers") and actor.kind == "t" and not actor.full_access:
             raise ApiError(403, "forbidden", "Access tokens are not allowed to access this resource")
         user = actor.user
+        if user["suspended"]:  # gates.ts assertNotSuspended: every authenticated route
+            raise ApiError(403, "forbidden", "Account suspended")
         if policy == "fs" and user["email"] is not None and not user["email_confirmed"]:
             raise ApiError(403, "email_confirmation_required", "Please confirm your email to continue")
 

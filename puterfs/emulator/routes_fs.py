@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -1109,6 +1110,36 @@ def _signature(call: Call, uid: str, action: str, expires: int) -> str:
     return hmac.new(call.store.secret, msg, hashlib.sha256).hexdigest()
 
 
+def _signed(call: Call, e: Row, ttl: int = SIGN_EXPIRY_OFFSET, write: bool = True) -> dict[str, Any]:
+    """fileSigning.ts signFile: the signed URLs of an entry (the child of a signed listing has
+    no write_url: its signer only proved read access)."""
+    base = call.base_url()
+    expires = now_s() + ttl
+    rsig = _signature(call, e["uid"], "read", expires)
+    q = f"uid={e['uid']}&expires={expires}&signature="
+    out: dict[str, Any] = {
+        "uid": e["uid"],
+        "expires": expires,
+        "signature": rsig,
+        "url": f"{base}/file?{q}{rsig}",
+        "read_url": f"{base}/file?{q}{rsig}",
+    }
+    if write:
+        out["write_url"] = f"{base}/writeFile?{q}{_signature(call, e['uid'], 'write', expires)}"
+    out.update({
+        "metadata_url": f"{base}/itemMetadata?{q}{rsig}",
+        "fsentry_type": "folder" if e["is_dir"] else mime_for(e["name"], charset=False),
+        "fsentry_is_dir": bool(e["is_dir"]),
+        "fsentry_name": e["name"],
+        "fsentry_size": e["size"],
+        "fsentry_accessed": e["accessed"],
+        "fsentry_modified": e["modified"],
+        "fsentry_created": e["created"],
+        "path": _path_of(e),
+    })
+    return out
+
+
 @route("POST", "/sign")
 async def sign(call: Call) -> Response:
     items = call.body.get("items")
@@ -1116,7 +1147,6 @@ async def sign(call: Call) -> Response:
         items = [items]
     if not isinstance(items, list):
         raise ApiError(400, "bad_request", "`items` is required")
-    base = call.base_url()
     out: list[dict[str, Any]] = []
     for item in items:
         try:
@@ -1124,46 +1154,50 @@ async def sign(call: Call) -> Response:
         except ApiError:
             out.append({})  # unresolvable item: an empty slot
             continue
-        expires = now_s() + SIGN_EXPIRY_OFFSET
-        rsig = _signature(call, e["uid"], "read", expires)
-        wsig = _signature(call, e["uid"], "write", expires)
-        q = f"uid={e['uid']}&expires={expires}&signature="
-        out.append({
-            "uid": e["uid"],
-            "expires": expires,
-            "signature": rsig,
-            "url": f"{base}/file?{q}{rsig}",
-            "read_url": f"{base}/file?{q}{rsig}",
-            "write_url": f"{base}/writeFile?{q}{wsig}",
-            "metadata_url": f"{base}/itemMetadata?{q}{rsig}",
-            "fsentry_type": "folder" if e["is_dir"] else mime_for(e["name"], charset=False),
-            "fsentry_is_dir": bool(e["is_dir"]),
-            "fsentry_name": e["name"],
-            "fsentry_size": e["size"],
-            "fsentry_accessed": e["accessed"],
-            "fsentry_modified": e["modified"],
-            "fsentry_created": e["created"],
-            "path": e["path"],
-        })
+        out.append(_signed(call, e))
     return JSONResponse({"signatures": out})
 
 
+NON_OWNER_SIGNATURE_TTL = 3600  # fileSigning.ts: the children of a signed listing
+
+
 def _signed_entry(call: Call, action: str) -> Row:
+    """fileSigning.ts verifySignature, then the entry (LegacyFSController ``file``): every
+    refusal of the signature is a 403 ``forbidden``; a write signature also reads."""
     q = call.request.query_params
-    uid, expires, sig = q.get("uid", ""), q.get("expires", ""), q.get("signature", "")
-    if not expires.isdigit() or int(expires) < now_s():
-        raise ApiError(403, "forbidden", "Signature expired or invalid")
-    if not hmac.compare_digest(_signature(call, uid, action, int(expires)), sig):
-        raise ApiError(403, "forbidden", "Invalid signature")
+    uid, sig = q.get("uid", ""), q.get("signature", "")
+    if not uid:
+        raise ApiError(403, "forbidden", "`uid` is required for signature-based auth")
+    if not sig:
+        raise ApiError(403, "forbidden", "`signature` is required for signature-based auth")
+    try:
+        expires = float(q.get("expires", "").strip() or 0)  # JS Number(""): 0
+    except ValueError:
+        expires = math.nan
+    if not math.isfinite(expires):
+        raise ApiError(403, "forbidden", "`expires` is required for signature-based auth")
+    if expires < now_s():
+        raise ApiError(403, "forbidden", "Authentication failed. Signature expired.")
+    stamp = int(expires) if expires.is_integer() else expires
+    if not any(hmac.compare_digest(_signature(call, uid, a, stamp), sig) for a in ("write", action)):
+        raise ApiError(403, "forbidden", "Authentication failed")
     e = call.store.by_uid(uid)
     if e is None:
-        raise ApiError(404, "subject_does_not_exist", "Subject does not exist")
+        raise ApiError(404, "subject_does_not_exist", f"Entry not found: uuid={uid}")
+    owner = call.store.user_by_id(e["owner_id"])
+    if owner is not None and owner["suspended"]:
+        # a signature minted before a suspension must not keep serving the owner's files
+        raise ApiError(401, "account_suspended", "Account suspended")
     return e
 
 
 @route("GET", "/file", auth="none")
 async def signed_file(call: Call) -> Response:
     e = _signed_entry(call, "read")
+    if e["is_dir"]:
+        # a signed listing of the direct children, each signed for read only, for an hour
+        kids = call.store.children(e)
+        return JSONResponse([_signed(call, k, NON_OWNER_SIGNATURE_TTL, write=False) for k in kids])
     return serve_file(call, e, mime_for(e["name"], charset=False) or "application/octet-stream")
 
 

@@ -145,6 +145,9 @@ class Store:
         self.db.executescript(_SCHEMA)
         if "shortcut_to" not in {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}:
             self.db.execute("ALTER TABLE entries ADD COLUMN shortcut_to INTEGER")  # a data dir of an older version
+        if "suspended" not in {r[1] for r in self.db.execute("PRAGMA table_info(users)")}:
+            # an account an administrator suspended (admin route /_emulator/suspend)
+            self.db.execute("ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0")
         secret = self.get_meta("secret")
         if secret is None:
             secret = secrets.token_hex(32)

@@ -307,6 +307,10 @@ class EmulatorProcess:
         body = self._admin("POST", "users", json={"temp": temp})
         return body["username"], body["token"]
 
+    def suspend(self, username: str, suspended: bool = True) -> None:
+        """Suspend (or reinstate) an account, as an administrator does."""
+        self._admin("POST", "suspend", json={"username": username, "suspended": suspended})
+
     def set_tier(self, tier: str, reset: bool = False) -> None:
         """Change the rate-limit tier at runtime (``reset`` clears every window and counter)."""
         self.tier = tier

@@ -155,3 +155,56 @@ def test_request_log(emulator, api: httpx.Client, puter_user) -> None:  # noqa: 
     read = [r for r in log if r["path"] == "/read"][-1]
     assert read["status"] == 200 and read["bytes_out"] == 5
     assert [r for r in log if r["path"] == "/batch"][-1]["bytes_in"] > 5
+
+
+def test_signed_file_as_the_server_serves_it(emulator, api: httpx.Client, puter_user) -> None:  # noqa: ANN001
+    """GET /file (LegacyFSController.file): the same readContent as /read (Range: 206,
+    Content-Range, the ETag of the whole file; an unsatisfiable range is the object store's
+    error, a 500), a write signature also reads, 403 for any bad signature, 404 for a uid
+    gone, a signed listing for a folder, 401 once the owner is suspended."""
+    home = puter_user.home
+    data = b"0123456789abcdef"
+    assert upload(api, home, "s.bin", data).status_code == 200
+    sig = api.post("/sign", json={"items": [{"path": f"{home}/s.bin", "action": "read"}, {"path": f"{home}/nope"}]})
+    first, missing = sig.json()["signatures"]
+    assert missing == {}
+    url = first["read_url"]
+    etag = f'"{hashlib.md5(data).hexdigest()}"'
+    whole = local_http.get(url)
+    assert whole.status_code == 200 and whole.content == data and whole.headers["etag"] == etag
+    part = local_http.get(url, headers={"Range": "bytes=4-9"})
+    assert part.status_code == 206 and part.content == b"456789"
+    assert part.headers["content-range"] == "bytes 4-9/16" and part.headers["etag"] == etag
+    tail = local_http.get(url, headers={"Range": "bytes=10-99"})  # clamped to the end, as S3 does
+    assert tail.status_code == 206 and tail.headers["content-range"] == "bytes 10-15/16"
+    bad = local_http.get(url, headers={"Range": "bytes=16-"})
+    assert bad.status_code == 500 and bad.json()["code"] == "internal_error"
+    # the write URL's signature reads too; a changed or missing signature, an expiry, no uid: 403
+    assert local_http.get(first["write_url"].replace("/writeFile?", "/file?")).content == data
+    forged = url[:-4] + ("0000" if not url.endswith("0000") else "1111")
+    for u in (forged, url.split("&signature=")[0], url.replace(f"uid={first['uid']}&", ""),
+              url.replace(f"expires={first['expires']}", "expires=1"),
+              url.replace(f"expires={first['expires']}", "expires=soon")):
+        r = local_http.get(u)
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", u
+    # a folder: its children, each signed for reading only
+    folder = api.post("/sign", json={"items": [{"path": home}]}).json()["signatures"][0]
+    listing = local_http.get(folder["read_url"]).json()
+    kid = next(k for k in listing if k["fsentry_name"] == "s.bin")
+    assert "write_url" not in kid and local_http.get(kid["read_url"]).content == data
+    # replaced: the new file has another uid, the old URL finds nothing
+    api.post("/delete", json={"paths": [f"{home}/s.bin"]})
+    assert upload(api, home, "s.bin", b"new").status_code == 200
+    gone = local_http.get(url, headers={"Range": "bytes=0-1"})
+    assert gone.status_code == 404 and gone.json()["code"] == "subject_does_not_exist"
+    # a suspended owner's signatures serve nothing (401), and their token is refused (403)
+    fresh = api.post("/sign", json={"items": [{"path": f"{home}/s.bin"}]}).json()["signatures"][0]["read_url"]
+    emulator.suspend(puter_user.username)
+    try:
+        r = local_http.get(fresh)
+        assert r.status_code == 401 and r.json()["code"] == "account_suspended"
+        r = api.post("/stat", json={"path": home})
+        assert r.status_code == 403 and r.json()["message"] == "Account suspended"
+    finally:
+        emulator.suspend(puter_user.username, False)
+    assert local_http.get(fresh).content == b"new"
