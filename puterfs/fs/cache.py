@@ -963,9 +963,8 @@ class CacheStore:
     def mark_clean(self, e: CacheEntry, *, uid: str | None, size: int, modified: int | None, etag: str | None = None) -> None:
         """Uploaded: a clean copy of the server's, complete in the journal once its data file
         is synced (`mark_complete`): the bytes of a file nobody fsync'ed may not be on the disk."""
-        self._unsynced_seq += 1
         old = e.unsynced
-        e.unsynced = self._unsynced_seq
+        self._take_unsynced(e)
         try:
             self._commit(e, dirty=False, complete=True, base_uid=uid, base_size=size, base_modified=modified,
                          base_etag=etag, sent_md5=[])
@@ -999,16 +998,22 @@ class CacheStore:
             return
         if not synced:
             os.fdatasync(fd)
-        self._sql("DELETE FROM synced_data WHERE id = ?", (e.id,))
-        self.inlined.discard(e.id)
+        self._forget_inline(e.id, strict=True)
 
-    def _forget_inline(self, entry_id: int) -> None:
-        if entry_id in self.inlined:
-            self.inlined.discard(entry_id)
-            try:
-                self._sql("DELETE FROM synced_data WHERE id = ?", (entry_id,))
-            except OSError as exc:  # harmless: a copy of a row that is gone or clean is never restored
-                log.warning("cache: cannot drop the journal's copy of data/%d: %s", entry_id, exc)
+    def _forget_inline(self, entry_id: int, *, strict: bool = False) -> None:
+        """Delete the journal's copy of `entry_id`'s last fsync'ed bytes (synced_data), if it
+        has one. `strict` (its bytes are about to change): raise if the journal refuses, the
+        copy still known; else (uploaded or deleted) a failure is only logged and the copy
+        forgotten: the copy of a row that is gone or clean is never restored."""
+        if entry_id not in self.inlined:
+            return
+        try:
+            self._sql("DELETE FROM synced_data WHERE id = ?", (entry_id,))
+        except OSError as exc:
+            if strict:
+                raise
+            log.warning("cache: cannot drop the journal's copy of data/%d: %s", entry_id, exc)
+        self.inlined.discard(entry_id)
 
     def mark_complete(self, e: CacheEntry) -> None:
         """Every byte of clean `e` is in its data file: complete in memory at once (reads are
@@ -1018,9 +1023,14 @@ class CacheStore:
         e.complete = True
         e.blocks.clear()
         if not e.dirty:
-            self._unsynced_seq += 1
-            e.unsynced = self._unsynced_seq
+            self._take_unsynced(e)
         self.save(e)
+
+    def _take_unsynced(self, e: CacheEntry) -> None:
+        """`e`'s bytes are complete and clean but not synced yet: a new token, which
+        `completed_synced` clears only if no later completion took another meanwhile."""
+        self._unsynced_seq += 1
+        e.unsynced = self._unsynced_seq
 
     def completed_unsynced(self) -> list[tuple[int, int]]:
         """(id, token) of the complete clean entries whose data files are not synced yet."""
