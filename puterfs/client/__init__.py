@@ -48,6 +48,7 @@ from puterfs.client._events import (
 )
 from puterfs.client._presign import UploadSession
 from puterfs.client._tokens import token_kind
+from puterfs.client.fs import SignedRead
 
 __all__ = [
     "AlreadyExists",
@@ -79,6 +80,7 @@ __all__ = [
     "ScriptedLoginRefused",
     "Resync",
     "ServerError",
+    "SignedRead",
     "SocketEvent",
     "StreamError",
     "UploadSession",

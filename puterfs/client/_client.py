@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
@@ -102,9 +103,40 @@ def _warn_insecure_once() -> None:
         )
 
 
+_SIGNATURE = re.compile(r"(signature=)[^&\s\"']+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the signature of every signed URL in it replaced (a signed URL reads or
+    writes its file for anyone who holds it: a credential like a token)."""
+    return _SIGNATURE.sub(r"\1<redacted>", text)
+
+
+class _RedactSignatures(logging.Filter):
+    """On httpx's logger: its request lines (``HTTP Request: GET <url> ...``, at INFO) show
+    the full URL, query and all; a signed URL's signature is replaced there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any("signature=" in str(a).lower() for a in record.args):
+            record.args = tuple(redact(str(a)) if "signature=" in str(a).lower() else a for a in record.args)
+        if isinstance(record.msg, str) and "signature=" in record.msg.lower():
+            record.msg = redact(record.msg)
+        return True
+
+
+def _redact_httpx_logs() -> None:
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactSignatures) for f in logger.filters):
+            logger.addFilter(_RedactSignatures())
+
+
+_redact_httpx_logs()
+
+
 def _map_transport_error(exc: httpx.RequestError) -> PuterConnectionError:
     """httpx's transport errors as client exceptions (the message never has the token)."""
-    detail = str(exc) or type(exc).__name__
+    detail = redact(str(exc)) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         return PuterTimeout(f"request timed out ({type(exc).__name__}: {detail})")
     return PuterConnectionError(f"connection to Puter failed ({type(exc).__name__}: {detail})")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from puterfs.client.ai import AI
     from puterfs.client.apps import Apps
     from puterfs.client.auth import Auth
-    from puterfs.client.fs import FS
+    from puterfs.client.fs import FS, SignedRead
     from puterfs.client.hosting import Hosting
     from puterfs.client.kv import KV
     from puterfs.client.net import Net
@@ -118,6 +118,20 @@ class PutergenaiFacade:
         """Fill ``buf`` with the bytes from ``offset`` of a file of ``size`` bytes, straight from
         the answer; returns their version, the ETag (puterfs)."""
         return await self.fs.read_version_into(path, buf, offset=offset, size=size)
+
+    async def fs_sign_reads(self, uids: Sequence[str]) -> list[SignedRead | None]:
+        """Token-free read URLs of files by uid, None where the server cannot sign (puterfs)."""
+        return await self.fs.sign_reads(uids)
+
+    async def fs_read_signed(
+        self, signed: SignedRead, *, offset: int, length: int, size: int
+    ) -> tuple[bytes, str | None]:
+        """``fs_read_version`` through a signed read URL (``GET /file``) (puterfs)."""
+        return await self.fs.read_signed(signed, offset=offset, length=length, size=size)
+
+    async def fs_read_signed_into(self, signed: SignedRead, buf: memoryview, *, offset: int, size: int) -> str | None:
+        """``fs_read_version_into`` through a signed read URL (``GET /file``) (puterfs)."""
+        return await self.fs.read_signed_into(signed, buf, offset=offset, size=size)
 
     async def fs_read_into(
         self,

@@ -18,6 +18,7 @@ import posixpath
 import re
 from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -210,6 +211,52 @@ def legacy_entry(entry: dict[str, Any]) -> dict[str, Any]:
             out[key] = entry[v2_key]
     out.setdefault("id", entry.get("uid") or entry.get("uuid"))
     return out
+
+
+SIGN_MAX_ITEMS = 100  # uids per /sign request (the server sets no cap; a JSON body of ~6 KiB)
+_HEX = re.compile(r"^[0-9a-f]{16,128}$")
+
+
+def _check_within(buf: memoryview, offset: int, size: int) -> None:
+    if len(buf) == 0 or offset < 0 or offset + len(buf) > size:
+        raise BadRequest(f"bytes {offset}+{len(buf)} are not within a file of {size} bytes")
+
+
+@dataclass(frozen=True, repr=False)
+class SignedRead:
+    """A token-free read URL of one file (``/file?uid&expires&signature``, from ``/sign``).
+
+    The signature is a credential like a token (anyone holding it reads the file, for as long
+    as it is valid: practically forever): it is never shown by ``repr``/``str``, and the
+    client sends it only as the query of ``GET /file`` on its own API host."""
+
+    uid: str
+    expires: int
+    signature: str = field(compare=False)
+
+    def __repr__(self) -> str:
+        return f"SignedRead(uid={self.uid!r}, expires={self.expires})"
+
+    __str__ = __repr__
+
+    def params(self) -> dict[str, str]:
+        return {"uid": self.uid, "expires": str(self.expires), "signature": self.signature}
+
+    @classmethod
+    def from_answer(cls, uid: str, slot: Any) -> SignedRead | None:
+        """One slot of a ``/sign`` answer for ``uid``: None for the ``{}`` of an item the
+        server could not sign; anything else that is not a signature of that uid is a
+        ``BadAnswer``."""
+        if slot == {}:
+            return None
+        sig = slot.get("signature") if isinstance(slot, dict) else None
+        expires = slot.get("expires") if isinstance(slot, dict) else None
+        if (
+            not isinstance(sig, str) or not _HEX.match(sig) or slot.get("uid") != uid
+            or not isinstance(expires, int) or isinstance(expires, bool)
+        ):
+            raise BadAnswer("/sign answered something that is not a read signature of the uid asked for")
+        return cls(uid, expires, sig)
 
 
 class FS:
@@ -710,31 +757,17 @@ class FS:
     async def _read_range(
         self, path: str, offset: int | None, length: int | None, size: int | None
     ) -> tuple[str, tuple[int, int] | None, bool]:
-        """Plan a read: (abs path, (first, last) byte or None for everything, empty?).
-
-        Puter answers 500 to a Range on an empty file or starting at/after EOF, and to
-        multi-ranges (§5.8), so ranges are clamped here against the size, taken from
-        ``size`` or a ``stat``.
-        """
+        """Plan a read: (abs path, (first, last) byte or None for everything, empty?), as
+        `_span` does, with the size from ``size`` or a ``stat`` when the range needs it."""
         target = await self._c._abs(path)
-        if (offset is not None and offset < 0) or (length is not None and length < 0):
-            raise BadRequest("offset and length must not be negative")
-        start = offset or 0
-        if start == 0 and length is None:
-            return target, None, False
-        if length == 0:
-            return target, None, True
-        if size is None:
+        if size is None and not ((offset or 0) == 0 and length is None) and length != 0:
+            self._span(offset, length, 0)  # negative offset or length: refused before any request
             entry = await self.stat(target)
             if entry.get("is_dir"):
                 raise IsADirectory(f"{target} is a directory", status=400, code="cannot_read_a_directory")
             size = int(entry.get("size") or 0)
-        if start >= size:
-            return target, None, True
-        end = size - 1 if length is None else min(size, start + length) - 1
-        if start == 0 and end == size - 1:
-            return target, None, False
-        return target, (start, end), False
+        span, empty = self._span(offset, length, size or 0)
+        return target, span, empty
 
     async def read(
         self, path: str, *, offset: int | None = None, length: int | None = None, size: int | None = None
@@ -758,13 +791,7 @@ class FS:
         target, span, empty = await self._read_range(path, offset, length, size)
         if empty:
             return b"", None
-        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
-        body = _read_body(span)
-        data, etag = await self._c._send(
-            "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers,
-            decode=lambda r: (body(r), r.headers.get("etag")),
-        )
-        return data, parse_etag(etag)
+        return await self._get_version("/read", {"file": target}, span)
 
     async def read_version_into(self, path: str, buf: memoryview, *, offset: int, size: int) -> str | None:
         """Fill the writable buffer ``buf`` with the ``len(buf)`` bytes of a file of ``size``
@@ -775,15 +802,91 @@ class FS:
         bytes, one too short or too long, a whole file when a range was asked for is skipped to
         the range); a bad answer or a connection broken mid-body sends the request again (up to
         the client's bounded retries), filling ``buf`` anew."""
-        if len(buf) == 0 or offset < 0 or offset + len(buf) > size:
-            raise BadRequest(f"bytes {offset}+{len(buf)} are not within a file of {size} bytes")
+        _check_within(buf, offset, size)
         target, span, _ = await self._read_range(path, offset, len(buf), size)
+        return await self._get_into("/read", {"file": target}, buf, span, what=target)
+
+    async def sign_reads(self, uids: Sequence[str]) -> list[SignedRead | None]:
+        """Token-free read URLs of files by uid (``POST /sign``, action read, as many items
+        per request as `SIGN_MAX_ITEMS`), in order; None for a uid the server cannot sign
+        (it answers ``{}`` in that slot: gone, or not this account's to sign). The owner's
+        signatures never expire in practice (fileSigning.ts: a TTL of 9,999,999,999,999 s).
+        Each request draws from ``fs:sign`` (150 a minute on the free tier)."""
+        out: list[SignedRead | None] = []
+        for i in range(0, len(uids), SIGN_MAX_ITEMS):
+            part = list(uids[i : i + SIGN_MAX_ITEMS])
+            body = {"items": [{"uid": u, "action": "read"} for u in part]}
+            data = await self._c._post_json("/sign", body, idem=IDEMPOTENT)
+            sigs = data.get("signatures") if isinstance(data, dict) else None
+            if not isinstance(sigs, list) or len(sigs) != len(part):
+                raise BadAnswer(f"/sign answered {len(sigs) if isinstance(sigs, list) else 'no'} signatures"
+                                f" for {len(part)} items")
+            out.extend(SignedRead.from_answer(u, sig) for u, sig in zip(part, sigs, strict=True))
+        return out
+
+    async def read_signed(
+        self, signed: SignedRead, *, offset: int, length: int, size: int
+    ) -> tuple[bytes, str | None]:
+        """`read_version` through a signed read URL (``GET /file``, no token; Range support,
+        the ETag of the whole file, as ``/read``): ``length`` bytes at ``offset`` of the file
+        of ``size`` bytes, and their version. Drawn from the ``fs:signed-read`` budget (3,000
+        a minute and 60 in flight, keyed by the client's network, on every tier) instead of
+        ``fs:read``'s. The answers are checked and retried as `read_version`'s; a refused
+        signature is ``PermissionDenied`` (403), a uid gone ``NotFound`` (404), a suspended
+        owner ``AuthenticationError`` (401)."""
+        span, empty = self._span(offset, length, size)
+        if empty:
+            return b"", None
+        return await self._get_version("/file", signed.params(), span, auth=False)
+
+    async def read_signed_into(self, signed: SignedRead, buf: memoryview, *, offset: int, size: int) -> str | None:
+        """`read_version_into` through a signed read URL (see `read_signed`)."""
+        _check_within(buf, offset, size)
+        span, _ = self._span(offset, len(buf), size)
+        return await self._get_into("/file", signed.params(), buf, span, what=repr(signed), auth=False)
+
+    @staticmethod
+    def _span(offset: int | None, length: int | None, size: int) -> tuple[tuple[int, int] | None, bool]:
+        """A read's plan for a file of ``size`` bytes: ((first, last) byte or None for
+        everything, empty?). Puter answers 500 to a Range on an empty file or starting at/after
+        EOF, and to multi-ranges (§5.8), so ranges are clamped here against the size."""
+        if (offset is not None and offset < 0) or (length is not None and length < 0):
+            raise BadRequest("offset and length must not be negative")
+        start = offset or 0
+        if start == 0 and length is None:
+            return None, False
+        if length == 0 or start >= size:
+            return None, True
+        end = size - 1 if length is None else min(size, start + length) - 1
+        if start == 0 and end == size - 1:
+            return None, False
+        return (start, end), False
+
+    async def _get_version(
+        self, route: str, params: dict[str, Any], span: tuple[int, int] | None, *, auth: bool = True
+    ) -> tuple[bytes, str | None]:
+        """One read of ``route`` (``/read`` or ``/file``), checked (`_read_body`) and retried
+        by the transport; the bytes and their version."""
+        headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
+        body = _read_body(span)
+        data, etag = await self._c._send(
+            "GET", self._c.api_url + route, idem=IDEMPOTENT, params=params, headers=headers, auth=auth,
+            decode=lambda r: (body(r), r.headers.get("etag")),
+        )
+        return data, parse_etag(etag)
+
+    async def _get_into(
+        self, route: str, params: dict[str, Any], buf: memoryview, span: tuple[int, int] | None, *,
+        what: str, auth: bool = True,
+    ) -> str | None:
+        """One read of ``route`` streamed into ``buf`` (`_fill_from`), sent again after a bad
+        answer or a connection broken mid-body; ``what`` names it in log lines."""
         headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else None
         attempt = 0
         while True:
             attempt += 1
             response = await self._c._send(
-                "GET", self._c.api_url + "/read", idem=IDEMPOTENT, params={"file": target}, headers=headers,
+                "GET", self._c.api_url + route, idem=IDEMPOTENT, params=params, headers=headers, auth=auth,
                 stream=True,
             )
             try:
@@ -795,7 +898,7 @@ class FS:
                 err = exc if isinstance(exc, BadAnswer) else _map_transport_error(exc)
                 if attempt > self._c._retry.bounded:
                     raise err from exc
-                log.info("read of %s into a buffer failed (%s); sending it again", target, err)
+                log.info("read of %s into a buffer failed (%s); sending it again", what, err)
                 await anyio.sleep(self._c._retry.delay(attempt))
             finally:
                 await response.aclose()
