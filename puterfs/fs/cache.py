@@ -67,6 +67,11 @@ LOST_FOUND = "lost+found"
 # no mount path can have; they are dropped at the next start and at close.
 SPARE_PATH = "\x00spare/"
 SPARES = 32  # kept ready
+# A small dirty file a rename replaces (an editor's save) leaves its data file as a spare
+# instead of two inodes to unlink: its row becomes a spare's in the rename's transaction, and
+# once that is synced (never before: a power cut could otherwise keep the emptied file under
+# its old row) the next create empties the file and takes it. Up to SPARES of them wait.
+RECYCLE_MAX = 1 << 20
 # An fsync of a dirty file of up to this many bytes puts its bytes in the journal (table
 # synced_data) instead of syncing its data file: one sync (the journal's) instead of two, and
 # none that waits for the file system's journal (a new file's blocks are allocated at its sync).
@@ -321,6 +326,9 @@ class CacheStore:
         self.paths: dict[str, CacheEntry] = {}  # path -> entry, kept in step with `entries`
         self._spares: list[CacheEntry] = []  # ready spare data files (not in entries/paths)
         self._spares_coming = 0  # spares being made on a worker thread
+        # replaced files' data files to be spares once the journal is synced past the mark
+        # (journal_mark) of the rename that made them so (RECYCLE_MAX)
+        self._recycled: list[tuple[CacheEntry, int]] = []
         self._doomed: list[int] = []  # deleted entries whose files are still to be unlinked
         self._unsynced_seq = 0  # tokens of `mark_complete`
         self.inlined: set[int] = set()  # entries whose last fsync'ed bytes are in synced_data
@@ -767,6 +775,8 @@ class CacheStore:
         clean in the journal, so no state of it could pass for a copy of a server file)."""
         now = time.time()
         mtime = mtime_ns or time.time_ns()
+        if self._recycled and self._recycled[0][1] <= self._synced_changes:
+            self._take_recycled()
         if self._spares:
             e = self._spares.pop()
             # an empty data file whose name is on the disk already: one row update and the
@@ -873,10 +883,30 @@ class CacheStore:
                 except OSError:
                     pass  # dropped at the next start
 
+    def _take_recycled(self) -> None:
+        """The oldest recycled data file, its spare row synced, is emptied: a ready spare."""
+        e, _ = self._recycled.pop(0)
+        try:
+            os.close(self.open_data(e.id, os.O_WRONLY | os.O_TRUNC))
+        except OSError as exc:
+            log.warning("cache: cannot reuse data/%d: %s", e.id, exc)
+            self._drop(e.id)  # a spare's row: nothing of anyone's
+            return
+        self._spares.append(e)
+
+    def drop_recycled(self) -> int:
+        """Drop the replaced files' data files kept to be spares (a full cache disk); how many."""
+        n = len(self._recycled)
+        for e, _ in self._recycled:
+            self._drop(e.id)
+        self._recycled.clear()
+        return n
+
     def drop_spares(self) -> None:
         for e in self._spares:
             self._drop(e.id)
         self._spares.clear()
+        self.drop_recycled()
 
     def create_for_remote(self, path: str, *, size: int, uid: str | None, modified: int | None, mode: int) -> CacheEntry:
         """An empty sparse cache file for a server file of `size` bytes; blocks arrive on demand."""
@@ -1089,29 +1119,94 @@ class CacheStore:
         if md5 not in e.sent_md5:
             self._commit(e, _durable=sync, sent_md5=[*e.sent_md5[-3:], md5])
 
-    def rename(self, old: str, new: str, *, is_dir: bool = True) -> None:
+    def rename(self, old: str, new: str, *, is_dir: bool = True, replaced: CacheEntry | None = None,
+               recycle: bool = False, **changes: Any) -> None:
         """Re-point the entry at `old` and every entry below it (a directory rename; a file,
-        `is_dir=False`, has none below it: no walk of every entry)."""
-        self._rename_meta(old, new)
+        `is_dir=False`, has none below it: no walk of every entry), and delete the entry the
+        rename replaces (`replaced`, which the caller let go of, or one found at a new path).
+        `changes`: fields the renamed file gets too (its base, when it replaces the server's
+        copy). One journal transaction for all of it (pending metadata, the replaced rows,
+        the renamed ones), so a kill -9 at any point leaves the rename done or not done, never
+        half (docs/write-back.md). A replaced row is not deleted in it but becomes a spare's
+        (`recycle`, a small dirty file: its data file is reused, `_recycled`) or an unlinked
+        one's (deleted, its files unlinked later, `delete(later=True)`); the identity records
+        follow the commit (a row newer than its record wins at start)."""
         if is_dir:
             prefix = old + "/"
             moved = [e for p, e in self.paths.items() if p == old or p.startswith(prefix)]
         else:
             moved = [e for e in (self.paths.get(old),) if e is not None]
+        gone = [replaced] if replaced is not None else []
         for e in moved:
-            del self.paths[e.path]
+            clash = self.paths.get(new + e.path[len(old):])
+            if clash is not None and clash is not e and all(clash is not g for g in gone):
+                gone.append(clash)
+        now = time.time()
+        ghosts = [
+            CacheEntry(id=g.id, path=SPARE_PATH, complete=True, last_used=now, gen=g.gen + 1)
+            if recycle and g is replaced and g.dirty and g.size <= RECYCLE_MAX and len(self._recycled) < SPARES
+            else CacheEntry(id=g.id, path=f"\x00unlinked/{g.id}", gen=g.gen + 1)
+            for g in gone
+        ]
+        before = [(e, e.path, e.gen, e.written, {k: getattr(e, k) for k in changes}) for e in moved]
+        records: list[CacheEntry] = []
+        try:
+            with self._transaction():
+                self._rename_meta(old, new)
+                for g, ghost in zip(gone, ghosts, strict=True):
+                    self._saved.pop(g.id, None)
+                    self._save_row(ghost)
+                    if g.id in self.inlined:
+                        self._sql("DELETE FROM synced_data WHERE id = ?", (g.id,))
+                for e in moved:
+                    ident = e.written if e.written is not None else e.identity()
+                    e.path = new + e.path[len(old):]
+                    if not is_dir:
+                        for k, v in changes.items():
+                            setattr(e, k, v)
+                    if e.identity() != ident:
+                        e.gen += 1
+                        records.append(e)
+                    self._save_row(e)
+        except OSError as exc:
+            # memory follows the server; the journal catches up at the next save
+            log.error("cache: cannot record the rename of %r to %r: %s", old, new, exc)
+            for e, path, gen, written, vals in before:
+                self._saved.pop(e.id, None)
+                e.path, e.gen, e.written = path, gen, written
+                for k, v in vals.items():
+                    setattr(e, k, v)
+            records = []
+            for g in gone:
+                self.delete(g)  # the plain way (its data first: on a full disk that frees space)
+            for e in moved:
+                e.path = new + e.path[len(old):]
+                if not is_dir:
+                    for k, v in changes.items():
+                        setattr(e, k, v)
+            gone = ghosts = []
+        mark = self._db.total_changes
+        for g in gone:
+            self.entries.pop(g.id, None)
+            if self.paths.get(g.path) is g:
+                del self.paths[g.path]
+            self.inlined.discard(g.id)
+        for e, path, *_ in before:
+            if self.paths.get(path) is e:
+                del self.paths[path]
         for e in moved:
-            new_path = new + e.path[len(old):]
-            clash = self.paths.get(new_path)
-            if clash is not None and clash is not e:
-                self.delete(clash)
-            try:
-                self._commit(e, path=new_path)
-            except OSError as exc:
-                # memory follows the server; the journal catches up at the next save
-                log.error("cache: cannot record the rename of %r to %r: %s", e.path, new_path, exc)
-                e.path = new_path
             self.paths[e.path] = e
+        for e in [*records, *(g for g in ghosts if g.path == SPARE_PATH)]:  # delete() writes the others'
+            try:
+                self._write_identity(e, e.gen, e.identity(), may_reclaim=False)  # in place
+                e.written = e.identity()
+            except OSError as exc:
+                log.warning("cache: cannot update the identity record of %r: %s (the journal has it)", e.path, exc)
+        for ghost in ghosts:
+            if ghost.path == SPARE_PATH and ghost.written is not None:
+                self._recycled.append((ghost, mark))
+            else:
+                self.delete(ghost, later=True)  # its row goes, its files are unlinked later
 
     def delete(self, e: CacheEntry, *, later: bool = False) -> None:
         """Forget `e` and delete its files; `later`: its files are unlinked by `unlink_doomed`
@@ -1209,13 +1304,10 @@ class CacheStore:
             self._sql("DELETE FROM pending_meta WHERE substr(path, 1, ?) = ?", (len(path) + 1, path + "/"))
 
     def _rename_meta(self, old: str, new: str) -> None:
-        try:
-            with self._transaction():
-                self.drop_meta(new, below=True)  # what the rename replaces
-                self._sql("UPDATE pending_meta SET path = ? || substr(path, ?) WHERE path = ? OR substr(path, 1, ?) = ?",
-                          (new, len(old) + 1, old, len(old) + 1, old + "/"))  # fmt: skip
-        except OSError as exc:
-            log.error("cache: cannot record the rename of the pending metadata of %r: %s", old, exc)
+        """The pending metadata updates follow a rename (in `rename`'s transaction)."""
+        self.drop_meta(new, below=True)  # what the rename replaces
+        self._sql("UPDATE pending_meta SET path = ? || substr(path, ?) WHERE path = ? OR substr(path, 1, ?) = ?",
+                  (new, len(old) + 1, old, len(old) + 1, old + "/"))  # fmt: skip
 
     def flush_usage(self) -> None:
         """Persist last-used times (LRU order across restarts)."""

@@ -240,7 +240,7 @@ class DataCache:
         """The cache disk is full: unlink now the data of deleted files a worker thread was to
         unlink soon (an unlink, then a create on a full disk, must find the space freed), and
         drop every clean cached file nobody has open. Nonzero when something was freed."""
-        unlinked = self.cache.unlink_doomed()
+        unlinked = self.cache.unlink_doomed() + self.cache.drop_recycled()
         keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and n.opens}
         freed = self.cache.evict(0, keep)
         if freed:
@@ -431,6 +431,37 @@ class DataCache:
                 await trio.to_thread.run_sync(self.cache.unlink_doomed)
         finally:
             self._unlinking = False
+
+    def _let_go_replaced(self, node: Node) -> CacheEntry | None:
+        """`node`, a file a rename replaces, leaves the namespace: its upload goes, and its
+        cache entry is returned for `_rename_data` to delete in the rename's own journal
+        transaction (None: it has none, or keeps it for the descriptors still open on it)."""
+        ent = node.entry
+        if ent is None or node.opens > 0 or self.cache.entries.get(ent.id) is not ent:
+            self._discard_data(node)
+            return None
+        self.queue.cancel(ent.id)
+        self._forget_session(ent.id)
+        self._close_fd(node)
+        node.entry = None
+        return ent
+
+    def _rename_data(self, old: str, new: str, *, is_dir: bool, replaced: CacheEntry | None = None,
+                     **changes: object) -> None:
+        """The cache follows a rename (cache.rename: one journal transaction with the deletion
+        of `replaced`, from `_let_go_replaced`). A small dirty file replaced (an editor's save)
+        leaves its data file to be a spare (cache.RECYCLE_MAX) unless its upload is under way
+        (its request may still read that file) or the cache disk is low (its space is freed at
+        once then); another's files are unlinked on a worker thread."""
+        low = replaced is not None and (self.spawn is None or self._cache_disk_low())
+        recycle = replaced is not None and not low and replaced.id not in self._uploading
+        self.cache.rename(old, new, is_dir=is_dir, replaced=replaced, recycle=recycle, **changes)
+        if self.cache.doomed():
+            if low:
+                self.cache.unlink_doomed()  # its space is free when the rename returns
+            elif not self._unlinking and self.spawn is not None:
+                self._unlinking = True
+                self.spawn(self._unlink_doomed)
 
     def _discard_data(self, node: Node) -> None:
         """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""

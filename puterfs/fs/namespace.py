@@ -29,6 +29,7 @@ from puterfs.client._errors import (
     NotFound,
     PuterError,
 )
+from puterfs.fs.cache import CacheEntry
 from puterfs.fs.errors import FsError
 from puterfs.fs.inodes import LINK_SUFFIX, Node
 from puterfs.fs.nsjournal import NsOp, ops_wire, parent_of, under
@@ -160,13 +161,15 @@ class Namespace:
         node.remote_fp = None
         self._remove_child(parent, name, node)
 
-    def _drop_target(self, parent: Node, name: str, target: Node) -> None:
-        self._discard_data(target)
+    def _drop_target(self, parent: Node, name: str, target: Node) -> CacheEntry | None:
+        """A rename replaces `target`; its cache entry, if the rename is to delete it."""
+        ent = self._let_go_replaced(target)
         if parent.children is not None and parent.children.get(name) is target:
             del parent.children[name]
         target.remote_fp = None
         self._drop_meta_job(target)
         self.table.detach(target)
+        return ent
 
     async def _create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -288,6 +291,7 @@ class Namespace:
         # the files' new names by themselves (they wait for this op; see nsjournal.py).
         target_remote = target is not None and self._maybe_on_server(target)
         ent = node.entry
+        base: dict[str, Any] = {}
         if self._maybe_on_server(node):
             self.ns.record_move(node.path, new_path, is_dir=node.is_dir, overwrite=target_remote, node=node)
         elif target_remote and target is not None and not node.is_dir and ent is not None and ent.dirty:
@@ -304,11 +308,11 @@ class Namespace:
                 # an upload of the target's whose outcome is unknown may be what the server holds
                 ent.sent_md5 = [*ent.sent_md5, *t_ent.sent_md5][-4:]
             if fp is not None:
-                self.cache.set_base(ent, uid=fp[0], size=fp[1], modified=fp[2], etag=etag)
+                # committed with the rename (one transaction)
+                base = {"base_uid": fp[0], "base_size": fp[1], "base_modified": fp[2], "base_etag": etag}
                 node.remote_fp = fp
                 node.remote_meta = target.remote_meta
-            else:
-                self.cache.save(ent)  # base unknown: the upload's checks keep both if need be
+            # else: base unknown, the upload's checks keep both if need be
             ent.maybe_remote = True
         elif target_remote:
             # a directory that exists only here replaces an empty one on the server: that goes
@@ -317,9 +321,8 @@ class Namespace:
             self.ns.record_delete(new_path, is_dir=target.is_dir)
 
         old_path = node.path
-        if target is not None:
-            self._drop_target(new_parent, new_name, target)
-        self.cache.rename(old_path, new_path, is_dir=node.is_dir)
+        replaced = self._drop_target(new_parent, new_name, target) if target is not None else None
+        self._rename_data(old_path, new_path, is_dir=node.is_dir, replaced=replaced, **base)
         self.table.rename(node, new_path)
         if old_parent.children is not None and old_parent.children.get(old_name) is node:
             del old_parent.children[old_name]

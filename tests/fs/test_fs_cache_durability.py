@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from puterfs.fs.cache import INLINE_MAX, JOURNAL, CacheEntry, CacheStore
+from puterfs.fs.cache import INLINE_MAX, JOURNAL, CacheEntry, CacheStore, _Tx
 from puterfs.fs.data import DataCache
 from puterfs.fs.inodes import Node
 from puterfs.fs.readahead import ReadAhead
@@ -437,5 +437,137 @@ def test_an_uploaded_small_file_is_not_put_back_from_the_journal(tmp_path: Path,
     after = CacheStore(tmp_path / "image")
     assert "up.txt" not in after.paths  # clean, its data file not synced: fetched again when read
     assert after._db.execute("SELECT count(*) FROM synced_data").fetchone()[0] == 0
+    after.close()
+    c.close()
+
+
+# -- a rename over a file (an editor's save) ----------------------------------------------
+#
+# One journal transaction with the deletion of the file it replaces, whose data file becomes
+# a spare (docs/write-back.md): a kill -9 at any point of it leaves the rename done or not
+# done, never half; a power cut loses at most the rename, never the replaced file's bytes
+# before the rename is on the disk. A kill -9 is simulated as it happens: every byte the cache
+# wrote is in the OS, so a copy of the cache dir taken between two of its steps is what the
+# next start finds.
+
+OLD = b"the document as saved before\n" * 20
+NEW = b"the document as saved now\n" * 30
+BASE = {"base_uid": "uid-7", "base_size": len(OLD), "base_modified": 1_700_000_000, "base_etag": "etag-7"}
+
+
+def _saved(c: CacheStore) -> tuple[CacheEntry, CacheEntry]:
+    """doc.txt as an earlier save left it, and its next version fsync'ed in a temp file."""
+    doc = c.create("doc.txt", dirty=True)
+    _write(c, doc, OLD)
+    doc.size = len(OLD)
+    _fsync(c, doc)
+    tmp = c.create(".doc.txt.swp", dirty=True)
+    _write(c, tmp, NEW)
+    tmp.size = len(NEW)
+    _fsync(c, tmp)
+    return doc, tmp
+
+
+def _content(c: CacheStore, path: str) -> bytes:
+    with c.open_file(c.paths[path].id) as f:
+        return f.read()
+
+
+def _state(root: Path) -> str:
+    """'old' or 'new': what the next start finds in the cache dir `root` (asserts it is one)."""
+    after = CacheStore(root)
+    try:
+        assert after.lost == [] and after.recovered == [], root
+        files = {p: _content(after, p) for p in after.paths}
+        if files == {"doc.txt": OLD, ".doc.txt.swp": NEW}:
+            assert after.paths[".doc.txt.swp"].base_uid is None
+            return "old"
+        assert files == {"doc.txt": NEW}, (root, sorted(files))
+        e = after.paths["doc.txt"]
+        assert e.dirty and e.size == len(NEW)
+        assert e.base_uid == BASE["base_uid"] and e.base_etag == BASE["base_etag"]
+        # nothing is left of the replaced file's row but a spare's, dropped
+        ids = {int(n.split(".")[0]) for n in os.listdir(root / "data")}
+        assert ids == {e.id}, root
+        return "new"
+    finally:
+        after.close()
+
+
+def _arm(monkeypatch: pytest.MonkeyPatch, live: Path, shots: list[Path], out: Path) -> None:
+    """From now on, a copy of the cache dir into `shots` before and after every journal
+    statement, commit, identity record write and unlink the cache makes."""
+    def snap() -> None:
+        dst = out / f"step-{len(shots):03d}"
+        shutil.copytree(live, dst, ignore=shutil.ignore_patterns("*-shm"))
+        shots.append(dst)
+
+    def around(cls: type, name: str) -> None:
+        real = getattr(cls, name)
+
+        def step(*a: object, **k: object) -> object:
+            snap()
+            try:
+                return real(*a, **k)
+            finally:
+                snap()
+
+        monkeypatch.setattr(cls, name, step)
+
+    for name in ("_sql", "_write_identity", "_unlink"):
+        around(CacheStore, name)
+    around(_Tx, "__exit__")
+
+
+@pytest.mark.parametrize("recycle", [True, False], ids=["data-file-recycled", "data-file-unlinked"])
+def test_a_rename_over_survives_kill_9_at_any_point_as_done_or_not_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recycle: bool
+) -> None:
+    steps: list[Path] = []
+    live = tmp_path / "live"
+    c = CacheStore(live)
+    _with_spares(c)
+    doc, _ = _saved(c)
+    c.sync_journal()
+    _arm(monkeypatch, live, steps, tmp_path / "shots")
+    c.rename(".doc.txt.swp", "doc.txt", is_dir=False, replaced=doc, recycle=recycle, **BASE)
+    c.unlink_doomed()  # the worker thread's part (nothing when the data file is recycled)
+    monkeypatch.undo()
+    assert sorted(c.paths) == ["doc.txt"] and _content(c, "doc.txt") == NEW
+    assert [e.id for e, _ in c._recycled] == ([doc.id] if recycle else [])
+    states = [_state(s) for s in steps]
+    assert len(steps) > 6
+    # not done until the one commit, done from it on: never anything in between
+    first_new = states.index("new")
+    assert states[:first_new] == ["old"] * first_new and states[first_new:] == ["new"] * (len(states) - first_new)
+    assert first_new > 1
+    c.close()
+
+
+def test_the_replaced_file_is_emptied_only_once_the_rename_is_on_the_disk(tmp_path: Path, disk: Disk) -> None:
+    """A power cut before the rename was synced brings back the document's fsync'ed version
+    (and the new one under its temp name): the replaced file's data file is not reused before
+    the journal says it is a spare on the disk. After that, a create takes it, emptied."""
+    live = tmp_path / "live"
+    c = CacheStore(live)
+    _with_spares(c)
+    doc, _ = _saved(c)
+    c.rename(".doc.txt.swp", "doc.txt", is_dir=False, replaced=doc, recycle=True, **BASE)
+    early = c.create("early.txt", dirty=True)
+    assert early.id != doc.id  # the rename is not synced yet: the replaced file keeps its bytes
+    with open(live / "data" / str(doc.id), "rb") as f:
+        assert f.read() == OLD
+    disk.power_cut_image(live, tmp_path / "before-sync")
+    assert _state(tmp_path / "before-sync") == "old"
+    c.sync_journal()  # an fsync of anything, or the periodic sync
+    later = c.create("later.txt", dirty=True)
+    assert later.id == doc.id and os.path.getsize(live / "data" / str(later.id)) == 0
+    _write(c, later, b"later")
+    later.size = 5
+    _fsync(c, later)
+    disk.power_cut_image(live, tmp_path / "after-sync")
+    after = CacheStore(tmp_path / "after-sync")
+    assert {p: _content(after, p) for p in after.paths} == {"doc.txt": NEW, "early.txt": b"", "later.txt": b"later"}
+    assert after.lost == []
     after.close()
     c.close()
