@@ -16,7 +16,8 @@ emulator's request log); ``git clone`` of a 300-file local repository + ``git st
 ``cp -r`` and ``rm -rf`` of 1,000 files; 50 editor-style saves (write a temp file, fsync,
 rename over); 100 appends each followed by ``sync``; a 4-process mixed namespace and data
 workload (2,000 operations, in the manner of fsstress); a sequential write and a cold read
-of a large file (``--big-mib``) against ``PuterClient.fs_write``/``fs_read`` of it; 2,000
+of a large file (``--big-mib``) against ``PuterClient.fs_write``/``fs_read`` of it, each timed
+write and read starting from a clean page cache on every target (``settle_disk``); 2,000
 random 4 KiB reads of an uncached file (bytes downloaded vs bytes read); cold and warm
 ``ls -lR`` of 1,000 entries (request counts); ``.ai/chat`` time to first byte against a
 direct streaming ``ai_chat``; and the daemon's peak RSS and CPU seconds per workload (from
@@ -350,6 +351,36 @@ def drop_file_cache(path: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+SETTLED_DIRTY = 16 * MiB  # the machine's dirty + under-writeback pages at most this before a timed write
+
+
+def _dirty_bytes() -> int:
+    """Dirty and under-writeback page-cache bytes, machine-wide (/proc/meminfo)."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(("Dirty:", "Writeback:")):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def settle_disk(timeout: float = 30.0) -> float:
+    """``sync`` and wait until the write-back it started is done (the machine's dirty and
+    under-writeback pages under SETTLED_DIRTY; other processes may dirty a few meanwhile), at
+    most ``timeout`` s. The sequential workload does this before each timed write and read on
+    every target, so that no target runs behind the write-back of the one before it (the local
+    disk's write ran at 171-3,481 MiB/s from pass to pass without it). Returns the seconds."""
+    t0 = time.monotonic()
+    os.sync()
+    while _dirty_bytes() > SETTLED_DIRTY and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+        os.sync()
+    took = time.monotonic() - t0
+    if _dirty_bytes() > SETTLED_DIRTY:
+        log.warning("the page cache still holds %d MiB dirty after %.0f s", _dirty_bytes() // MiB, took)
+    return took
 
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
@@ -732,12 +763,18 @@ class Bench:
         d.mkdir()
         f = d / "big.bin"
         block = 1 * MiB
+        settle_disk()  # the same clean start on every target (settle_disk)
         t0 = time.perf_counter()
         with open(f, "wb") as fh:
             for off in range(0, size, block):
                 fh.write(self.big[off : off + block])
         t1 = time.perf_counter()
         out = {"write MiB/s": size / MiB / (t1 - t0)}
+        if target == "rclone" and self.rclone:
+            # its copy into the backing directory (after its write-back delay) must not run
+            # during the next target's timed write, as puterfs's upload is waited for below
+            backing = self.rclone.backing / f.relative_to(self.rclone.path)
+            wait(lambda: backing.exists() and backing.stat().st_size == size, 300, "rclone's copy of the big file")
         if target == "puterfs":
             on = self.mount.wait_uploaded(settle=self.args.settle)
             out["write+upload MiB/s"] = size / MiB / (max(on, t1) - t0)
@@ -750,13 +787,15 @@ class Bench:
 
             async def client_rw() -> tuple[float, float]:
                 async with self.client(self.ref_token) as c:
+                    settle_disk()
                     r0 = time.perf_counter()
                     data = await c.fs_read(ref)
                     r1 = time.perf_counter()
                     check(hashlib.sha256(data).hexdigest() == self.big_sha, "the client's read of the big file")
+                    settle_disk()
+                    w0 = time.perf_counter()
                     await c.fs_write(ref + ".client", self.big)
-                    r2 = time.perf_counter()
-                    return r1 - r0, r2 - r1
+                    return r1 - r0, time.perf_counter() - w0
 
             t_read, t_write = asyncio.run(client_rw())
             out["client fs_read MiB/s"] = size / MiB / t_read
@@ -769,6 +808,7 @@ class Bench:
             drop_file_cache(f)
             if target == "rclone" and self.rclone:
                 drop_file_cache(self.rclone.backing / f.relative_to(self.rclone.path))
+        settle_disk()
         t0 = time.perf_counter()
         h = hashlib.sha256()
         with open(cold, "rb", buffering=0) as fh:
