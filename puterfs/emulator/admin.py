@@ -91,6 +91,13 @@ async def _handle(emu: Emulator, request: Request) -> Response:
             ]})
         if method == "DELETE":  # drop every socket.io connection (fault injection)
             return JSONResponse({"dropped": emu.sockets.drop_all()})
+        if method == "POST":  # {"event_delay": seconds}: events go out late (fault injection)
+            body = parse_json_bytes(await request.body())
+            delay = body.get("event_delay", 0)
+            if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 60:
+                raise ApiError(400, "bad_request", "'event_delay' must be a number of seconds from 0 to 60")
+            emu.sockets.event_delay = float(delay)
+            return JSONResponse({"event_delay": emu.sockets.event_delay})
     elif path == "/_emulator/tier":
         if method == "POST":
             body = parse_json_bytes(await request.body())

@@ -74,6 +74,7 @@ class EngineSession:
     user_id: int | None = None  # set once the socket.io CONNECT is accepted
     socket_sid: str | None = None
     outbox: list[str] = field(default_factory=list)
+    late: list[tuple[float, str]] = field(default_factory=list)  # (due, event packet), in order
     waiters: set[anyio.Event] = field(default_factory=set)
     polling_busy: bool = False
     closed: bool = False
@@ -115,6 +116,9 @@ class SocketHub:
         # tests may shorten these (the open packet then says so)
         self.ping_interval = PING_INTERVAL
         self.ping_timeout = PING_TIMEOUT
+        # fault injection: events go out this many seconds after their change (a loaded
+        # server or network: the answers of later requests overtake them); pings do not wait
+        self.event_delay = 0.0
 
     # --- bookkeeping -------------------------------------------------------------------------
 
@@ -140,6 +144,8 @@ class SocketHub:
         now = time.monotonic() if now is None else now
         if s.closed:
             return
+        while s.late and s.late[0][0] <= now:
+            s.push(s.late.pop(0)[1])
         if s.closing_at is not None:
             if now >= s.closing_at:
                 self.close(s, s.close_reason or "closed")
@@ -159,7 +165,10 @@ class SocketHub:
     def _deadline(self, s: EngineSession) -> float:
         if s.closing_at is not None:
             return 0 if s.outbox else s.closing_at - time.monotonic()
-        return (s.pong_due if s.pong_due is not None else s.next_ping) - time.monotonic()
+        due = s.pong_due if s.pong_due is not None else s.next_ping
+        if s.late:
+            due = min(due, s.late[0][0])
+        return due - time.monotonic()
 
     def connected(self, user_id: int) -> list[EngineSession]:
         return [s for s in self.sessions.values() if s.user_id == user_id and not s.closed and s.closing_at is None]
@@ -188,7 +197,12 @@ class SocketHub:
         self._tick_all()
         packet = "42" + _dumps([name, payload])
         for s in self.connected(user_id):
-            s.push(packet)
+            if self.event_delay > 0 or s.late:
+                due = time.monotonic() + self.event_delay
+                s.late.append((max(due, s.late[-1][0]) if s.late else due, packet))  # in order
+                s.wake()  # its waiter looks at the new deadline
+            else:
+                s.push(packet)
 
     # --- packets from a client -----------------------------------------------------------------
 

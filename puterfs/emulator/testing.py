@@ -300,6 +300,10 @@ class EmulatorProcess:
         """Drop every socket.io connection at once; returns how many there were."""
         return self._admin("DELETE", "sockets")["dropped"]
 
+    def set_event_delay(self, seconds: float) -> None:
+        """Send every change event this late (0: at once; the ones held go out in order)."""
+        self._admin("POST", "sockets", json={"event_delay": seconds})
+
     def new_user(self, temp: bool = True) -> tuple[str, str]:
         """A fresh user, made as ``/signup`` makes one (a temp user, or with ``temp=False`` a
         confirmed signed-up one) but through the admin route, so tests that make many users

@@ -210,6 +210,9 @@ class Freshness:
             if old_rel:  # moved out of the mount
                 self._remove(old_rel, e.uid)
             return
+        if self.ops._own_echo(rel, e):
+            self.echoes += 1  # our own mkdir or move: the listings have it, and what came after it
+            return
         if ev.name == "item.updated" and (old_rel is None or old_rel == rel):
             # a rename is an item.updated without the old path: the same uid elsewhere
             old_rel = self._path_of_uid(e.uid, rel)

@@ -38,6 +38,7 @@ from puterfs.fs.remote import RemoteEntry, conflict_name, join, split
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+OWN_CHANGES_KEPT = 4096  # the newest answers to our own changes kept to recognise their echoes
 
 
 def _mutating(fn: Any) -> Any:
@@ -482,6 +483,8 @@ class Namespace:
     def _ns_applied(self, op: NsOp, e: Any) -> None:
         if not isinstance(e, RemoteEntry):
             return
+        if op.kind in ("mkdir", "move"):
+            self._own_change(op.dest or op.path, e)
         if op.kind == "mkdir":
             node = op.node
             if node is not None and node.in_tree and node.is_dir and node.remote_fp is None:
@@ -503,6 +506,30 @@ class Namespace:
         for ent in list(self.cache.entries.values()):
             if ent.base_uid == e.uid and ent.base_size == e.size and ent.base_modified != e.modified:
                 self.cache.set_base(ent, uid=e.uid, size=e.size, modified=e.modified, etag=ent.base_etag)
+
+    def _own_change(self, path: str, e: RemoteEntry) -> None:
+        """The server answered a change of ours (a mkdir, a move, an upload whose event has
+        not come yet) with `e` at `path`: its change event will be our echo."""
+        self._own_changes[(path, *e.fingerprint)] = None
+        while len(self._own_changes) > OWN_CHANGES_KEPT:
+            del self._own_changes[next(iter(self._own_changes))]
+
+    def _own_echo(self, path: str, e: RemoteEntry) -> bool:
+        """Whether a change event showing `e` at `path` is the echo of a change of ours (the
+        entry our mkdir, move or upload made there, as its answer had it); each is taken once.
+        Its change is here already, and so is every change of ours after it: applied to the
+        listings, an echo that comes late (queued behind the answer on a loaded machine, or
+        parked until our later ops were applied) would undo them: bring back a name a later
+        rename moved away, or the size of a file a later rename replaced."""
+        key = (path, *e.fingerprint)
+        if key not in self._own_changes:
+            return False
+        del self._own_changes[key]
+        node = self.table.by_path.get(path)
+        ent = node.entry if node is not None else None
+        if ent is not None and ent.echo_due == e.fingerprint:
+            ent.echo_due = None  # the event of our own upload (see Freshness._upsert)
+        return True
 
     def _ns_source_gone(self, op: NsOp) -> None:
         """The server has no source for this move: deleted elsewhere (or moved by an attempt

@@ -121,6 +121,9 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self.background: trio.Nursery | None = None
         self._refreshing: dict[int, tuple[trio.Event, float]] = {}  # folder inode -> (done, started)
         self._mutating_scopes: list[tuple[set[str], set[str]]] = []  # the handlers' (folders, subtrees)
+        # (path, uid, size, modified) of what our own changes made on the server, the
+        # newest last: the change event of each is our echo (Namespace._own_echo)
+        self._own_changes: dict[tuple[str, str | None, int, int | None], None] = {}
         self.events_live = False  # change events arrive (freshness.py): the timestamp poll rests
         self.freshness: Any = None  # puterfs.fs.freshness.Freshness, set by the mount
         self._handles: dict[int, _Handle] = {}

@@ -203,6 +203,8 @@ class Uploader:
         # its change event is still to come, unless it came before this answer
         ent.echo_due = None if result.fingerprint in ent.seen_fps else result.fingerprint
         ent.seen_fps.clear()
+        if ent.echo_due is not None:
+            self._own_change(ent.path, result)
         ent.unverified = False
         if ent.version == version:
             self.cache.mark_clean(ent, uid=result.uid, size=result.size, modified=result.modified, etag=etag)

@@ -182,3 +182,73 @@ def test_parked_paths_answer_related_like_each_path_does() -> None:
                 paths.add(q)
             for p in names:
                 assert paths.related(p) == any(_related(p, q) for q in chosen), (p, chosen)
+
+
+def _listed(ops: Any, *dirs: str) -> None:
+    """The folders' listings are fresh (the POSIX checks answer from them, no server call)."""
+    import trio
+
+    for rel in dirs:
+        node = ops.table.by_path[rel]
+        if node.children is None:
+            ops._apply_listing(node, [], ops.table.next_seq())
+        node.listed_epoch, node.listed_at = ops.epoch, trio.current_time()
+
+
+def _apply_journal(ops: Any, modified: int) -> list[ItemEvent]:
+    """What the applier does for each pending op in turn when the server answers it, and the
+    change event the server sends for each (delivered by the caller, late)."""
+    events = []
+    for op in list(ops.ns.ops):
+        assert op.kind == "move"
+        uid, size, _ = op.node.remote_fp
+        e = entry(op.dest, uid, size=size, modified=modified, is_dir=op.node.is_dir)
+        ops._ns_applied(op, RemoteEntry.from_json(e))
+        ops.ns.done(op)
+        events.append(event("item.moved", e, old=op.path))
+    return events
+
+
+@pytest.mark.trio
+async def test_late_echo_of_our_move_does_not_bring_back_a_name_moved_away(ops: Any, fresh: Freshness) -> None:
+    """fsx seed 7 (`mkdir a/a` -> EEXIST under load): `mv b a/a; mv a z; mv c/h a`, and the
+    echo of the first move (a/a, from b) is handled after the others, as on a loaded machine
+    (the events of the batch queued behind its answer, or parked until the ops were applied).
+    The echo describes a state our later renames have left: applied, it put a ghost `a/a`
+    into the new `a` (the old c/h), so `mkdir a/a` said EEXIST. Our own echo changes nothing."""
+    root = ops.table.root
+    ops._apply_listing(root, [RemoteEntry.from_json(entry(n, f"u-{n}", size=0, is_dir=True)) for n in "abc"],
+                       ops.table.next_seq())
+    c = root.children["c"]
+    ops._apply_listing(c, [RemoteEntry.from_json(entry("c/h", "u-h", size=0, is_dir=True))], ops.table.next_seq())
+    _listed(ops, "", "a", "b", "c", "c/h")
+    ino = {p: ops.table.by_path[p].inode for p in ("", "a", "b", "c")}
+    await ops._rename(ino[""], b"b", ino["a"], b"a", 0)
+    await ops._rename(ino[""], b"a", ino[""], b"z", 0)
+    await ops._rename(ino["c"], b"h", ino[""], b"a", 0)
+    assert [op.describe() for op in ops.ns.ops] == ["move b -> a/a", "move a -> z", "move c/h -> a"]
+    for ev in _apply_journal(ops, modified=101):
+        await fresh._handle(ev)  # nothing pending any more: applied at once
+    assert sorted(ops.table.by_path["a"].children) == [] and sorted(ops.table.by_path["z"].children) == ["a"]
+    await ops._mkdir(ops.table.by_path["a"].inode, b"a", 0o755, 0)  # EEXIST before the fix
+
+
+@pytest.mark.trio
+async def test_late_echo_of_our_upload_does_not_undo_a_rename_over_the_file(ops: Any, fresh: Freshness) -> None:
+    """fsx seed 7 with the events late: a file's upload is answered, then `mv docs/b.txt a.txt`
+    replaces it; the upload's echo (a.txt at its old size) came after both and gave the moved
+    file the replaced file's uid and size (reads of it then failed: short read, EIO)."""
+    from puterfs.fs.remote import RemoteEntry as RE
+
+    root = ops.table.root
+    _listed(ops, "", "docs")
+    old = root.children["a.txt"]
+    ent = _clean_copy(ops, "a.txt")
+    ops._uploaded(ent, ent.version, RE.from_json(entry("a.txt", "u-a", size=9, modified=101)))
+    await ops._rename(root.children["docs"].inode, b"b.txt", root.inode, b"a.txt", 0)
+    moved = root.children["a.txt"]
+    assert moved is not old and [op.describe() for op in ops.ns.ops] == ["move docs/b.txt -> a.txt"]
+    late = [event("item.added", entry("a.txt", "u-a", size=9, modified=101)), *_apply_journal(ops, modified=102)]
+    for ev in late:
+        await fresh._handle(ev)
+    assert root.children["a.txt"] is moved and moved.remote_fp == ("u-b", 3, 102) and moved.size == 3

@@ -149,6 +149,40 @@ def test_a_slow_change_of_ours_holds_up_only_the_events_of_its_folder(mount_fact
     assert m.remote.is_dir("busy/slow")
 
 
+def test_late_echoes_of_our_own_changes_undo_none_of_the_later_ones(mount_factory: Any, emulator: Any) -> None:
+    """fsx seed 7 (`mkdir a/a` -> EEXIST on a loaded machine): the echo of `mv b a/a` came
+    after `mv a z; mv c/h a` had reached the server too, and put a ghost `a/a` into the new `a`;
+    the echo of a file's upload after a rename over it gave the renamed file the old file's
+    size (reads: EIO). The emulator sends every event late here, so each echo comes after the
+    answers of the requests that followed it."""
+    m = mount_factory(listing_max_age=600)  # only the events can show the marker below
+    _wait_mode(m, "events")
+    root = m.path
+    for d in ("a", "b", "c/h", "mk"):
+        os.makedirs(root / d)
+    (root / "f").write_bytes(b"f" * 5000)
+    (root / "g").write_bytes(b"g" * 7)
+    m.wait_uploaded()
+    emulator.set_event_delay(1.0)
+    try:
+        (root / "f").write_bytes(b"F" * 6000)  # uploaded; its echo comes after the rename over it
+        wait_for(lambda: m.remote.read("f") == b"F" * 6000, 30, "the upload of f")
+        os.rename(root / "g", root / "f")
+        os.rename(root / "b", root / "a" / "a")
+        os.rename(root / "a", root / "z")
+        os.rename(root / "c" / "h", root / "a")
+        m.wait_uploaded()  # all of it on the server; the events still on their way
+        m.remote.write("mk/marker", b"m")  # another client's change: its event comes after ours
+        wait_for(lambda: (root / "mk" / "marker").exists(), 30, "the event of a change made after ours")
+    finally:
+        emulator.set_event_delay(0)
+    assert os.listdir(root / "a") == [] and os.listdir(root / "z") == ["a"]
+    os.mkdir(root / "a" / "a")  # EEXIST when the late echo was applied
+    assert (root / "f").read_bytes() == b"g" * 7  # EIO (short read) when it was
+    m.wait_uploaded()
+    assert m.remote.is_dir("a/a") and m.remote.is_dir("z/a") and m.remote.read("f") == b"g" * 7
+
+
 def test_own_changes_are_recognised(pair: tuple[MountedFs, MountedFs]) -> None:
     """The echo of a mount's own mkdir/write must not make it read its listing again."""
     a, _ = pair
