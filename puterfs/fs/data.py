@@ -39,6 +39,10 @@ READAHEAD_BLOCKS = 8  # for sequential readers (8 MiB)
 # (fallocate, FALLOC_FL_KEEP_SIZE): the page-cache write into reserved blocks skips the file
 # system's per-block delayed-allocation bookkeeping, a quarter of the write's cost on ext4
 PREALLOCATE_MIN = 128 * 1024
+# a sequential writer's reservation runs ahead of it: as much again as the file already has,
+# at most this (16 fallocate calls for 256 MiB, not 256); what is left past the end at its
+# close is given back (`_give_back_reserve`)
+PREALLOCATE_AHEAD = 16 << 20
 FALLOC_FL_KEEP_SIZE = 1
 EVICT_RECOUNT = 5.0  # s: the cache's bytes are counted again at a close at least this often
 LOW_SPACE = 64 << 20  # a cache disk with less free than this unlinks deleted files' data at once
@@ -72,7 +76,7 @@ def preallocate(fd: int, off: int, length: int) -> bool:
 
 
 class _Handle:
-    __slots__ = ("node", "writable", "flags", "next_off", "readahead")
+    __slots__ = ("node", "writable", "flags", "next_off", "readahead", "reserved")
 
     def __init__(self, node: Node, writable: bool, flags: int) -> None:
         self.node = node
@@ -80,6 +84,10 @@ class _Handle:
         self.flags = flags
         self.next_off = -1  # where a sequential reader reads next
         self.readahead = 1  # blocks fetched per request; doubles while the reader is sequential
+        # (entry id, its version after this handle's last write, start, end, _reserve_epoch)
+        # of the blocks that write reserved past the file's end; valid only while nothing else
+        # changed the file
+        self.reserved: tuple[int, int, int, int, int] | None = None
 
 
 class DataCache:
@@ -241,6 +249,7 @@ class DataCache:
         unlink soon (an unlink, then a create on a full disk, must find the space freed), and
         drop every clean cached file nobody has open. Nonzero when something was freed."""
         unlinked = self.cache.unlink_doomed() + self.cache.drop_recycled()
+        given_back = self._give_back_reserves()
         keep = {n.entry.id for n in self.table.by_inode.values() if n.entry is not None and n.opens}
         freed = self.cache.evict(0, keep)
         if freed:
@@ -249,27 +258,93 @@ class DataCache:
                     self._close_fd(n)
                     n.entry = None
             log.warning("the cache disk is full: dropped %d bytes of clean cached data", freed)
-        return freed or unlinked
+        return freed or unlinked or given_back
 
-    def _pwrite(self, node: Node, data: bytes, off: int, *, end: int = -1) -> int:
+    def _pwrite(self, node: Node, data: bytes, off: int, *, end: int = -1, h: _Handle | None = None) -> int:
         """Write into the cache file; on a full disk free clean cached data once, then ENOSPC.
         `end`: the cache file's size; a large write past it reserves its blocks first
-        (`preallocate`), so that a full disk fails it before any byte changed."""
+        (`preallocate`), so that a full disk fails it before any byte changed. `h`: the
+        handle writing (a sequential writer's reservation runs ahead of it, `_reserve`)."""
         try:
-            return self._pwrite_once(node, data, off, end)
+            return self._pwrite_once(node, data, off, end, h)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             if not self._reclaim_space():
                 log.error("the cache disk is full: %s", exc)
                 raise OSError(errno.ENOSPC, "the cache disk is full") from None
-        return self._pwrite_once(node, data, off, end)
+        return self._pwrite_once(node, data, off, end, h)
 
-    def _pwrite_once(self, node: Node, data: bytes, off: int, end: int) -> int:
+    def _pwrite_once(self, node: Node, data: bytes, off: int, end: int, h: _Handle | None = None) -> int:
         fd = self._fd(node)
-        if self._preallocate and 0 <= end < off + len(data) and len(data) >= PREALLOCATE_MIN:
-            self._preallocate = preallocate(fd, off, len(data))
-        return os.pwrite(fd, data, off)
+        n = len(data)
+        if self._preallocate and 0 <= end < off + n and n >= PREALLOCATE_MIN:
+            r = h.reserved if h is not None else None
+            ent = node.entry
+            # reserved by this handle's last write, nothing else changed the file since (each
+            # change is one version: _dirty) and no full disk took the reservation back
+            if not (r is not None and ent is not None and r[0] == ent.id and r[1] + 1 == ent.version
+                    and r[2] <= off and off + n <= r[3] and r[4] == self._reserve_epoch):  # fmt: skip
+                self._reserve(fd, off, n, end, h)
+        written = os.pwrite(fd, data, off)
+        if h is not None and h.reserved is not None:
+            ent = node.entry
+            r = h.reserved
+            if ent is not None and r[0] == ent.id:
+                h.reserved = (ent.id, ent.version, r[2], r[3], r[4])
+        return written
+
+    def _reserve(self, fd: int, off: int, n: int, end: int, h: _Handle | None) -> None:
+        """Reserve the blocks of a write past the file's end, and for a handle as much again
+        as the file has, up to PREALLOCATE_AHEAD (a disk with room for the write but not for
+        that gets the write's own)."""
+        ahead = max(n, min(end, PREALLOCATE_AHEAD)) if h is not None else n
+        try:
+            ok = preallocate(fd, off, ahead)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or ahead == n:
+                raise
+            ahead = n
+            ok = preallocate(fd, off, n)
+        if not ok:
+            self._preallocate = False
+            return
+        ent = h.node.entry if h is not None else None
+        if ent is None or ahead == n:
+            if h is not None:
+                h.reserved = None
+            return
+        # its version once the write is in (_pwrite_once)
+        h.reserved = (ent.id, -2, off, off + ahead, self._reserve_epoch)
+        self._reserved_ahead.add(ent.id)
+
+    _reserved_ahead: set[int]  # ids of cache files with blocks reserved past their end (set in __init__)
+    _reserve_epoch = 0  # one more each time a full disk took the reservations back
+
+    def _give_back_reserves(self) -> bool:
+        """A full cache disk: every file's blocks reserved ahead of its writer are given back
+        (their writers reserve again, each its next write's only if space is short)."""
+        if not self._reserved_ahead:
+            return False
+        self._reserve_epoch += 1
+        for n in self.table.by_inode.values():
+            if n.entry is not None and n.entry.id in self._reserved_ahead:
+                self._give_back_reserve(n)
+        self._reserved_ahead.clear()
+        return True
+
+    def _give_back_reserve(self, node: Node) -> None:
+        """The file's last writer closed: the blocks reserved ahead of it past the file's end
+        are given back, by a truncate to the file's own size (ext4 and xfs free them so);
+        nothing else changes."""
+        ent = node.entry
+        if ent is None or ent.id not in self._reserved_ahead:
+            return
+        self._reserved_ahead.discard(ent.id)
+        if node.fd is None:
+            return
+        with contextlib.suppress(OSError):  # they stay reserved: disk space, never data
+            os.ftruncate(node.fd, os.fstat(node.fd).st_size)
 
     # The cache's bytes are counted by a walk of every cached file (0.15 ms for 1,600 of them),
     # not at every close: the last count plus all of each file closed since is a bound (the
@@ -351,6 +426,8 @@ class DataCache:
         node.opens -= 1
         if h.writable:
             node.writers -= 1
+            if node.writers == 0:
+                self._give_back_reserve(node)
         ent = node.entry
         if h.writable and ent is not None and ent.dirty and node.writers == 0 and node.in_tree:
             # only a writer's last close starts the quiet period: a reader closing a dirty
@@ -569,7 +646,7 @@ class DataCache:
         ent = await self._ensure_complete(node)
         await self._uninline(node, ent)
         self._dirty(node)
-        n = self._pwrite(node, buf, off, end=ent.size)
+        n = self._pwrite(node, buf, off, end=ent.size, h=h)
         if off + n > ent.size:
             ent.size = off + n
         node.size = ent.size

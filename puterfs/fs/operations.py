@@ -127,6 +127,7 @@ class PuterOperations(Namespace, Uploader, PosixMetadata, DataCache, ListingCach
         self.events_live = False  # change events arrive (freshness.py): the timestamp poll rests
         self.freshness: Any = None  # puterfs.fs.freshness.Freshness, set by the mount
         self._handles: dict[int, _Handle] = {}
+        self._reserved_ahead: set[int] = set()  # DataCache._reserve
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
         self._locks: dict[int, trio.Lock] = {}
