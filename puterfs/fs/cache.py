@@ -78,6 +78,13 @@ RECYCLE_MAX = 1 << 20
 # The copy is what recovery restores after a power cut; it goes before the file changes again
 # (its data file is synced first: `uninline`), when the file is uploaded or deleted.
 INLINE_MAX = 64 << 10
+# The journal's -wal is given this size at start (zeros past its frames, which SQLite ignores):
+# it then is rewritten in place, and an fsync's sync of it changes no file size, so it is no
+# commit of the file system's journal (0.13-0.17 ms a sync here, against 0.47-0.66 ms while it
+# grows: a fresh mount's first ~90 editor saves). A checkpoint every 1,000 pages (4 MB) keeps
+# it about this size. Not on a cache disk with less than WAL_ROOM free.
+WAL_SIZE = 5 << 20
+WAL_ROOM = 64 << 20
 
 _COLUMNS = (
     "id", "path", "dirty", "size", "mtime_ns", "mode", "base_uid", "base_size", "base_modified", "complete",
@@ -334,6 +341,31 @@ class CacheStore:
         self.inlined: set[int] = set()  # entries whose last fsync'ed bytes are in synced_data
         self._load()
         self.sync_journal()  # what the start-up repair changed is on the disk before anything else
+        self._size_wal()
+
+    def _size_wal(self) -> None:
+        """Write the journal's -wal out to WAL_SIZE (zeros after what SQLite wrote: an invalid
+        frame ends its frames, as the older frames after a checkpoint's restart do), synced.
+        Best effort: a -wal left growing is only slower to sync."""
+        try:
+            st = os.statvfs(self._root_fd)
+            if st.f_bavail * st.f_frsize < WAL_SIZE + WAL_ROOM:
+                return
+            fd = os.open(JOURNAL + "-wal", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
+        except OSError:
+            return  # none yet (SQLite makes it at the first commit): it grows
+        try:
+            size = os.fstat(fd).st_size
+            if size >= WAL_SIZE:
+                return
+            zeros = bytes(1 << 20)
+            for off in range(size, WAL_SIZE, len(zeros)):
+                os.pwrite(fd, zeros[: WAL_SIZE - off], off)
+            os.fdatasync(fd)
+        except OSError as exc:
+            log.debug("cache: cannot size the journal's -wal: %s", exc)
+        finally:
+            os.close(fd)
 
     def _open_subdir(self, name: str) -> int:
         try:
@@ -1018,6 +1050,25 @@ class CacheStore:
             return False
         self.inlined.add(e.id)
         return True
+
+    def save_fsynced(self, e: CacheEntry, fd: int) -> bool:
+        """The journal's part of an fsync of dirty `e`, in one commit: its row (size, mtime)
+        and, for a small file, its bytes (`inline_data`). True: the bytes are in the journal,
+        so only the journal is to be synced; False: its data file is too. Raises (ENOSPC...)
+        if not even the row can be committed."""
+        was = e.id in self.inlined
+        try:
+            with self._transaction():
+                self._commit(e)
+                inlined = self.inline_data(e, fd)
+        except OSError:
+            # rolled back (a full disk): the journal's copy is what it was; the row alone
+            self._saved.pop(e.id, None)
+            if not was:
+                self.inlined.discard(e.id)
+            self.save(e)
+            return False
+        return inlined
 
     def uninline(self, e: CacheEntry, fd: int, *, synced: bool = False) -> None:
         """`e`'s bytes are about to change: if its last fsync put them in the journal, its data

@@ -717,10 +717,9 @@ class DataCache:
         # durable on the local disk: the row is committed (size, mtime), then the data file,
         # the journal's commits (this file's and every earlier one: its create, a rename) and
         # the directories are synced in one go. A small file's bytes go into the journal
-        # instead (cache.INLINE_MAX): then only the journal is synced
-        self.cache.save(ent)
+        # instead (cache.INLINE_MAX), in the same commit as the row: then only the journal is synced
         fd = self._fd(node)
-        data_fd = None if self.cache.inline_data(ent, fd) else fd
+        data_fd = None if self.cache.save_fsynced(ent, fd) else fd
         # fdatasync for fsync too: the cache file's own times are never used (the mount's are in
         # the journal), and its size, which recovery reads, is what fdatasync keeps; an
         # overwrite in place then costs no file system journal commit

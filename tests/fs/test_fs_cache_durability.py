@@ -92,10 +92,9 @@ def _fsync(c: CacheStore, e: CacheEntry, *, together: bool = True) -> None:
     """What the mount's fsync handler does (DataCache._fsync): a small file's bytes into the
     journal (else its data file synced), the syncs on worker threads together, or (nothing
     else to answer) one after the other on its own thread."""
-    c.save(e)
     fd = c.open_data(e.id)
     try:
-        data_fd = None if c.inline_data(e, fd) else fd
+        data_fd = None if c.save_fsynced(e, fd) else fd
         mark = c.journal_mark()
         c.sync_files(data_fd, journal=mark, together=together)
         c.journal_synced(mark)
