@@ -29,6 +29,7 @@ AI_INODE_BASE = 1 << 48
 # journal commits not fsync'ed yet go to the disk within this (as a local file system's
 # journal commits every 5 s): what a power cut can take of them (docs/write-back.md)
 JOURNAL_SYNC_INTERVAL = 5.0
+CHECKPOINT_INTERVAL = 0.1  # how often the journal's checkpointer looks (fs/cache.py `checkpoint`)
 
 
 def _size(text: str) -> int:
@@ -428,6 +429,7 @@ async def _run(s: _Settings, ready: Callable[..., None]) -> int:
                 ops.spawn = nursery.start_soon  # background read-ahead (fs/readahead.py)
                 nursery.start_soon(ops.ns.run)
                 nursery.start_soon(ops.sync_journal_every, JOURNAL_SYNC_INTERVAL)
+                nursery.start_soon(_checkpointer, ops.cache)
                 nursery.start_soon(ops.poll_changes, args.poll_interval)
                 nursery.start_soon(freshness.run)
                 nursery.start_soon(_state_writer, ops, s, root, account, state_path, changed, stop, auth)
@@ -573,7 +575,7 @@ def _pending_files(ops: Any, cap: int | None = PENDING_FILES_CAP) -> list[dict[s
         entries = entries[:cap]
     out = [{"path": e.path, "size": e.size, "since": e.mtime_ns / 1e9} for e in entries]
     # namespace ops not on the server yet (mkdir, rmdir, unlink, rename: "op" says which)
-    for op in ops.ns.describe_pending()[: None if cap is None else max(cap - len(out), 0)]:
+    for op in ops.ns.describe_pending(None if cap is None else cap - len(out)):
         out.append({"path": op["path"], "size": 0, "since": op["since"], "op": op["op"]})
     return out
 
@@ -636,6 +638,22 @@ def _final_state(
         "pending": len(left), "pending_files": left, "uploading": 0, "updated": time.time(),
         "failed_files": failed or [],
     })  # fmt: skip
+
+
+async def _checkpointer(cache: Any, interval: float = CHECKPOINT_INTERVAL) -> None:
+    """Checkpoint the cache journal on a worker thread (fs/cache.py `checkpoint`), not in a
+    commit on the FUSE thread: a checkpoint syncs two files, which a burst of unlinks or
+    creates would otherwise wait for every few hundred commits."""
+    import trio
+
+    while True:
+        await trio.sleep(interval)
+        mark = cache.checkpoint_due()
+        if mark is not None:
+            try:
+                await trio.to_thread.run_sync(cache.checkpoint, mark)
+            except Exception as exc:  # noqa: BLE001 - the commit's own checkpoint is the fallback
+                log.warning("cannot checkpoint the cache journal: %s", exc)
 
 
 async def _state_writer(

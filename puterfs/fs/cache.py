@@ -48,6 +48,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,10 +82,17 @@ INLINE_MAX = 64 << 10
 # The journal's -wal is given this size at start (zeros past its frames, which SQLite ignores):
 # it then is rewritten in place, and an fsync's sync of it changes no file size, so it is no
 # commit of the file system's journal (0.13-0.17 ms a sync here, against 0.47-0.66 ms while it
-# grows: a fresh mount's first ~90 editor saves). A checkpoint every 1,000 pages (4 MB) keeps
-# it about this size. Not on a cache disk with less than WAL_ROOM free.
+# grows: a fresh mount's first ~90 editor saves). The checkpoints (below) keep it under this
+# size. Not on a cache disk with less than WAL_ROOM free.
 WAL_SIZE = 5 << 20
 WAL_ROOM = 64 << 20
+# The journal's -wal is copied into the database file (a checkpoint: fsyncs of the -wal and the
+# database) by `checkpoint`, on a worker thread, once CHECKPOINT_CHANGES rows changed since the
+# last one (the mount looks every 0.1 s); the connection's own automatic checkpoint, which runs
+# inside a commit (so on the FUSE thread), only past AUTO_CHECKPOINT_PAGES (4.9 MB of frames,
+# under WAL_SIZE: a fallback, when the worker has not come round, or nothing calls `checkpoint`).
+CHECKPOINT_CHANGES = 100
+AUTO_CHECKPOINT_PAGES = 1200
 
 _COLUMNS = (
     "id", "path", "dirty", "size", "mtime_ns", "mode", "base_uid", "base_size", "base_modified", "complete",
@@ -329,6 +337,9 @@ class CacheStore:
         self._db = self._open_journal()
         # the connection's total_changes when the journal was last synced (see sync_journal)
         self._synced_changes = -1
+        self._checkpointed_changes = 0  # the connection's total_changes at the last `checkpoint`
+        self._ckpt_db: sqlite3.Connection | None = None  # `checkpoint`'s own connection
+        self._ckpt_lock = threading.Lock()
         self.entries: dict[int, CacheEntry] = {}
         self.paths: dict[str, CacheEntry] = {}  # path -> entry, kept in step with `entries`
         self._spares: list[CacheEntry] = []  # ready spare data files (not in entries/paths)
@@ -416,6 +427,7 @@ class CacheStore:
         # a power cut is synced on purpose (`sync_journal`): by fsync/fsyncdir, before a
         # clean file's bytes change (`mark_dirty`), before an upload is sent (`note_attempt`).
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint={AUTO_CHECKPOINT_PAGES}")
         db.executescript(_SCHEMA)
         have = {r[1] for r in db.execute("PRAGMA table_info(files)")}
         for col, decl in _ADDED_COLUMNS.items():
@@ -534,6 +546,25 @@ class CacheStore:
             finally:
                 os.close(fd)
             return
+
+    def checkpoint_due(self) -> int | None:
+        """The commit count to pass `checkpoint` when CHECKPOINT_CHANGES rows changed since
+        the last one, else None (main thread)."""
+        mark = self._db.total_changes
+        return mark if mark - self._checkpointed_changes >= CHECKPOINT_CHANGES else None
+
+    def checkpoint(self, mark: int) -> None:
+        """Copy the committed transactions from the -wal into the database file, on the
+        calling thread (a worker thread: it syncs both files), through a connection of its own,
+        PASSIVE (it waits for no one; commits on the main connection go on meanwhile). What
+        it copies was durable across a kill -9 already; across a power cut `sync_journal`
+        decides, as before (the database file is synced before the -wal is reused)."""
+        with self._ckpt_lock:
+            if self._ckpt_db is None:
+                self._ckpt_db = sqlite3.connect(self.root / JOURNAL, isolation_level=None, check_same_thread=False)
+                self._ckpt_db.execute("PRAGMA synchronous=NORMAL")
+            self._ckpt_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._checkpointed_changes = max(self._checkpointed_changes, mark)
 
     def _commit(self, e: CacheEntry, *, _durable: bool = False, **changes: Any) -> None:
         """Apply `changes` to `e`: the journal (and the identity record) first, memory after.
@@ -1379,6 +1410,10 @@ class CacheStore:
             self.drop_spares()
             self.flush_usage()
         finally:
+            with self._ckpt_lock:
+                if self._ckpt_db is not None:
+                    self._ckpt_db.close()
+                    self._ckpt_db = None
             self._db.close()
             self._sync_pool.shutdown(wait=True)
             for fd in (self._data_fd, self._root_fd):

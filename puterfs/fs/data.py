@@ -46,6 +46,7 @@ PREALLOCATE_AHEAD = 16 << 20
 FALLOC_FL_KEEP_SIZE = 1
 EVICT_RECOUNT = 5.0  # s: the cache's bytes are counted again at a close at least this often
 LOW_SPACE = 64 << 20  # a cache disk with less free than this unlinks deleted files' data at once
+UNLINK_GATHER = 0.05  # s: deleted files' cache files are unlinked in jobs of what came meanwhile
 LOW_SPACE_RECHECK = 0.5  # s: a burst of unlinks asks the cache disk's free space this often, not per unlink
 
 try:
@@ -505,6 +506,9 @@ class DataCache:
         more than the unlink itself); deletes made while it runs are drained by it too."""
         try:
             while self.cache.doomed():
+                # the rest of the burst comes meanwhile: a job per UNLINK_GATHER, not per
+                # unlink (a thread job's hand-offs cost the event loop about what an unlink does)
+                await trio.sleep(UNLINK_GATHER)
                 await trio.to_thread.run_sync(self.cache.unlink_doomed)
         finally:
             self._unlinking = False

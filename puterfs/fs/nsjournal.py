@@ -169,8 +169,10 @@ class NamespaceJournal:
     def pending(self) -> int:
         return len(self.ops)
 
-    def describe_pending(self) -> list[dict[str, Any]]:
-        return [{"op": op.describe(), "path": op.dest or op.path, "since": op.created} for op in self.ops]
+    def describe_pending(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The first `limit` pending ops (all: None), oldest first, as the state file names them."""
+        ops = self.ops if limit is None else self.ops[: max(limit, 0)]
+        return [{"op": op.describe(), "path": op.dest or op.path, "since": op.created} for op in ops]
 
     def blocking(self, path: str) -> bool:
         """Whether a pending op concerns `path` or one of its ancestors (an upload of `path`
@@ -322,7 +324,11 @@ class NamespaceJournal:
         self.ops.append(op)
         if self._index_of == self._version:
             self._index_op(op)  # kept up to date: an rm -rf appends an op per file
-        self._wake.set()
+        if len(self.ops) == 1:
+            # the applier sleeps until an op comes; with ops pending it waits for the quiet
+            # period of the first, sends, or backs off, and looks at `ops` again after each:
+            # an op appended behind others changes none of that (an rm -rf appends 1,000)
+            self._wake.set()
         self.on_change()
         return op
 

@@ -245,3 +245,29 @@ def test_path_lookups_agree_with_the_pending_ops_through_coalescing_and_exposure
         elif j.ops:
             j.done(j.ops[0])
         check()
+
+
+@pytest.mark.trio
+async def test_ops_appended_behind_others_do_not_wake_the_applier_and_go_in_full_batches(tmp_path: Path) -> None:
+    # an rm -rf appends an op per file: the applier, waiting out the first op's quiet period,
+    # is woken by the first only (each wake-up was a loop of the applier and a new cancel
+    # scope per unlink on the FUSE thread); the ops still go once the quiet period is over,
+    # in order, MAX_BATCH at a time
+    j = NamespaceJournal(CacheStore(tmp_path / "cache"), delay=0.5)
+    j.apply = server = Server()
+    n = 3 * MAX_BATCH + 8
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(j.run)
+        j.record_delete("d/f0", is_dir=False)
+        assert j._wake.is_set()  # the first op wakes it
+        await _until(lambda: not j._wake.is_set())  # it waits out the quiet period now
+        for i in range(1, n):
+            j.record_delete(f"d/f{i}", is_dir=False)
+            assert not j._wake.is_set(), i
+        assert server.sent == []
+        await _until(lambda: j.applied == n)
+        nursery.cancel_scope.cancel()
+    assert [len(b) for b in server.sent] == [MAX_BATCH, MAX_BATCH, MAX_BATCH, 8]
+    assert [op for b in server.sent for op in b] == [f"delete d/f{i}" for i in range(n)]
+    j.record_delete("d/g", is_dir=False)  # the journal empty again: the next op wakes it
+    assert j._wake.is_set()
