@@ -739,3 +739,57 @@ async def test_non_overwrite_write_with_an_unknown_outcome_is_reconciled(
     out = await client.fs.write("/u/n.txt", data, overwrite=False, metadata={"k": "v"})
     assert out["path"] == "/u/n.txt"
     assert route.call_count == (1 if there == "ours" else 2)
+
+
+async def test_lost_batch_write_answer_is_settled_file_by_file_by_version(
+    client: PuterClient, router: respx.MockRouter
+) -> None:
+    """A /fs/batchWrite (no overwrite) whose answer is lost: one listing of the folder, then each
+    file that could be ours is checked by its version through a signed read (one byte; the ETag
+    is the MD5 of the whole file), a file that cannot be signed by reading it. Each file is
+    settled on its own: ours there is done, a free name is not (the request's error: sent again
+    later), any other file there has its name taken (the caller applies the conflict rule).
+    Nothing is sent again here and no file is read whole but the one without a signature."""
+    import hashlib
+
+    from puterfs.client import ServerError
+
+    ours = {n: f"our {n}\n".encode() for n in ("ours.txt", "theirs.txt", "resized.txt", "new.txt", "unsigned.txt")}
+    held = {"ours.txt": ours["ours.txt"], "theirs.txt": b"X" * len(ours["theirs.txt"]),
+            "resized.txt": b"much longer than ours", "unsigned.txt": ours["unsigned.txt"]}
+    uid = {n: f"u-{n}" for n in held}
+    listing = [{"name": n, "path": f"/u/d/{n}", "size": len(b), "is_dir": False, "uid": uid[n], "id": uid[n]}
+               for n, b in held.items()]
+    write = router.post(f"{API}/fs/batchWrite").mock(
+        return_value=httpx.Response(500, json={"error": "x", "message": "x", "code": "internal_error"}))
+    router.post(f"{API}/readdir").mock(return_value=httpx.Response(200, json=listing))
+    sig = "67d0293d7020c5697be94bb004fc9d6ad19d52ece1635b71004727fbeb40abfb"
+
+    def sign(request: httpx.Request) -> httpx.Response:
+        items = json.loads(request.content)["items"]
+        return httpx.Response(200, json={"signatures": [
+            {} if i["uid"] == uid["unsigned.txt"] else {"uid": i["uid"], "expires": 10**13, "signature": sig}
+            for i in items]})
+
+    by_uid = {u: n for n, u in uid.items()}
+
+    def file(request: httpx.Request) -> httpx.Response:
+        data = held[by_uid[request.url.params["uid"]]]
+        return httpx.Response(206, content=data[:1], headers={
+            "etag": f'"{hashlib.md5(data).hexdigest()}"', "content-range": f"bytes 0-0/{len(data)}"})
+
+    signs = router.post(f"{API}/sign").mock(side_effect=sign)
+    files = router.get(f"{API}/file").mock(side_effect=file)
+    reads = router.get(f"{API}/read").mock(return_value=httpx.Response(200, content=held["unsigned.txt"]))
+    stats = router.post(f"{API}/stat").mock(return_value=httpx.Response(500))
+    names = list(ours)
+    out = await client.fs.write_many([(f"/u/d/{n}", ours[n]) for n in names], overwrite=False,
+                                     metadata=[{"k": "v"}] * len(names))
+    got = dict(zip(names, out, strict=True))
+    assert isinstance(got["ours.txt"], dict) and got["ours.txt"]["uid"] == uid["ours.txt"]
+    assert isinstance(got["unsigned.txt"], dict) and got["unsigned.txt"]["uid"] == uid["unsigned.txt"]
+    assert isinstance(got["theirs.txt"], AlreadyExists) and isinstance(got["resized.txt"], AlreadyExists)
+    assert isinstance(got["new.txt"], ServerError) and not isinstance(got["new.txt"], AlreadyExists)
+    assert write.call_count == 1 and signs.call_count == 1 and stats.call_count == 0
+    assert sorted(c.request.url.params["uid"] for c in files.calls) == [uid["ours.txt"], uid["theirs.txt"]]
+    assert reads.call_count == 1
