@@ -351,6 +351,9 @@ class CacheStore:
         self._unsynced_seq = 0  # tokens of `mark_complete`
         self.inlined: set[int] = set()  # entries whose last fsync'ed bytes are in synced_data
         self._load()
+        # the paths of the pending_meta rows (kept in step with the table): a rename with none
+        # at or below its two paths leaves the table alone (three statements fewer per rename)
+        self._meta_paths = {str(r[0]) for r in self._db.execute("SELECT path FROM pending_meta")}
         self.sync_journal()  # what the start-up repair changed is on the disk before anything else
         self._size_wal()
 
@@ -1253,6 +1256,10 @@ class CacheStore:
         except OSError as exc:
             # memory follows the server; the journal catches up at the next save
             log.error("cache: cannot record the rename of %r to %r: %s", old, new, exc)
+            try:
+                self._meta_paths = {str(r[0]) for r in self._db.execute("SELECT path FROM pending_meta")}
+            except sqlite3.DatabaseError:
+                self._meta_paths.add(old)  # unknown: the next rename of it asks the table
             for e, path, gen, written, vals in before:
                 self._saved.pop(e.id, None)
                 e.path, e.gen, e.written = path, gen, written
@@ -1378,18 +1385,24 @@ class CacheStore:
         once, so a remount after a crash still sends them)."""
         self._sql("INSERT OR REPLACE INTO pending_meta (path, is_dir, mode, mtime_ns) VALUES (?, ?, ?, ?)",
                   (path, int(is_dir), mode, mtime_ns))  # fmt: skip
+        self._meta_paths.add(path)
 
     def drop_meta(self, path: str, *, below: bool = False) -> None:
         """The update of `path` reached the server (or the entry is gone); `below`: and those under it."""
         self._sql("DELETE FROM pending_meta WHERE path=?", (path,))
         if below:
             self._sql("DELETE FROM pending_meta WHERE substr(path, 1, ?) = ?", (len(path) + 1, path + "/"))
+        self._meta_paths = {p for p in self._meta_paths if p != path and not (below and p.startswith(path + "/"))}
 
     def _rename_meta(self, old: str, new: str) -> None:
-        """The pending metadata updates follow a rename (in `rename`'s transaction)."""
+        """The pending metadata updates follow a rename (in `rename`'s transaction; after a
+        rollback `rename` reads `_meta_paths` again)."""
+        if not any(p in (old, new) or p.startswith((old + "/", new + "/")) for p in self._meta_paths):
+            return
         self.drop_meta(new, below=True)  # what the rename replaces
         self._sql("UPDATE pending_meta SET path = ? || substr(path, ?) WHERE path = ? OR substr(path, 1, ?) = ?",
                   (new, len(old) + 1, old, len(old) + 1, old + "/"))  # fmt: skip
+        self._meta_paths = {new + p[len(old):] if p == old or p.startswith(old + "/") else p for p in self._meta_paths}
 
     def flush_usage(self) -> None:
         """Persist last-used times (LRU order across restarts)."""

@@ -118,6 +118,10 @@ class WriteBackQueue:
         self._items: dict[int, _Item] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, gen, key)
         self._wakeup = trio.Event()
+        # when the scheduler wakes by itself (the earliest due time it knew of; -inf: it wakes
+        # for anything): a key due later needs no wake-up (one per fsync and close of a save
+        # was a task switch for nothing)
+        self._sleeps_until = -math.inf
         self._idle = trio.Event()
         self._idle.set()
         self.last_error: str | None = None
@@ -145,7 +149,7 @@ class WriteBackQueue:
             self._cancel_flight(item)
         if math.isfinite(item.due):
             heapq.heappush(self._heap, (item.due, item.gen, key))
-        self._wakeup.set()
+            self._wake(item.due)
         self._on_change()
 
     def changed(self, key: int) -> None:
@@ -216,7 +220,7 @@ class WriteBackQueue:
             item.held = False
             item.due = trio.current_time() + self.delay
             heapq.heappush(self._heap, (item.due, item.gen, key))
-            self._wakeup.set()
+            self._wake(item.due)
 
     def awaited(self, key: int) -> bool:
         """Whether somebody (an fsync) waits for the upload of `key`."""
@@ -290,6 +294,7 @@ class WriteBackQueue:
         while True:
             if self.blocked() is not None:
                 self._wakeup = trio.Event()
+                self._sleeps_until = -math.inf
                 await self._wakeup.wait()  # retry_now (or any schedule) looks again
                 continue
             now = trio.current_time()
@@ -304,9 +309,10 @@ class WriteBackQueue:
                 self._queues[lane].append((key, gen))
                 self._fed[lane].set()
             self._wakeup = trio.Event()
-            deadline = self._heap[0][0] if self._heap else math.inf
+            deadline = self._sleeps_until = self._heap[0][0] if self._heap else math.inf
             with trio.move_on_at(deadline):
                 await self._wakeup.wait()
+            self._sleeps_until = -math.inf
 
     async def _take(self, lane: str) -> list[tuple[int, int]]:
         """The next upload of `lane` for a free worker: one key, or small keys up to max_batch."""
@@ -446,6 +452,11 @@ class WriteBackQueue:
         item.settled = trio.Event()
         if math.isfinite(item.due) and not item.held and self._items.get(item.key) is item:
             heapq.heappush(self._heap, (item.due, item.gen, item.key))
+            self._wake(item.due)
+
+    def _wake(self, due: float) -> None:
+        """A key falls due at `due`: wake the scheduler if it would sleep past that."""
+        if due < self._sleeps_until:
             self._wakeup.set()
 
     def _promote(self, item: _Item) -> None:

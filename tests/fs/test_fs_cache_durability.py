@@ -570,3 +570,23 @@ def test_the_replaced_file_is_emptied_only_once_the_rename_is_on_the_disk(tmp_pa
     assert after.lost == []
     after.close()
     c.close()
+
+
+def test_pending_metadata_follows_renames_and_goes_with_what_a_rename_replaces(tmp_path: Path) -> None:
+    """The pending mode/mtime updates follow a directory's and a file's rename, those of a
+    replaced entry go, and a rename with none at or below its paths leaves them alone; the
+    journal says the same at the next start."""
+    c = CacheStore(tmp_path / "c")
+    for path, is_dir in (("d", True), ("d/sub", True), ("other", True), ("x.txt", False)):
+        c.save_meta(path, is_dir=is_dir, mode=0o40700 if is_dir else 0o100600, mtime_ns=1)
+    y = c.create("y.txt", dirty=True)
+    c.rename("d", "e")  # a directory and what is below it
+    c.rename("plain.txt", "plain2.txt", is_dir=False)  # nothing pending there: the table is left alone
+    x = c.create("x.txt", dirty=True)
+    c.rename("y.txt", "x.txt", is_dir=False, replaced=x)  # the replaced file's update goes
+    expect = ["e", "e/sub", "other"]
+    assert sorted(p for p, *_ in c.pending_meta()) == expect and y.path == "x.txt"
+    c.close()
+    after = CacheStore(tmp_path / "c")
+    assert sorted(p for p, *_ in after.pending_meta()) == expect
+    after.close()
