@@ -136,9 +136,7 @@ class DataCache:
                 stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
                 begin = start_block * BLOCK_SIZE
                 length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
-                data, etag = await self._at_server(
-                    node.path, functools.partial(self._read_at, begin=begin, length=length, size=ent.size)
-                )
+                data, etag = await self._server_bytes(node, ent, begin, length)
                 if node.entry is not ent:
                     return  # replaced while we fetched
                 if etag is not None and etag != ent.base_etag:
@@ -165,6 +163,27 @@ class DataCache:
 
     async def _read_at(self, where: str, *, begin: int, length: int, size: int) -> tuple[bytes, str | None]:
         return await self.remote.read_version(where, begin, length, size=size)
+
+    async def _server_bytes(self, node: Node, ent: CacheEntry, begin: int, length: int) -> tuple[bytes, str | None]:
+        """Bytes [begin, begin+length) of the server's copy of `ent`, and their version:
+        through the signed read URL of the file `ent` is based on (by uid, wherever it is
+        now), else (no uid, not signed, or refused: the file was replaced) by path."""
+        if ent.base_uid is not None:
+            got = await self.remote.read_signed(ent.base_uid, begin, length, size=ent.size)
+            if got is not None:
+                return got
+        return await self._at_server(
+            node.path, functools.partial(self._read_at, begin=begin, length=length, size=ent.size)
+        )
+
+    async def _server_bytes_into(self, node: Node, ent: CacheEntry, buf: memoryview, begin: int, size: int) -> str | None:
+        """`_server_bytes` of ``len(buf)`` bytes of a file of `size` bytes, into ``buf`` as they
+        arrive (the read-ahead's); returns their version."""
+        if ent.base_uid is not None:
+            got = await self.remote.read_signed_into(ent.base_uid, buf, begin, size=size)
+            if got is not None:
+                return got[0]
+        return await self._at_server(node.path, lambda where: self.remote.read_version_into(where, buf, begin, size=size))
 
     async def _at_server(self, path: str, call: Callable[[str], Awaitable[T]]) -> T:
         """`call` with the server's path of what is at `path` here: a rename not on the server

@@ -270,10 +270,8 @@ class ReadAhead:
         view = memoryview(buf)[:length]
         try:
             with ops.remote.background():  # a reader's own fetch goes first when both wait for the budget
-                # a rename not on the server yet: its old name (DataCache._at_server)
-                etag = await ops._at_server(
-                    node.path, lambda where: ops.remote.read_version_into(where, view, begin, size=size)
-                )
+                # by its signed URL, else by path (a rename not on the server yet: its old name)
+                etag = await ops._server_bytes_into(node, ent, view, begin, size)
             if not self._still_wanted(node, ent, size, etag):
                 return  # the file changed, was written or closed meanwhile: not ours to store
             if etag is not None and ent.base_etag is None:

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -22,6 +23,8 @@ import trio
 from puterfs.client import _pacing
 from puterfs.client._errors import (
     AuthenticationError,
+    NotFound,
+    PermissionDenied,
     PuterConnectionError,
     PuterError,
     PuterTimeout,
@@ -39,6 +42,8 @@ PLAIN_ETAG_MAX = 5 * 1024 * 1024
 PROBE_FAILURES = 3  # consecutive failed probes before the server counts as unreachable
 PROBE_RETRIES = 2  # retries inside one probe
 TOKEN_REFUSED = "the token was refused: run `puterfs login`"
+# Signed read URLs (`SignedReads`): how many uids the mount remembers, each way
+SIGNED_MAX = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +161,7 @@ class Remote:
         # stay in the cache. `on_auth_change` is called when this flips either way.
         self.token_refused: str | None = None  # the server's words, while refused
         self.on_auth_change: Callable[[], None] | None = None
+        self.signed = SignedReads(self)
 
     def refuse_auth(self, detail: str) -> None:
         if self.token_refused is None:
@@ -210,8 +216,11 @@ class Remote:
         return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
 
     async def _call(
-        self, what: str, coro_fn: Any, *args: Any, timeout: float | None = None, probe: bool = False, **kw: Any
+        self, what: str, coro_fn: Any, *args: Any, timeout: float | None = None, probe: bool = False,
+        token: bool = True, **kw: Any,
     ) -> Any:
+        """`coro_fn` under the call's deadline. ``token=False``: the call does not carry the
+        token (a signed read), so its 401 says nothing of the token (`refuse_auth`)."""
         if self.token_refused is not None:
             raise AuthenticationError(f"{what}: {TOKEN_REFUSED}", status=401, code="token_refused")
         if self.unreachable is not None and not probe:
@@ -227,7 +236,8 @@ class Remote:
             self.suspect = self.suspect or not probe
             raise
         except AuthenticationError as exc:
-            self.refuse_auth(exc.message)
+            if token:
+                self.refuse_auth(exc.message)
             raise
         return result
 
@@ -261,6 +271,38 @@ class Remote:
             timeout=self.timeout + len(buf) / (256 * 1024),
         )
         return etag
+
+    async def read_signed(self, uid: str, offset: int, length: int, *, size: int) -> tuple[bytes, str | None] | None:
+        """`read_version` of the file with this uid, wherever it is now, through its signed
+        read URL (`SignedReads`); None when it has none or it was refused: read it by path."""
+        signed = await self.signed.get(uid)
+        if signed is None:
+            return None
+        try:
+            got: tuple[bytes, str | None] = await self._call(
+                "read", self.client.fs_read_signed, signed, offset=offset, length=length, size=size, token=False,
+                timeout=self.timeout + length / (256 * 1024),
+            )
+        except (PermissionDenied, NotFound, AuthenticationError) as exc:
+            self.signed.refused(uid, exc)
+            return None
+        return got
+
+    async def read_signed_into(self, uid: str, buf: memoryview, offset: int, *, size: int) -> tuple[str | None] | None:
+        """`read_version_into` through the signed read URL of the file with this uid: (its
+        version,), or None when it has none or it was refused (read it by path)."""
+        signed = await self.signed.get(uid)
+        if signed is None:
+            return None
+        try:
+            etag: str | None = await self._call(
+                "read", self.client.fs_read_signed_into, signed, buf, offset=offset, size=size, token=False,
+                timeout=self.timeout + len(buf) / (256 * 1024),
+            )
+        except (PermissionDenied, NotFound, AuthenticationError) as exc:
+            self.signed.refused(uid, exc)
+            return None
+        return (etag,)
 
     async def version(self, rel: str, size: int) -> str | None:
         """The server's current version (ETag) of a file of `size` bytes, for the price of one
@@ -447,6 +489,98 @@ class Remote:
         self.suspect = False
         self.set_reachable(True)
         return ts
+
+
+_UNSIGNED = object()  # SignedReads: no answer from /sign
+
+
+class SignedReads:
+    """The signed read URLs of server files, by uid, in memory only (at most SIGNED_MAX).
+
+    A file's data is read through ``GET /file`` with its signed URL (3,000 a minute and 60 in
+    flight, on every tier) rather than ``/read`` (300 a minute and 5 in flight on the free
+    tier). Getting the URL costs a ``/sign`` (150 a minute on the free tier), so a file's
+    first read goes by path: one that is read in one request (most small files) never spends
+    one; from its second read on, its uid is signed. The uids wanted while a ``/sign`` is
+    under way go together in the next one. A uid the server cannot sign (gone) or whose URL
+    it refused (403: signature, 404: the file is gone or was replaced, 401: the owner
+    suspended) is read by path from then on: the path read decides what the file is now."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self._urls: OrderedDict[str, Any] = OrderedDict()  # uid -> SignedRead (a credential: never logged)
+        self._seen: OrderedDict[str, None] = OrderedDict()  # uids read once (by path)
+        self._no: OrderedDict[str, None] = OrderedDict()  # uids read by path only
+        self._wanted: list[str] = []  # uids to sign in the next /sign
+        self._done: dict[str, trio.Event] = {}  # uid -> set once its /sign answered (or failed)
+        self._signing = False  # a task is sending /sign requests
+        self.signs = 0  # /sign requests sent (statistics)
+
+    @staticmethod
+    def _remember(d: OrderedDict[str, Any], uid: str, value: Any = None) -> None:
+        d[uid] = value
+        d.move_to_end(uid)
+        while len(d) > SIGNED_MAX:
+            d.popitem(last=False)
+
+    async def get(self, uid: str) -> Any:
+        """The SignedRead of `uid`, signing it now if it is wanted; None: read it by path."""
+        url = self._urls.get(uid)
+        if url is not None:
+            self._urls.move_to_end(uid)
+            return url
+        if uid in self._no:
+            return None
+        if uid not in self._seen:
+            self._remember(self._seen, uid)
+            return None  # its first read: by path (a file read in one request never needs a /sign)
+        done = self._done.get(uid)
+        if done is None:
+            pacer = getattr(self.remote.client, "pacer", None)
+            if pacer is not None and not pacer.has_room(("fs:sign",)):
+                return None  # /sign's budget is spent: by path now rather than wait for it
+            done = self._done[uid] = trio.Event()
+            self._wanted.append(uid)
+        if not self._signing:
+            await self._sign_wanted()
+        else:
+            await done.wait()
+        return self._urls.get(uid)
+
+    async def _sign_wanted(self) -> None:
+        """Send /sign for the wanted uids, and again for those wanted meanwhile, until none
+        is left; whatever happens, every uid taken or wanted is answered (its event set)."""
+        self._signing = True
+        taken: list[str] = []
+        try:
+            while self._wanted:
+                taken, self._wanted = self._wanted, []
+                self.signs += 1
+                try:
+                    got = await self.remote._call("sign", self.remote.client.fs_sign_reads, taken)
+                except PuterError as exc:  # this time by path; signed again when read again
+                    log.debug("signing %d read URLs failed (%s); reading by path", len(taken), exc)
+                    got = [_UNSIGNED] * len(taken)
+                for uid, signed in zip(taken, got, strict=True):
+                    if signed is None:
+                        self._remember(self._no, uid)  # the server cannot sign it (gone)
+                    elif signed is not _UNSIGNED:
+                        self._remember(self._urls, uid, signed)
+                    self._done.pop(uid).set()
+                taken = []
+        finally:
+            for uid in taken + self._wanted:  # cancelled: they are read by path this time
+                ev = self._done.pop(uid, None)
+                if ev is not None:
+                    ev.set()
+            self._wanted = []
+            self._signing = False
+
+    def refused(self, uid: str, exc: BaseException) -> None:
+        """The server refused the URL of `uid`: forget it, read the file by path from now on."""
+        self._urls.pop(uid, None)
+        self._remember(self._no, uid)
+        log.info("the signed read URL of %s was refused (%s); reading it by path", uid, type(exc).__name__)
 
 
 def _pacing_idempotent() -> Any:

@@ -308,6 +308,9 @@ class _Fetching(DataCache):
     async def read_version(self, rel: str, offset: int, length: int, *, size: int) -> tuple[bytes, Any]:
         return SERVER_BYTES[offset:offset + length], "etag-1"
 
+    async def read_signed(self, uid: str, offset: int, length: int, *, size: int) -> None:
+        return None  # no signed read URL: by path
+
 
 def _fetched(c: CacheStore, how: str) -> Node:
     """A clean cached copy of "cached.bin" with every byte of it in its data file: fetched

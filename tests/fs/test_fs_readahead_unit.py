@@ -140,15 +140,15 @@ async def test_the_reader_has_a_chunk_while_the_disk_writes_it(tmp_path: Path, c
         view[:] = body[begin : begin + len(view)]
         return "v1"
 
-    async def at_server(path: str, call: Any) -> Any:
-        return await call(path)
+    async def server_bytes_into(node: Any, ent: Any, view: Any, begin: int, size: int) -> str:
+        return await read_version_into(node.path, view, begin, size=size)
 
     disk = _SlowDisk(tmp_path)
     ent = CacheEntry(id=3, path="big.bin", size=len(body))
     disk.entries[ent.id] = ent
     (tmp_path / "3").write_bytes(b"")
     remote = SimpleNamespace(background=contextlib.nullcontext, read_version_into=read_version_into)
-    ops = SimpleNamespace(remote=remote, cache=disk, _at_server=at_server)
+    ops = SimpleNamespace(remote=remote, cache=disk, _server_bytes_into=server_bytes_into)
     r = ra.ReadAhead(ops)
     node = SimpleNamespace(path="big.bin", entry=ent, opens=1)
     st = ra._Stream(pos=0)

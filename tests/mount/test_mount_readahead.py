@@ -1,4 +1,4 @@
-"""Read-ahead of sequential readers (issue 13): several ranged /read requests in flight, fewer
+"""Read-ahead of sequential readers (issue 13): several ranged reads (/read, /file) in flight, fewer
 and larger than the kernel's reads, never stored over a local write (fs/readahead.py)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ MiB = 1 << 20
 
 
 def _reads(emulator: Any) -> list[dict[str, Any]]:
-    return [e for e in emulator.log() if e["path"] == "/read"]
+    """Data reads: by path (/read) or, from a file's second read on, by its signed URL (/file)."""
+    return [e for e in emulator.log() if e["path"] in ("/read", "/file")]
 
 
 def _data_reads(emulator: Any) -> list[dict[str, Any]]:
@@ -31,7 +32,7 @@ def test_cold_sequential_read_uses_few_large_ranged_reads(mount_factory: MountFa
     wait_for(lambda: p.exists() and p.stat().st_size == len(data), 30, "big.bin visible")
     m.emulator.clear_log()
     # a server 50 ms away: requests sent together are in flight together
-    emulator.set_faults({"method": "GET", "path": "/read", "latency": 0.05})
+    emulator.set_faults(*({"method": "GET", "path": r, "latency": 0.05} for r in ("/read", "/file")))
     h = hashlib.sha256()
     try:
         with open(p, "rb", buffering=0) as f:
