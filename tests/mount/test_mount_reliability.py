@@ -353,7 +353,8 @@ def test_stalled_read_fails_with_etimedout_and_the_mount_stays_usable(mount_fact
     m.remote.write("other.txt", b"other")
     wait_for((m.path / "slow.bin").exists, 10, "slow.bin visible")
     assert (m.path / "other.txt").read_bytes() == b"other"
-    emulator.set_faults({"method": "GET", "path": "/read", "stall": True})
+    # a stalled server: by path and by signed URL (a file's second read goes by its URL)
+    emulator.set_faults(*({"method": "GET", "path": r, "stall": True} for r in ("/read", "/file")))
     try:
         t0 = time.monotonic()
         with pytest.raises(OSError) as exc:
