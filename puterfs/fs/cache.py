@@ -50,6 +50,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -322,6 +323,7 @@ class CacheStore:
         for name in (JOURNAL, JOURNAL + "-wal", JOURNAL + "-shm", JOURNAL + "-journal", "puterfs.log"):
             _check_own_file(self._root_fd, name, str(self.root))
         self.data_dir = self.root / "data"
+        self._journal_path = self.root / JOURNAL  # for messages (a Path per transaction cost 10 us)
         self._data_fd = self._open_subdir("data")
         self._data_dir_unsynced = True  # a file was created in data/ since its last fsync
         self._saved: dict[int, tuple[Any, ...]] = {}  # entry id -> the row last committed by _save_row
@@ -348,6 +350,8 @@ class CacheStore:
         # (journal_mark) of the rename that made them so (RECYCLE_MAX)
         self._recycled: list[tuple[CacheEntry, int]] = []
         self._doomed: list[int] = []  # deleted entries whose files are still to be unlinked
+        # deleted entries whose files unlink_doomed unlinked: their rows go next (forget_unlinked)
+        self._unlinked: deque[int] = deque()
         self._unsynced_seq = 0  # tokens of `mark_complete`
         self.inlined: set[int] = set()  # entries whose last fsync'ed bytes are in synced_data
         self._load()
@@ -796,12 +800,16 @@ class CacheStore:
         except FileNotFoundError:
             pass
 
+    def _unlink_files(self, entry_id: int) -> None:
+        """Unlink an entry's data file and its identity record (any thread)."""
+        self._unlink(str(entry_id))
+        self._unlink(f"{entry_id}.id")
+
     def _drop(self, entry_id: int) -> None:
         # the data goes first: on a full disk that frees the space the journal needs
         self._saved.pop(entry_id, None)
         self._forget_inline(entry_id)
-        self._unlink(str(entry_id))
-        self._unlink(f"{entry_id}.id")
+        self._unlink_files(entry_id)
         try:
             self._sql("DELETE FROM files WHERE id = ?", (entry_id,))
         except OSError as exc:
@@ -1285,7 +1293,7 @@ class CacheStore:
                 del self.paths[path]
         for e in moved:
             self.paths[e.path] = e
-        for e in [*records, *(g for g in ghosts if g.path == SPARE_PATH)]:  # delete() writes the others'
+        for e in [*records, *(g for g in ghosts if g.path == SPARE_PATH)]:  # the others' rows are unlinked ones
             try:
                 self._write_identity(e, e.gen, e.identity(), may_reclaim=False)  # in place
                 e.written = e.identity()
@@ -1297,24 +1305,43 @@ class CacheStore:
             else:
                 self.delete(ghost, later=True)  # its row goes, its files are unlinked later
 
-    def delete(self, e: CacheEntry, *, later: bool = False) -> None:
+    def end_row(self, e: CacheEntry) -> None:
+        """The journal statements that end `e`'s row for `delete(e, later=True, ended=True)`:
+        it becomes an unlinked one's, a generation newer than its identity record (so it wins
+        over the record at the next start, and a data file a kill -9 left before its unlinking
+        is dropped then, never recovered), and the journal's copy of its bytes goes. Made in
+        the caller's transaction, to commit with what the deletion goes with (the namespace
+        op of an unlink: one commit, not two, and a kill -9 keeps both or neither); memory
+        is left as it is (but for a row cache: the caller's commit may fail)."""
+        ghost = e if e.path == f"\x00unlinked/{e.id}" else CacheEntry(id=e.id, path=f"\x00unlinked/{e.id}", gen=e.gen + 1)
+        try:
+            self._save_row(ghost)
+            if e.id in self.inlined:
+                self._sql("DELETE FROM synced_data WHERE id = ?", (e.id,))
+        finally:
+            if ghost is not e:
+                self._saved.pop(e.id, None)  # what the row says is known once it is committed
+
+    def delete(self, e: CacheEntry, *, later: bool = False, ended: bool = False) -> None:
         """Forget `e` and delete its files; `later`: its files are unlinked by `unlink_doomed`
         (on a worker thread: two inode deletions were most of an unlink's cost), after its
-        identity record says it is gone and its row is deleted, so that a data file left by
-        a kill -9 meanwhile is dropped at the next start, never recovered."""
+        row says it is unlinked (`end_row`; `ended`: the caller committed that already), and
+        the row itself goes after them (`forget_unlinked`)."""
         self.entries.pop(e.id, None)
         if self.paths.get(e.path) is e:
             del self.paths[e.path]
         if later:
-            self._saved.pop(e.id, None)
-            gone = CacheEntry(id=e.id, path=f"\x00unlinked/{e.id}", gen=e.gen + 1)
             try:
-                self._write_identity(gone, gone.gen, gone.identity(), may_reclaim=False)  # in place
-                self._sql("DELETE FROM files WHERE id = ?", (e.id,))
-                self._forget_inline(e.id)
+                if not ended and e.id in self.inlined:
+                    with self._transaction():
+                        self.end_row(e)
+                elif not ended:
+                    self.end_row(e)  # one statement: its own commit
             except OSError:
                 pass  # the plain way below (the data first: on a full disk that frees space)
             else:
+                self._saved.pop(e.id, None)
+                self.inlined.discard(e.id)
                 self._doomed.append(e.id)
                 return
         self._drop(e.id)
@@ -1325,16 +1352,34 @@ class CacheStore:
 
     def unlink_doomed(self) -> int:
         """Unlink the files of the entries `delete(later=True)` forgot (any thread; the trio
-        thread too, on a full disk); returns how many."""
+        thread too, on a full disk); returns how many. Their rows go at `forget_unlinked`."""
         n = 0
         while True:
             try:
                 entry_id = self._doomed.pop()
             except IndexError:  # none left (another thread may have taken the last one)
                 return n
-            self._unlink(str(entry_id))
-            self._unlink(f"{entry_id}.id")
+            self._unlink_files(entry_id)
+            self._unlinked.append(entry_id)
             n += 1
+
+    def forget_unlinked(self) -> int:
+        """Delete the rows of the entries whose files `unlink_doomed` unlinked, in one commit
+        for a burst (main thread); returns how many. Rows a kill -9 left before this are
+        dropped at the next start (unlinked ones, and rows without a data file)."""
+        ids: list[int] = []
+        while self._unlinked:
+            ids.append(self._unlinked.popleft())
+        if not ids:
+            return 0
+        try:
+            with self._transaction():
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    self._sql(f"DELETE FROM files WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        except OSError as exc:
+            log.warning("cache: cannot remove %d unlinked rows (dropped at the next start): %s", len(ids), exc)
+        return len(ids)
 
     def touch(self, e: CacheEntry) -> None:
         e.last_used = time.time()
@@ -1420,6 +1465,7 @@ class CacheStore:
             except OSError as exc:
                 log.warning("cache: cannot sync the cached files: %s", exc)
             self.unlink_doomed()
+            self.forget_unlinked()
             self.drop_spares()
             self.flush_usage()
         finally:
@@ -1436,7 +1482,7 @@ class CacheStore:
                     pass
 
     def _transaction(self) -> _Tx:
-        return _Tx(self._db, self.root / JOURNAL)
+        return _Tx(self._db, self._journal_path)
 
 
 def journal_error(exc: sqlite3.DatabaseError, path: Path) -> OSError:

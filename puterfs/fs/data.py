@@ -503,15 +503,16 @@ class DataCache:
 
     _roomy_disk_at = -math.inf  # when the cache disk last had LOW_SPACE free (monotonic)
 
-    def _delete_entry(self, node: Node) -> None:
-        """Delete the node's cache entry and its data file."""
+    def _delete_entry(self, node: Node, *, ended: bool = False) -> None:
+        """Delete the node's cache entry and its data file (`ended`: its row's end is
+        committed already, `cache.end_row`)."""
         assert node.entry is not None
         self._close_fd(node)
         if self.spawn is None or self._cache_disk_low():
             self.cache.delete(node.entry)  # its space is free when the unlink returns
         else:
             # its files are unlinked on a worker thread, off the syscall's path
-            self.cache.delete(node.entry, later=True)
+            self.cache.delete(node.entry, later=True, ended=ended)
             if not self._unlinking:
                 self._unlinking = True
                 self.spawn(self._unlink_doomed)
@@ -529,6 +530,7 @@ class DataCache:
                 # unlink (a thread job's hand-offs cost the event loop about what an unlink does)
                 await trio.sleep(UNLINK_GATHER)
                 await trio.to_thread.run_sync(self.cache.unlink_doomed)
+                self.cache.forget_unlinked()  # and their rows, in one commit
         finally:
             self._unlinking = False
 
@@ -563,8 +565,9 @@ class DataCache:
                 self._unlinking = True
                 self.spawn(self._unlink_doomed)
 
-    def _discard_data(self, node: Node) -> None:
-        """A file leaves the namespace: drop its upload; keep its bytes for open descriptors."""
+    def _discard_data(self, node: Node, *, ended: bool = False) -> None:
+        """A file leaves the namespace: drop its upload; keep its bytes for open descriptors
+        (`ended`: the end of its cache row was committed already, `_endable`)."""
         ent = node.entry
         if ent is None:
             return
@@ -579,7 +582,16 @@ class DataCache:
             ent.dirty = False
             self.cache.save(ent)
         else:
-            self._delete_entry(node)
+            self._delete_entry(node, ended=ended)
+
+    def _endable(self, node: Node) -> CacheEntry | None:
+        """The cache entry whose row `_discard_data` would end (`cache.end_row`), for the
+        caller to end in its own journal transaction; None when there is none to end (no
+        entry, or it stays for open descriptors)."""
+        ent = node.entry
+        if ent is None or node.opens > 0 or self.cache.entries.get(ent.id) is not ent:
+            return None
+        return ent
 
     async def read_path(self, rel: str, access: Callable[[int, int, int, int], bool] | None = None) -> bytes:
         """The content of the file at mount-relative `rel`, through the cache (dirty data included).

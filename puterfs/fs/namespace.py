@@ -154,11 +154,16 @@ class Namespace:
     async def _delete_file(self, parent: Node, name: str, node: Node) -> None:
         if node.opens > 0 and node.remote_fp is not None:
             await self._ensure_complete(node)  # an open file stays readable after unlink
+        ended = False
         if self._maybe_on_server(node):
-            # journaled first (a full cache disk fails the unlink and changes nothing); the
+            # journaled first (a full cache disk fails the unlink and changes nothing), in one
+            # commit with the end of its cache row (a kill -9 keeps both or neither); the
             # upload of it, if one is in flight, is cancelled below or lands first
-            self.ns.record_delete(node.path, is_dir=False)
-        self._discard_data(node)
+            ent = self._endable(node)
+            end_row = None if ent is None else functools.partial(self.cache.end_row, ent)
+            self.ns.record_delete(node.path, is_dir=False, also=end_row)
+            ended = ent is not None
+        self._discard_data(node, ended=ended)
         node.remote_fp = None
         self._remove_child(parent, name, node)
 

@@ -319,8 +319,13 @@ class NamespaceJournal:
         self.cache._sql("DELETE FROM nsops WHERE seq=?", (op.seq,))
         self._touched()
 
-    def _append(self, op: NsOp) -> NsOp:
-        self._insert(op)  # raises (ENOSPC) before anything changed
+    def _append(self, op: NsOp, also: Callable[[], None] | None = None) -> NsOp:
+        if also is None:
+            self._insert(op)  # raises (ENOSPC) before anything changed
+        else:
+            with self.cache._transaction():  # one commit for both; raises before anything changed
+                self._insert(op)
+                also()
         self.ops.append(op)
         if self._index_of == self._version:
             self._index_op(op)  # kept up to date: an rm -rf appends an op per file
@@ -357,7 +362,10 @@ class NamespaceJournal:
     def record_mkdir(self, path: str, node: Any = None) -> None:
         self._append(NsOp(0, "mkdir", path, is_dir=True, created=time.time(), node=node))
 
-    def record_delete(self, path: str, *, is_dir: bool) -> None:
+    def record_delete(self, path: str, *, is_dir: bool, also: Callable[[], None] | None = None) -> None:
+        """Journal the deletion of `path`; `also`: journal statements of the caller's that
+        commit with it, in one transaction (the end of a deleted file's cache row: one commit
+        per unlink). Raises (ENOSPC) with nothing changed when the journal cannot take it."""
         i = self._producer(path)
         if i is not None and not self._later_touch(i, path):
             op = self.ops[i]
@@ -365,16 +373,26 @@ class NamespaceJournal:
                 # made and removed before the server heard of it: neither goes
                 with self.cache._transaction():
                     self._delete_row(op)
+                    if also is not None:
+                        also()
                 del self.ops[i]
                 self._notify()
                 return
             if not op.overwrite:
                 # moved here, now deleted: delete it where the server has it
+                was = op.kind, op.dest, op.is_dir
                 op.kind, op.dest, op.is_dir = "delete", "", is_dir
-                self._update(op)
+                try:
+                    with self.cache._transaction():
+                        self._update(op)
+                        if also is not None:
+                            also()
+                except BaseException:
+                    op.kind, op.dest, op.is_dir = was
+                    raise
                 self.on_change()
                 return
-        self._append(NsOp(0, "delete", path, is_dir=is_dir, created=time.time()))
+        self._append(NsOp(0, "delete", path, is_dir=is_dir, created=time.time()), also)
 
     def record_move(self, src: str, dst: str, *, is_dir: bool, overwrite: bool, node: Any = None) -> None:
         i = self._producer(src)

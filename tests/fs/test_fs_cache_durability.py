@@ -260,8 +260,9 @@ def test_a_create_takes_a_spare_data_file_and_survives_kill_9_and_a_power_cut(tm
 
 def test_a_delete_whose_files_are_unlinked_later_stays_deleted_across_kill_9(tmp_path: Path) -> None:
     """An unlink in the mount leaves the unlinking of the cache files to a worker thread: a
-    kill -9 before it ran leaves files whose identity record says they are gone; the next
-    start drops them, it never recovers the deleted file."""
+    kill -9 before it ran leaves files whose journal row says they are unlinked (newer than
+    their identity record); the next start drops them, it never recovers the deleted file.
+    The row goes once the files are unlinked."""
     c = CacheStore(tmp_path / "live")
     keep = c.create("keep.txt", dirty=True)
     gone = c.create("gone.txt", dirty=True)
@@ -278,6 +279,8 @@ def test_a_delete_whose_files_are_unlinked_later_stays_deleted_across_kill_9(tmp
     after.close()
     c.unlink_doomed()
     assert sorted(os.listdir(tmp_path / "live" / "data")) == sorted([str(keep.id), f"{keep.id}.id"])
+    assert c.forget_unlinked() == 1
+    assert [r[0] for r in c._db.execute("SELECT id FROM files").fetchall()] == [keep.id]
     c.close()
 
 

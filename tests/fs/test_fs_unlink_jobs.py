@@ -9,6 +9,7 @@ through real mounts in tests/mount."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,133 @@ def test_a_file_rename_re_points_one_entry_without_walking_every_path(tmp_path: 
     table.by_path = dict(table.by_path)
     table.rename(d, "e")
     assert [k.path for k in kids] == [f"e/f{i}" for i in range(3)] and table.by_path["e"] is d
+
+
+def _cached_listing(ops: PuterOperations, cache: CacheStore, names: list[str]) -> dict[str, int]:
+    """`names` listed from the server in the root, each with a cached copy; name -> entry id."""
+    root = ops.table.root
+    ops._apply_listing(root, [_entry(n) for n in names], ops.table.next_seq())
+    root.listed_epoch, root.listed_at = ops.epoch, trio.current_time()
+    ids = {}
+    for n in names:
+        node = root.children[n]
+        node.entry = cache.create_for_remote(n, size=3, uid=f"u-{n}", modified=100, mode=node.mode)
+        ids[n] = node.entry.id
+    return ids
+
+
+def _count_commits(cache: CacheStore) -> list[int]:
+    """Counts the journal's commits from now on (one per transaction, one per statement
+    that changes something outside a transaction), in a one-item list."""
+    commits = [0]
+    in_tx = [False]
+
+    def trace(sql: str) -> None:
+        word = sql.split(None, 1)[0].upper()
+        if word == "BEGIN":
+            in_tx[0] = True
+        elif word in ("COMMIT", "ROLLBACK"):
+            commits[0] += word == "COMMIT"
+            in_tx[0] = False
+        elif word in ("INSERT", "UPDATE", "DELETE", "REPLACE") and not in_tx[0]:
+            commits[0] += 1
+
+    cache._db.set_trace_callback(trace)
+    return commits
+
+
+def test_an_unlink_is_one_commit_with_its_server_delete_and_survives_kill_9_before_its_files_go(
+    tmp_path: Path,
+) -> None:
+    """An unlink of a file the server holds journals the server's delete and the end of its
+    cache row in one commit (not two); a kill -9 right after the unlinks returned, before
+    the worker unlinked their cache files, leaves the deletes to apply at the next start
+    and the files' data dropped, never recovered."""
+    from puterfs.fs.nsjournal import NamespaceJournal
+
+    cache = CacheStore(tmp_path / "cache")
+    ops = PuterOperations(Remote(None, ROOT), cache)
+    names = [f"f{i}" for i in range(6)]
+    data = tmp_path / "cache" / "data"
+    go = threading.Event()
+    real = cache.unlink_doomed
+    cache.unlink_doomed = lambda: go.wait(30) and real()  # type: ignore[method-assign]
+
+    async def main() -> None:
+        ids = _cached_listing(ops, cache, names)
+        cache.create("kept", dirty=True)  # a file not uploaded yet: it stays
+        async with trio.open_nursery() as nursery:
+            ops.spawn = nursery.start_soon
+            commits = _count_commits(cache)
+            for n in names:
+                before = commits[0]
+                await ops.unlink(ops.table.root.inode, n.encode(), None)
+                assert commits[0] - before == 1, n
+            cache._db.set_trace_callback(None)
+            assert all((data / str(ids[n])).exists() for n in names)  # not unlinked yet
+            # kill -9 now: the disk as it is (the -shm is rebuilt from the -wal)
+            shutil.copytree(tmp_path / "cache", tmp_path / "killed", ignore=shutil.ignore_patterns("*-shm"))
+            go.set()
+            with trio.fail_after(30):
+                while cache.doomed() or any((data / str(ids[n])).exists() for n in names):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    after = CacheStore(tmp_path / "killed")
+    assert sorted(after.paths) == ["kept"] and after.lost == [] and after.recovered == []
+    assert sorted(os.listdir(tmp_path / "killed" / "data")) == sorted(
+        [str(after.paths["kept"].id), f"{after.paths['kept'].id}.id"])  # fmt: skip
+    assert [op.describe() for op in NamespaceJournal(after).ops] == [f"delete {n}" for n in names]
+    after.close()
+    # and the live cache forgot the unlinked rows once their files were gone
+    assert cache._db.execute("SELECT count(*) FROM files WHERE path LIKE ?", ("\x00unlinked/%",)).fetchone()[0] == 0
+    cache.close()
+
+
+def test_an_unlink_the_journal_cannot_commit_fails_and_changes_nothing(tmp_path: Path) -> None:
+    """A full cache disk refuses the unlink's commit: ENOSPC, and the file is still there, in
+    the tree, in the cache (its row live, its data file kept) and not in the namespace
+    journal; once the disk has room the unlink goes through."""
+    import errno
+
+    import pyfuse3
+
+    from puterfs.fs.cache import _Tx
+
+    cache = CacheStore(tmp_path / "cache")
+    ops = PuterOperations(Remote(None, ROOT), cache)
+
+    class FullDiskTx(_Tx):
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if exc_type is None:
+                self._rollback()  # as SQLite does when the disk refuses the commit
+                raise OSError(errno.ENOSPC, "the cache disk is full")
+            super().__exit__(exc_type, exc, tb)
+
+    async def main() -> None:
+        ids = _cached_listing(ops, cache, ["f"])
+        root = ops.table.root
+        node = root.children["f"]
+        async with trio.open_nursery() as nursery:
+            ops.spawn = nursery.start_soon
+            cache._transaction = lambda: FullDiskTx(cache._db, cache.root / "journal.sqlite3")  # type: ignore[method-assign]
+            try:
+                await ops.unlink(root.inode, b"f", None)
+            except pyfuse3.FUSEError as exc:
+                assert exc.errno == errno.ENOSPC
+            else:
+                raise AssertionError("the unlink succeeded on a full disk")
+            assert root.children.get("f") is node and node.in_tree
+            assert cache.entries.get(ids["f"]) is node.entry and cache.paths["f"] is node.entry
+            assert ops.ns.ops == [] and not cache.doomed()
+            row = cache._db.execute("SELECT path FROM files WHERE id = ?", (ids["f"],)).fetchone()
+            assert row == ("f",)
+            assert (tmp_path / "cache" / "data" / str(ids["f"])).exists()
+            del cache._transaction  # room again
+            await ops.unlink(root.inode, b"f", None)
+            assert "f" not in root.children and [op.describe() for op in ops.ns.ops] == ["delete f"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    cache.close()

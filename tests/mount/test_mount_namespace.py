@@ -266,6 +266,34 @@ def test_sigkill_with_namespace_ops_pending_applies_them_after_remount(mount_fac
     print(f"kill -9 with {st['pending']} pending (namespace ops + a file): all applied after the remount")
 
 
+def test_kill_9_right_after_rm_rf_of_cached_files_deletes_them_on_the_server_after_remount(
+    mount_factory: MountFactory,
+) -> None:
+    # each unlink commits the server's delete with the end of the file's cache row; the
+    # cache files themselves are unlinked later on a worker thread: a kill -9 right after
+    # rm -rf returns (before or after that) ends with the tree deleted on the server, no
+    # deleted file recovered from the cache, and a file not uploaded yet kept and uploaded
+    m = mount_factory(write_back=60)
+    w = _work(m)
+    for i in range(12):
+        m.remote.write(f"w/d/f{i}.txt", b"server %d" % i)
+    wait_for(lambda: sorted(os.listdir(w)) == ["d"] and len(os.listdir(w / "d")) == 12, 10, "the server's files")
+    for i in range(12):  # cached: a data file and an identity record each
+        assert (w / "d" / f"f{i}.txt").read_bytes() == b"server %d" % i
+    (w / "d" / "local.txt").write_bytes(b"never uploaded")
+    (w / "mine.txt").write_bytes(b"not uploaded yet, kept")
+    subprocess.run(["rm", "-rf", str(w / "d")], check=True)
+    assert sorted(m.remote.listdir("w")) == ["d"], "applied before the crash: proves nothing"
+    m.kill_and_remount()
+    assert os.listdir(w) == ["mine.txt"]
+    m.wait_uploaded(timeout=60)
+    assert m.remote.listdir("w") == ["mine.txt"]
+    assert m.remote.read("w/mine.txt") == b"not uploaded yet, kept"
+    st = m.proc.state()
+    assert st is not None and st["recovered"] == 0 and st["lost_found"] == [], st
+    m.proc.stop()
+
+
 def test_a_name_taken_on_the_server_meanwhile_keeps_both(mount_factory: MountFactory) -> None:
     m = mount_factory(write_back=60)
     w = _work(m)
