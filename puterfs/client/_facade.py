@@ -98,6 +98,11 @@ class PutergenaiFacade:
             files, overwrite=overwrite, create_missing_parents=create_missing_parents, metadata=metadata
         )
 
+    async def fs_holding(self, items: Sequence[tuple[str, bytes]]) -> list[dict[str, Any] | PuterError | None]:
+        """For each (path, data): its entry when the server holds exactly that there, else None
+        or the error of the check (puterfs: one listing per folder, versions by signed reads)."""
+        return await self.fs.holding(items)
+
     async def fs_set_metadata(self, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
         """Replace an entry's whole metadata (puterfs)."""
         return await self.fs.set_metadata(path, metadata)

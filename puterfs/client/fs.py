@@ -450,6 +450,21 @@ class FS:
                 tg.start_soon(one, i, path, data)
         return out
 
+    async def holding(self, items: Sequence[tuple[str, bytes]]) -> list[dict[str, Any] | PuterError | None]:
+        """For each (path, data): its entry when the server holds exactly ``data`` at ``path``,
+        None when it holds something else there or nothing, or the error of a check that
+        failed. One listing per folder, then each file that could hold it checked by its
+        version (see `_all_held`)."""
+        targets = [(await self._c._abs(p), d) for p, d in items]
+        listed = await self._listed({_split(p)[0] or "/" for p, _ in targets})
+        there = [listed.get(p) for p, _ in targets]
+        checks = [i for i, ((_, d), e) in enumerate(zip(targets, there, strict=True)) if _maybe_file_of(e, len(d))]
+        found = await self._all_held([targets[i] for i in checks], [there[i] for i in checks])
+        out: list[dict[str, Any] | PuterError | None] = [None] * len(items)
+        for i, h in zip(checks, found, strict=True):
+            out[i] = h
+        return out
+
     async def _holds(self, path: str, data: bytes, entry: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The entry at ``path`` when the server holds exactly ``data`` there, else None."""
         if entry is None:

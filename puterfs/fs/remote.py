@@ -393,6 +393,15 @@ class Remote:
         )
         return [r if isinstance(r, BaseException) else RemoteEntry.from_json(r) for r in results]
 
+    async def holding(self, items: Sequence[tuple[str, bytes]]) -> list[RemoteEntry | BaseException | None]:
+        """For each (path, data): the server's entry when it holds exactly `data` at `path`,
+        None when not, or the error of that check (`PuterClient.fs_holding`)."""
+        results = await self._call(
+            "check", self.client.fs_holding, [(self.abspath(rel), data) for rel, data in items],
+            timeout=self.timeout * 3,
+        )
+        return [r if r is None or isinstance(r, BaseException) else RemoteEntry.from_json(r) for r in results]
+
     async def mkdir(self, rel: str, *, parents: bool = False) -> RemoteEntry:
         """mkdir (the client retries it until the deadline: a plain mkdir of an existing
         directory answers that directory, so a retry after a lost answer is the check).

@@ -141,25 +141,31 @@ def _tarball(tmp_path: Path, files: int) -> tuple[Path, Path]:
     return tarball, orig
 
 
-def test_lost_batch_write_answer_is_settled_by_one_listing_and_versions(mount_factory: MountFactory) -> None:
+@pytest.mark.parametrize("check", ["works", "fails"])
+def test_lost_batch_write_answer_is_settled_by_one_listing_and_versions(mount_factory: MountFactory, check: str) -> None:
     """The answer of a /fs/batchWrite is lost after the server wrote every file: one listing of
     the folder and each file's version (its ETag, through a signed read of one byte) settle
     it, file by file; no file is stat'ed, read or sent again. (A /stat and a /read each, 5
     reads at a time under the free tier's 300 reads a minute, outlived the request's deadline
-    at 30% faults: the tar x below then took minutes.) Each file's content is still checked
-    before it counts as on the server: the server's copy is compared with ours."""
+    at 30% faults: the tar x below then took minutes.) When that check fails (its listing is
+    refused), the batch is sent again, every name is taken (by our own bytes), and the same
+    check settles them. Each file's content is still compared with ours before it counts as
+    on the server."""
     m = mount_factory()
     d = m.path / "d"
     d.mkdir()
     m.wait_uploaded()
     since = time.time()
     rng = random.Random(7)
-    m.emulator.set_faults({"path": "/fs/batchWrite", "after": True, "drop": True, "count": 1})
+    rules: list[dict[str, Any]] = [{"path": "/fs/batchWrite", "after": True, "drop": True, "count": 1}]
+    if check == "fails":
+        rules.append({"path": "/readdir", "status": 400, "count": 1})
+    m.emulator.set_faults(*rules)
     try:
         for i in range(40):
             (d / f"f{i:02d}").write_bytes(rng.randbytes(rng.randrange(1, 3000)))
         m.wait_uploaded(timeout=120)
-        assert not m.emulator._admin("GET", "faults")["rules"], "no /fs/batchWrite answer was lost"
+        assert not m.emulator._admin("GET", "faults")["rules"], "a fault did not happen"
     finally:
         m.emulator.clear_faults()
     calls = [r["path"] for r in m.emulator.log() if r["t"] >= since]
@@ -167,6 +173,7 @@ def test_lost_batch_write_answer_is_settled_by_one_listing_and_versions(mount_fa
     assert on_server == want, "the server differs:\n" + tree_diff(on_server, want)
     assert calls.count("/read") == calls.count("/stat") == calls.count("/fs/write") == 0, calls
     assert calls.count("/file") <= 40 and calls.count("/sign") >= 1
+    assert calls.count("/fs/batchWrite") == (1 if check == "works" else 2), calls
 
 
 @pytest.mark.slow
