@@ -576,6 +576,12 @@ class MountedFs:
     def wait_uploaded(self, timeout: float = 60.0) -> dict[str, Any]:
         return self.proc.wait_uploaded(timeout)
 
+    def stored_tree(self, rel: str = "") -> dict[str, str]:
+        """What the server stores below ``rel`` (mount-relative), like ``remote.tree``, but read
+        from the emulator's store: no API reads, so a check of hundreds of files does not wait
+        minutes for the account's read budget (temp tier: 120 reads a minute)."""
+        return self.emulator.tree(f"{self._factory.home}/{rel}" if rel else self._factory.home)
+
     def remount(self, *args: str, **opts: Any) -> MountedFs:
         """Graceful stop, then a new daemon on the same mountpoint and cache dir."""
         self.proc.stop()
