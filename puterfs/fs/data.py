@@ -132,29 +132,31 @@ class DataCache:
             run_end = first
             while run_end + 1 <= end and (run_end + 1) not in ent.blocks and not self.readahead.busy(ent, run_end + 1):
                 run_end += 1
-            for start_block in range(first, run_end + 1, READAHEAD_BLOCKS):
-                stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
-                begin = start_block * BLOCK_SIZE
-                length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
-                data, etag = await self._server_bytes(node, ent, begin, length)
-                if node.entry is not ent:
-                    return  # replaced while we fetched
-                if etag is not None and etag != ent.base_etag:
-                    if ent.base_etag is not None or ent.blocks:
-                        # another version than the cached blocks': never a file of two versions
-                        await content_changed(self, node, ent, etag)
-                        break
-                    ent.base_etag = etag  # the first blocks: the version they all must share
-                    self.cache.save(ent)
-                if len(data) != length:
-                    raise PuterError(
-                        f"short read of {node.path}: wanted {length} bytes at {begin}, got {len(data)} "
-                        "(the file changed on the server?)"
-                    )
-                if node.entry is not ent:
-                    return  # replaced while we fetched
-                self._pwrite(node, data, begin)
-                ent.blocks.update(range(start_block, stop_block + 1))
+            # the run counts as busy meanwhile: the read-ahead does not fetch it a second time
+            with self.readahead.claim(ent, first, run_end):
+                for start_block in range(first, run_end + 1, READAHEAD_BLOCKS):
+                    stop_block = min(start_block + READAHEAD_BLOCKS - 1, run_end)
+                    begin = start_block * BLOCK_SIZE
+                    length = min((stop_block + 1) * BLOCK_SIZE, ent.size) - begin
+                    data, etag = await self._server_bytes(node, ent, begin, length)
+                    if node.entry is not ent:
+                        return  # replaced while we fetched
+                    if etag is not None and etag != ent.base_etag:
+                        if ent.base_etag is not None or ent.blocks:
+                            # another version than the cached blocks': never a file of two versions
+                            await content_changed(self, node, ent, etag)
+                            break
+                        ent.base_etag = etag  # the first blocks: the version they all must share
+                        self.cache.save(ent)
+                    if len(data) != length:
+                        raise PuterError(
+                            f"short read of {node.path}: wanted {length} bytes at {begin}, got {len(data)} "
+                            "(the file changed on the server?)"
+                        )
+                    if node.entry is not ent:
+                        return  # replaced while we fetched
+                    self._pwrite(node, data, begin)
+                    ent.blocks.update(range(start_block, stop_block + 1))
             if len(ent.blocks) * BLOCK_SIZE >= ent.size and ent.missing_blocks(0, ent.size) == []:
                 self.cache.mark_complete(ent)  # in the journal once its data file is synced
         # blocks after the run (not contiguous) are fetched by the next call

@@ -36,7 +36,7 @@ import errno
 import logging
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,6 +183,25 @@ class ReadAhead:
         """Whether a background request is fetching `block` of `ent`."""
         blocks = self._inflight.get(ent.id)
         return blocks is not None and block in blocks
+
+    @contextlib.contextmanager
+    def claim(self, ent: Any, first: int, last: int) -> Iterator[None]:
+        """Blocks `first`..`last` of `ent` are being fetched by a reader's own request: while
+        it runs they count as busy, so the read-ahead does not fetch them a second time (a
+        kernel read served meanwhile moves the window over them)."""
+        blocks = self._inflight.setdefault(ent.id, {})
+        mine = {i: trio.Event() for i in range(first, last + 1) if i not in blocks}
+        blocks.update(mine)
+        try:
+            yield
+        finally:
+            blocks = self._inflight.get(ent.id, {})
+            for i, ev in mine.items():
+                if blocks.get(i) is ev:
+                    del blocks[i]
+                ev.set()
+            if not blocks:
+                self._inflight.pop(ent.id, None)
 
     async def settle(self, ent: Any, off: int, size: int) -> None:
         """Wait until no background request is fetching a block of [off, off+size)."""

@@ -167,3 +167,25 @@ async def test_the_reader_has_a_chunk_while_the_disk_writes_it(tmp_path: Path, c
         disk.release.set()
     assert ent.complete and (tmp_path / "3").read_bytes() == body
     assert bytes(r.serve(ent, 0, 16)) == body[:16]  # landed: still served until the reader passes
+
+
+def test_a_readers_own_fetch_keeps_its_blocks_from_the_read_ahead() -> None:
+    """`claim`: the blocks a reader's request fetches are busy meanwhile (the read-ahead's
+    window skips them instead of fetching them twice); a block the read-ahead had already
+    is left to it; all is free again after."""
+    import trio
+
+    r = ra.ReadAhead(SimpleNamespace())
+    ent = _ent()
+    theirs = trio.Event()
+    r._inflight[ent.id] = {3: theirs}
+    with r.claim(ent, 1, 3):
+        assert [r.busy(ent, b) for b in range(5)] == [False, True, True, True, False]
+        assert r._inflight[ent.id][3] is theirs
+    assert r._inflight[ent.id] == {3: theirs} and not theirs.is_set()
+    with r.claim(ent, 7, 7):
+        pass
+    r._inflight[ent.id].pop(3)
+    with r.claim(ent, 0, 0):
+        pass
+    assert ent.id not in r._inflight
