@@ -317,10 +317,12 @@ class DataCache:
         return written
 
     def _reserve(self, fd: int, off: int, n: int, end: int, h: _Handle | None) -> None:
-        """Reserve the blocks of a write past the file's end, and for a handle as much again
-        as the file has, up to PREALLOCATE_AHEAD (a disk with room for the write but not for
-        that gets the write's own)."""
-        ahead = max(n, min(end, PREALLOCATE_AHEAD)) if h is not None else n
+        """Reserve the blocks of a write past the file's end, and for a handle writing on from
+        the end as much again as the file has, up to PREALLOCATE_AHEAD (a disk with room for the
+        write but not for that gets the write's own). A write that leaves a hole before it
+        reserves only its own: the next write further on would leave the reserve inside the
+        file, allocated though never written, where no close gives it back."""
+        ahead = max(n, min(end, PREALLOCATE_AHEAD)) if h is not None and off <= end else n
         try:
             ok = preallocate(fd, off, ahead)
         except OSError as exc:

@@ -64,6 +64,33 @@ def test_sequential_write_reserves_ahead_and_gives_the_rest_back_at_close(mount_
     print(f"reserved ahead while open, {_allocated(data) / MiB:.2f} MiB allocated for 9 MiB after close")
 
 
+def test_writes_that_leave_holes_reserve_only_their_own_blocks(mount_factory: MountFactory) -> None:
+    """A sparse writer (writes past the end, each leaving a hole) gets no reservation ahead:
+    what it reserved would end up inside the file, allocated, when the next write lands
+    further on."""
+    m = mount_factory(write_back=600)
+    if not _can_preallocate(m.cache_dir):
+        pytest.skip("the cache dir's file system cannot preallocate")
+    blocks = [os.urandom(MiB) for _ in range(6)]
+    offsets = [0, 1, 2, 3, 32, 64]  # MiB: four from the end, then two leaving holes
+    fd = os.open(m.path / "sparse.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for b, o in zip(blocks, offsets, strict=True):
+            assert os.pwrite(fd, b, o * MiB) == MiB
+    finally:
+        os.close(fd)
+    data = _data_file(m.cache_dir, 65 * MiB)
+    # the six MiB written; the reserve ahead of the first four is past the end of 4 MiB only
+    # until the write at 32 MiB, which must not reserve [33, 36) MiB inside the file-to-be
+    wait_for(lambda: _allocated(data) <= 6 * MiB + 64 * 1024, 10, f"6 MiB allocated, not {_allocated(data)}")
+    with open(m.path / "sparse.bin", "rb") as f:
+        for b, o in zip(blocks, offsets, strict=True):
+            f.seek(o * MiB)
+            assert f.read(MiB) == b
+        f.seek(4 * MiB)
+        assert f.read(MiB) == bytes(MiB)  # a hole reads as zeros
+
+
 def test_kill_9_during_a_reserved_write_keeps_exactly_what_was_written(mount_factory: MountFactory) -> None:
     m = mount_factory(write_back=600)
     if not _can_preallocate(m.cache_dir):
