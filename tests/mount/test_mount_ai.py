@@ -380,7 +380,10 @@ def test_request_errors(mount: MountedFs, rule: dict[str, Any], expected: int, t
 
 
 @pytest.mark.slow
-def test_rate_limit_is_eagain(mount: MountedFs) -> None:
+def test_rate_limit_is_eagain(mount_factory: Any) -> None:
+    # --timeout 10: the client's deadline (2 s less) bounds how long it retries the 429s
+    # before giving up, 58 s with the default 60
+    mount = mount_factory(timeout=10)
     warm_up(mount)
     # A standing rule: the client retries a 429 with backoff before giving up.
     mount.emulator.set_faults({"path": "/drivers/call", "status": 429, "code": "too_many_requests"})
