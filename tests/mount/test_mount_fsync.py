@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from mount_testlib import MountFactory, wait_for
 
+from puterfs.fs.cache import SPARES
+
 UPLOAD_PATHS = ("/batch", "/fs/write", "/fs/batchWrite", "/fs/startWrite", "/fs/completeWrite", "/writeFile")
 
 
@@ -195,4 +197,32 @@ def test_editor_saves_survive_kill_9_after_the_rename(mount_factory: MountFactor
     assert m.remote.read("notes/doc.txt") == last
     assert m.remote.read("notes/new.txt") == b"a new document, saved again\n"
     assert sorted(m.remote.listdir("notes")) == ["doc.txt", "new.txt"]
+    m.proc.stop()
+
+
+def test_editor_saves_reuse_the_replaced_files_data_files(mount_factory: MountFactory) -> None:
+    """Once a few saves ran, a save makes no cache file and unlinks none: the document's
+    previous version's data file becomes a spare once the rename is on the disk, and the next
+    save's temp file takes it. After a kill -9 the last save is the document, no temp name
+    is left, and the next start drops the recycled files (none is reported or recovered)."""
+    m = mount_factory(write_back=60)  # nothing goes up meanwhile
+    (m.path / "notes").mkdir()
+    doc = m.path / "notes" / "doc.txt"
+    data = m.cache_dir / "data"
+    last = b""
+    for i in range(20):
+        last = f"save {i}\n".encode() * (20 + i)
+        _save(doc, last)
+        if i == 3:
+            # the spare data files the first create asked for are made (a worker thread's job)
+            wait_for(lambda: len([n for n in os.listdir(data) if not n.endswith(".id")]) > SPARES, 30,
+                     "the spare data files")
+            names = sorted(os.listdir(data))
+    assert sorted(os.listdir(data)) == names  # saves 5 to 20: no file made or unlinked
+    m.kill_and_remount(write_back=0.3)
+    assert doc.read_bytes() == last
+    assert sorted(os.listdir(m.path / "notes")) == ["doc.txt"]
+    assert not (m.cache_dir / "lost+found").exists()
+    m.wait_uploaded()
+    assert m.remote.read("notes/doc.txt") == last
     m.proc.stop()
