@@ -288,10 +288,21 @@ class Uploader:
         # wait for this upload
         while (blocked := next((e.path for e in batch if self.ns.upload_blocked(e.path)), None)) is not None:
             await self.ns.wait_upload(blocked)
+        # a file replaced or deleted meanwhile (a rename over it) is not to be uploaded: its old
+        # bytes would take the name before the move that replaced it (a conflict copy of our own)
+        done: dict[int, BaseException | None] = {e.id: None for e in batch if not self._still_to_upload(e)}
+        batch = [e for e in batch if e.id not in done]
+        if not batch:
+            return done
         for e in batch:
             self.ns.expose(e.path)
         with self._in_flight([(e.id, e.path) for e in batch]):
-            return await self._upload_batch_now(batch)
+            return {**done, **await self._upload_batch_now(batch)}
+
+    def _still_to_upload(self, ent: CacheEntry) -> bool:
+        """Whether `ent` is still a dirty file of the cache under its name (not replaced by a
+        rename over it, deleted or uploaded while its upload waited for namespace ops)."""
+        return self.cache.entries.get(ent.id) is ent and ent.dirty and self.cache.paths.get(ent.path) is ent
 
     async def _upload_batch_now(self, batch: list[CacheEntry]) -> dict[int, BaseException | None]:
         items = []
@@ -379,6 +390,8 @@ class Uploader:
 
     async def _upload_one(self, ent: CacheEntry) -> None:
         await self.ns.wait_upload(ent.path)  # see _upload_batch
+        if not self._still_to_upload(ent):
+            return
         self.ns.expose(ent.path)
         with self._in_flight([(ent.id, ent.path)]):
             await self._upload_one_now(ent)
