@@ -284,6 +284,13 @@ class ListingCache:
             if cur is not None and cur.local_seq > seq:
                 new[name] = cur  # changed here after the listing was requested
                 continue
+            ent = self.cache.paths.get(join(dirnode.path, e.name))
+            if ent is not None and ent.uploaded_seq > seq:
+                # uploaded after the listing was requested: the listing shows the version our
+                # upload replaced, which would drop the clean copy as stale and leave the name
+                # with the old fingerprint (its size: a read of it came back longer, EIO). The
+                # loop below takes the file from its upload
+                continue
             new[name] = self._node_for_entry(dirnode, e)
         for name, node in old.items():
             if name in new:

@@ -5,6 +5,7 @@ these pin the rules that keep local data safe, on a real PuterOperations and cac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,35 @@ async def test_late_echo_of_our_upload_does_not_undo_a_rename_over_the_file(ops:
     for ev in late:
         await fresh._handle(ev)
     assert root.children["a.txt"] is moved and moved.remote_fp == ("u-b", 3, 102) and moved.size == 3
+
+
+def test_a_listing_requested_before_an_upload_finished_keeps_the_uploaded_file(tmp_path: Path) -> None:
+    """A listing requested before our upload of a file finished shows the version the upload
+    replaced: applied after the upload's answer, it took that for a change on the server,
+    dropped the uploaded clean copy and left the old fingerprint (and size) on the name, so a
+    read fetched the old size and got the new content's (EIO). The upload wins."""
+    cache = CacheStore(tmp_path / "cache")
+    o = PuterOperations(Remote(None, ROOT), cache)
+    root = o.table.root
+    ent = cache.create("doc.txt", dirty=True)  # a save not uploaded yet (resumed at start)
+    fd = cache.open_data(ent.id)
+    try:
+        os.pwrite(fd, b"saved!\n", 0)
+    finally:
+        os.close(fd)
+    ent.size = 7
+    cache.save(ent)
+    seq = o.table.next_seq()  # the listing is requested
+    o._uploaded(ent, ent.version, RemoteEntry.from_json(entry("doc.txt", "u-new", size=7, modified=200)))
+    o._apply_listing(root, [RemoteEntry.from_json(entry("doc.txt", "u-old", size=21, modified=100))], seq)
+    node = root.children["doc.txt"]
+    assert node.entry is ent and cache.entries.get(ent.id) is ent and not ent.dirty
+    assert node.remote_fp == ("u-new", 7, 200)
+    assert o._attr(node).st_size == 7
+    with cache.open_file(ent.id) as f:
+        assert f.read() == b"saved!\n"
+    # a listing requested after the upload shows it, and changes nothing
+    o._apply_listing(root, [RemoteEntry.from_json(entry("doc.txt", "u-new", size=7, modified=200))],
+                     o.table.next_seq())
+    assert root.children["doc.txt"].entry is ent and cache.entries.get(ent.id) is ent
+    cache.close()
