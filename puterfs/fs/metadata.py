@@ -129,6 +129,9 @@ class PosixMetadata:
         if node.remote_fp is None and not node.is_dir:
             return  # not on the server yet; its upload will carry them
         await self.ns.wait_path(node.path)  # after a pending mkdir or rename of it (nsjournal.py)
+        # its name now (renamed while it waited): the old one may hold another entry by now,
+        # which would get our metadata and a new `modified` (its next upload: a conflict)
+        path = node.path
         md = self._posix_metadata(node.mode, node.mtime_ns)
         try:
             with self._in_flight([(-node.inode, path)]):

@@ -93,3 +93,32 @@ async def test_a_file_replaced_while_its_batch_waits_is_not_uploaded(ops: Any) -
     assert sent == [["docs/y"]], "the replaced file's old bytes went up under the name"
     assert results == {n.id: None, y.id: None} and ops.cache.entries.get(n.id) is not n
     assert root.children["n"].remote_fp[0] == "u-a"  # a.txt, moved there by the applier
+
+
+@pytest.mark.trio
+async def test_a_folder_renamed_while_its_metadata_update_waits_is_updated_under_its_new_name(ops: Any) -> None:
+    """The update of a folder's mode/mtime waited for a pending op on its path, and was then
+    sent to the path it had before a rename made meanwhile: whatever the server holds there
+    now (another folder, a file of ours made under the old name) got our folder's metadata and
+    a new `modified`, which the next upload of such a file took for another client's edit (a
+    `.conflict-` copy of our own file, fsx seed 7 with dropped answers)."""
+    root = ops.table.root
+    root.listed_epoch, root.listed_at = ops.epoch, trio.current_time()
+    node = await ops._mkdir(root.inode, b"new", 0o755, 0o022)  # pending: mkdir new
+    node.remote_fp = ("u-new", 0, 100)  # its folder is on the server (an upload made it)
+    sent: list[str] = []
+
+    async def set_metadata(path: str, md: Any, **kw: Any) -> RemoteEntry:
+        sent.append(path)
+        return _dir(path)
+
+    ops.remote.set_metadata = set_metadata
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops._push_metadata_of, node)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == []  # waiting for the mkdir
+        await ops._rename(root.inode, b"new", root.inode, b"renamed", 0)
+        for op in list(ops.ns.ops):  # the applier carries them out
+            ops.ns.done(op)
+        ops.ns._notify()
+    assert sent == ["renamed"]
