@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mount_testlib import MountFactory, wait_for
+from mount_testlib import MountedFs, MountFactory, wait_for
 
 from puterfs.fs.data import preallocate
 
@@ -44,7 +44,9 @@ def _write_mib(fd: int, blocks: list[bytes]) -> None:
         assert os.write(fd, b) == len(b)  # one 1 MiB WRITE each (the mount's max_write)
 
 
-def test_sequential_write_reserves_ahead_and_gives_the_rest_back_at_close(mount_factory: MountFactory) -> None:
+def _nine_mib_written(mount_factory: MountFactory) -> tuple[MountedFs, list[bytes], int]:
+    """A mount whose cache dir can preallocate, and big.bin there open for writing with 9 MiB
+    written in 1 MiB writes: the mount, the blocks, the descriptor (the caller closes it)."""
     m = mount_factory(write_back=600)
     if not _can_preallocate(m.cache_dir):
         pytest.skip("the cache dir's file system cannot preallocate")
@@ -52,6 +54,15 @@ def test_sequential_write_reserves_ahead_and_gives_the_rest_back_at_close(mount_
     fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         _write_mib(fd, blocks)
+    except BaseException:
+        os.close(fd)
+        raise
+    return m, blocks, fd
+
+
+def test_sequential_write_reserves_ahead_and_gives_the_rest_back_at_close(mount_factory: MountFactory) -> None:
+    m, blocks, fd = _nine_mib_written(mount_factory)
+    try:
         data = _data_file(m.cache_dir, 9 * MiB)
         # the 9th write, at 8 MiB, reserved 8 MiB (as much again as the file had)
         assert _allocated(data) >= 16 * MiB - 64 * 1024, _allocated(data)
@@ -92,13 +103,8 @@ def test_writes_that_leave_holes_reserve_only_their_own_blocks(mount_factory: Mo
 
 
 def test_kill_9_during_a_reserved_write_keeps_exactly_what_was_written(mount_factory: MountFactory) -> None:
-    m = mount_factory(write_back=600)
-    if not _can_preallocate(m.cache_dir):
-        pytest.skip("the cache dir's file system cannot preallocate")
-    blocks = [os.urandom(MiB) for _ in range(9)]
-    fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    m, blocks, fd = _nine_mib_written(mount_factory)
     try:
-        _write_mib(fd, blocks)
         assert _allocated(_data_file(m.cache_dir, 9 * MiB)) > 9 * MiB + 64 * 1024  # reserved ahead
         m.kill_and_remount(write_back=600)  # the writer still has it open
     finally:
