@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -275,34 +275,28 @@ class Remote:
     async def read_signed(self, uid: str, offset: int, length: int, *, size: int) -> tuple[bytes, str | None] | None:
         """`read_version` of the file with this uid, wherever it is now, through its signed
         read URL (`SignedReads`); None when it has none or it was refused: read it by path."""
-        signed = await self.signed.get(uid)
-        if signed is None:
-            return None
-        try:
-            got: tuple[bytes, str | None] = await self._call(
-                "read", self.client.fs_read_signed, signed, offset=offset, length=length, size=size, token=False,
-                timeout=self.timeout + length / (256 * 1024),
-            )
-        except (PermissionDenied, NotFound, AuthenticationError) as exc:
-            self.signed.refused(uid, exc)
-            return None
-        return got
+        got = await self._signed_call(uid, length, self.client.fs_read_signed, offset=offset, length=length, size=size)
+        return None if got is _UNSIGNED else got
 
     async def read_signed_into(self, uid: str, buf: memoryview, offset: int, *, size: int) -> tuple[str | None] | None:
         """`read_version_into` through the signed read URL of the file with this uid: (its
         version,), or None when it has none or it was refused (read it by path)."""
+        etag = await self._signed_call(uid, len(buf), self.client.fs_read_signed_into, buf, offset=offset, size=size)
+        return None if etag is _UNSIGNED else (etag,)
+
+    async def _signed_call(self, uid: str, nbytes: int, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        """`fn(signed URL of uid, *args, **kw)` for `nbytes` bytes; `_UNSIGNED` when the file has
+        no URL or the server refused it (the caller reads it by path)."""
         signed = await self.signed.get(uid)
         if signed is None:
-            return None
+            return _UNSIGNED
         try:
-            etag: str | None = await self._call(
-                "read", self.client.fs_read_signed_into, signed, buf, offset=offset, size=size, token=False,
-                timeout=self.timeout + len(buf) / (256 * 1024),
+            return await self._call(
+                "read", fn, signed, *args, **kw, token=False, timeout=self.timeout + nbytes / (256 * 1024)
             )
         except (PermissionDenied, NotFound, AuthenticationError) as exc:
             self.signed.refused(uid, exc)
-            return None
-        return (etag,)
+            return _UNSIGNED
 
     async def version(self, rel: str, size: int) -> str | None:
         """The server's current version (ETag) of a file of `size` bytes, for the price of one
