@@ -512,15 +512,23 @@ class DataCache:
         committed already, `cache.end_row`)."""
         assert node.entry is not None
         self._close_fd(node)
-        if self.spawn is None or self._cache_disk_low():
+        if self._free_at_once():
             self.cache.delete(node.entry)  # its space is free when the unlink returns
         else:
             # its files are unlinked on a worker thread, off the syscall's path
             self.cache.delete(node.entry, later=True, ended=ended)
-            if not self._unlinking:
-                self._unlinking = True
-                self.spawn(self._unlink_doomed)
+            self._start_unlinker()
         node.entry = None
+
+    def _free_at_once(self) -> bool:
+        """Whether a deleted file's data is unlinked before the syscall returns (no task to
+        do it later, or a cache disk low on space) rather than by `_unlink_doomed`."""
+        return self.spawn is None or self._cache_disk_low()
+
+    def _start_unlinker(self) -> None:
+        if not self._unlinking and self.spawn is not None:
+            self._unlinking = True
+            self.spawn(self._unlink_doomed)
 
     _unlinking = False  # a task of _unlink_doomed is running
 
@@ -542,8 +550,8 @@ class DataCache:
         """`node`, a file a rename replaces, leaves the namespace: its upload goes, and its
         cache entry is returned for `_rename_data` to delete in the rename's own journal
         transaction (None: it has none, or keeps it for the descriptors still open on it)."""
-        ent = node.entry
-        if ent is None or node.opens > 0 or self.cache.entries.get(ent.id) is not ent:
+        ent = self._endable(node)
+        if ent is None:
             self._discard_data(node)
             return None
         self.queue.cancel(ent.id)
@@ -559,15 +567,14 @@ class DataCache:
         leaves its data file to be a spare (cache.RECYCLE_MAX) unless its upload is under way
         (its request may still read that file) or the cache disk is low (its space is freed at
         once then); another's files are unlinked on a worker thread."""
-        low = replaced is not None and (self.spawn is None or self._cache_disk_low())
+        low = replaced is not None and self._free_at_once()
         recycle = replaced is not None and not low and replaced.id not in self._uploading
         self.cache.rename(old, new, is_dir=is_dir, replaced=replaced, recycle=recycle, **changes)
         if self.cache.doomed():
             if low:
                 self.cache.unlink_doomed()  # its space is free when the rename returns
-            elif not self._unlinking and self.spawn is not None:
-                self._unlinking = True
-                self.spawn(self._unlink_doomed)
+            else:
+                self._start_unlinker()
 
     def _discard_data(self, node: Node, *, ended: bool = False) -> None:
         """A file leaves the namespace: drop its upload; keep its bytes for open descriptors
