@@ -1437,7 +1437,9 @@ class CacheStore:
         self._sql("DELETE FROM pending_meta WHERE path=?", (path,))
         if below:
             self._sql("DELETE FROM pending_meta WHERE substr(path, 1, ?) = ?", (len(path) + 1, path + "/"))
-        self._meta_paths = {p for p in self._meta_paths if p != path and not (below and p.startswith(path + "/"))}
+        self._meta_paths.discard(path)
+        if below:
+            self._meta_paths = {p for p in self._meta_paths if not p.startswith(path + "/")}
 
     def _rename_meta(self, old: str, new: str) -> None:
         """The pending metadata updates follow a rename (in `rename`'s transaction; after a
