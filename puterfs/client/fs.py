@@ -455,15 +455,22 @@ class FS:
         None when it holds something else there or nothing, or the error of a check that
         failed. One listing per folder, then each file that could hold it checked by its
         version (see `_all_held`)."""
-        targets = [(await self._c._abs(p), d) for p, d in items]
-        listed = await self._listed({_split(p)[0] or "/" for p, _ in targets})
-        there = [listed.get(p) for p, _ in targets]
-        checks = [i for i, ((_, d), e) in enumerate(zip(targets, there, strict=True)) if _maybe_file_of(e, len(d))]
-        found = await self._all_held([targets[i] for i in checks], [there[i] for i in checks])
-        out: list[dict[str, Any] | PuterError | None] = [None] * len(items)
+        return (await self._held_at([(await self._c._abs(p), d) for p, d in items]))[1]
+
+    async def _held_at(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | PuterError | None]]:
+        """For (absolute path, data) pairs: what the server has at each path (one listing per
+        folder; None: nothing), and for each its entry when it holds exactly ``data``, None when
+        it does not (or nothing is there), or the error of a check that failed (`_all_held`)."""
+        listed = await self._listed({_split(p)[0] or "/" for p, _ in items})
+        there = [listed.get(p) for p, _ in items]
+        checks = [i for i, ((_, d), e) in enumerate(zip(items, there, strict=True)) if _maybe_file_of(e, len(d))]
+        found = await self._all_held([items[i] for i in checks], [there[i] for i in checks])
+        held: list[dict[str, Any] | PuterError | None] = [None] * len(items)
         for i, h in zip(checks, found, strict=True):
-            out[i] = h
-        return out
+            held[i] = h
+        return there, held
 
     async def _holds(self, path: str, data: bytes, entry: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The entry at ``path`` when the server holds exactly ``data`` there, else None."""
@@ -616,22 +623,15 @@ class FS:
             # else there (another client's, an older attempt of ours, or one whose read
             # failed) has its name taken: the caller checks it itself (the conflict rule)
             items = [(r["fileMetadata"]["path"], base64.b64decode(r["fileContent"])) for r in reqs]
-            listed = await self._listed({_split(p)[0] or "/" for p, _ in items})
-            there = [listed.get(p) for p, _ in items]
+            there, held = await self._held_at(items)  # nothing there: no check sent
             if all(e is None for e in there):
                 return RESEND
-            if len(items) == 1 and any(e is None or e.get("is_dir") or int(e.get("size") or 0) != len(d)
-                                       for e, (_, d) in zip(there, items, strict=True)):
-                raise err
-            checks = [(i, it) for i, (it, e) in enumerate(zip(items, there, strict=True)) if _maybe_file_of(e, len(it[1]))]
-            found = await self._all_held([it for _, it in checks], [there[i] for i, _ in checks])
-            held = {i: h for (i, _), h in zip(checks, found, strict=True)}
             out: list[dict[str, Any] | PuterError] = []
             for i, (path, _) in enumerate(items):
                 if there[i] is None:
                     out.append(err)
                     continue
-                h = held.get(i)
+                h = held[i]
                 if isinstance(h, dict):
                     out.append(h)
                 elif len(items) == 1:
